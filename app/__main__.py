@@ -1,0 +1,115 @@
+"""The run command: ``python -m app`` starts the origin and Pushpin together.
+
+Clients connect to Pushpin (PORT, 7999 by default), which forwards to the origin and holds the
+long-polls. Ctrl-C (or SIGTERM) drains the publisher's outbox, then stops both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+
+import uvicorn
+
+from app.config import ConfigError, Settings
+from app.main import create_app
+from app.pushpin import Pushpin, PushpinError
+
+log = logging.getLogger("app")
+
+
+class OriginServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # signals are handled by serve() below, which also stops Pushpin
+
+
+async def serve(settings: Settings) -> int:
+    app = create_app(settings)
+    server = OriginServer(
+        uvicorn.Config(
+            app,
+            host=settings.origin_host,
+            port=settings.origin_port,
+            loop="none",
+            http="httptools",
+            log_level=settings.log_level,
+            access_log=settings.log_level == "debug",
+            lifespan="on",
+        )
+    )
+    pushpin = Pushpin(
+        config=settings.pushpin_config,
+        rundir=settings.data_dir / "pushpin",
+        http_port=settings.port,
+        publish_port=settings.publish_port,
+        origin=f"{settings.origin_host}:{settings.origin_port}",
+        sig_key=settings.grip_sig_key,
+        sig_iss=settings.grip_sig_iss,
+        binary=settings.pushpin_bin,
+    )
+
+    def on_signal() -> None:
+        if server.should_exit:
+            server.force_exit = True
+        server.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+    origin = asyncio.create_task(server.serve())
+    while not server.started:
+        if origin.done():
+            return 1
+        await asyncio.sleep(0.02)
+    try:
+        await pushpin.start()
+    except PushpinError as exc:
+        log.error("%s", exc)
+        server.should_exit = True
+        await origin
+        return 1
+    print(
+        f"Ready: clients connect to http://127.0.0.1:{settings.port}/ "
+        f"(try /api/notifications/posts); origin on {settings.origin_host}:"
+        f"{settings.origin_port}, publish on {settings.grip_urls[0]}, data in "
+        f"{settings.data_dir}. Ctrl-C stops.",
+        flush=True,
+    )
+    watch = asyncio.create_task(pushpin.wait())
+    await asyncio.wait([origin, watch], return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    if watch.done():
+        log.error("pushpin exited with %s; stopping (see %s)", watch.result(), pushpin.log_path)
+        server.should_exit = True
+        status = 1
+        await origin
+    else:
+        watch.cancel()
+    await pushpin.stop()
+    log.info("stopped")
+    return status
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    import uvloop
+
+    return uvloop.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

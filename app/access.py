@@ -1,0 +1,33 @@
+"""Who may do what on a node, from their affiliation and the channel's access model."""
+
+from __future__ import annotations
+
+from app.errors import Forbidden
+from app.model import Affiliation
+from app.store.base import NodeInfo
+
+
+def affiliation_of(raw: str | None) -> Affiliation | None:
+    return Affiliation(raw) if raw is not None and raw in Affiliation._value2member_map_ else None
+
+
+def check_read(node: NodeInfo, affiliation: Affiliation | None) -> None:
+    if affiliation is Affiliation.OUTCAST:
+        raise Forbidden(f"you are banned from {node.channel}")
+    if node.access_model != "open" and affiliation is None:
+        raise Forbidden(f"{node.channel} is private: follow it and wait for approval")
+
+
+def check_post(node: NodeInfo, affiliation: Affiliation | None) -> None:
+    check_read(node, affiliation)
+    if affiliation is None or not affiliation.may_post:
+        raise Forbidden(
+            f"posting to {node.channel}/{node.name} needs the publisher role or higher; "
+            f"yours is {affiliation.value if affiliation else 'none (follow it first)'}"
+        )
+
+
+def check_delete(node: NodeInfo, affiliation: Affiliation | None, caller: str, author: str) -> None:
+    check_read(node, affiliation)
+    if caller != author and (affiliation is None or not affiliation.may_moderate):
+        raise Forbidden("only the author, the channel's owner or a moderator may delete a post")

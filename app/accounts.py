@@ -1,0 +1,115 @@
+"""Accounts and HTTP Basic authentication: slow password hashes, API keys, a short-lived cache."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import time
+
+from app.errors import BadRequest, Unauthorized
+from app.model import POSTS_NODE, node_pushpin_channel, now_iso, parse_jid
+from app.store import Store
+
+# scrypt with n=2**14, r=8: about 16 MiB and tens of milliseconds per check.
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+MIN_PASSWORD_CHARS = 8
+MAX_PASSWORD_CHARS = 1024
+REALM = "buddycloud"
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+    )
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        computed = hashlib.scrypt(
+            password.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p), dklen=32
+        )
+    except (ValueError, binascii.Error):
+        return False
+    return hmac.compare_digest(computed, _unb64(digest))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode(), validate=True)
+
+
+class Accounts:
+    def __init__(self, store: Store, secret_key: str, cache_seconds: int) -> None:
+        self.store = store
+        self._secret = secret_key.encode()
+        self._cache_seconds = cache_seconds
+        # keyed hash of "user:secret" -> (jid, expiry); never the plain password
+        self._cache: dict[bytes, tuple[str, float]] = {}
+
+    async def create(self, username: object, password: object) -> str:
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise BadRequest('expected JSON {"username": JID, "password": string}')
+        jid = parse_jid(username)
+        if not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS:
+            raise BadRequest(
+                f"password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
+            )
+        password_hash = await asyncio.to_thread(hash_password, password)
+        api_key = secrets.token_urlsafe(24)
+        await self.store.create_account(
+            jid, password_hash, api_key, now_iso(), node_pushpin_channel(jid, POSTS_NODE)
+        )
+        return jid
+
+    async def authenticate(self, authorization: str | None) -> str:
+        """The JID of the caller of a Basic ``Authorization`` header, or Unauthorized."""
+        if not authorization:
+            raise Unauthorized("login required: HTTP Basic with your JID and password or API key")
+        username, secret = _parse_basic(authorization)
+        key = hmac.new(self._secret, f"{username}\x00{secret}".encode(), "sha256").digest()
+        cached = self._cache.get(key)
+        now = time.monotonic()
+        if cached and cached[1] > now:
+            return cached[0]
+        try:
+            jid = parse_jid(username)
+        except BadRequest:
+            raise Unauthorized("invalid credentials") from None
+        account = await self.store.get_account(jid)
+        if account is None:
+            raise Unauthorized("invalid credentials")
+        if not hmac.compare_digest(secret.encode(), account.api_key.encode()):
+            ok = await asyncio.to_thread(check_password, secret, account.password_hash)
+            if not ok:
+                raise Unauthorized("invalid credentials")
+        if self._cache_seconds:
+            if len(self._cache) > 10_000:
+                self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
+            self._cache[key] = (jid, now + self._cache_seconds)
+        return jid
+
+
+def _parse_basic(header: str) -> tuple[str, str]:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        raise Unauthorized("only HTTP Basic authentication is supported")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthorized("malformed Basic credentials") from None
+    username, colon, secret = decoded.partition(":")
+    if not colon:
+        raise Unauthorized("malformed Basic credentials")
+    return username, secret

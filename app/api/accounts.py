@@ -1,0 +1,30 @@
+"""Account creation and the health check: the endpoints that need no login."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.api.common import JSONResponse, read_json, services
+from app.errors import BadRequest
+
+
+async def create_account(request: Request) -> Response:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest('expected JSON {"username": JID, "password": string}')
+    jid = await services(request).accounts.create(body.get("username"), body.get("password"))
+    return JSONResponse({"username": jid}, 201)
+
+
+async def health(request: Request) -> Response:
+    s = services(request)
+    return JSONResponse(
+        {
+            "status": "ok",
+            "last": str(await s.store.last_event_id()),
+            # requests being handled right now, this one excluded: holds live in Pushpin
+            "requests_in_flight": s.in_flight - 1,
+            "published_items": s.publisher.published,
+        }
+    )

@@ -1,0 +1,96 @@
+"""What every handler shares: JSON in and out, the caller's identity, errors as JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.errors import ApiError, BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+if TYPE_CHECKING:
+    from app.main import Services
+
+MAX_BODY_BYTES = 64 * 1024
+JSON_TYPE = "application/json"
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+class JSONResponse(Response):
+    media_type = JSON_TYPE
+
+    def __init__(self, content: Any, status_code: int = 200, headers: dict[str, str] | None = None):
+        super().__init__(_dumps(content), status_code, headers)
+
+
+class RawJSONResponse(Response):
+    """A body that is already JSON text (feeds write theirs once, byte for byte)."""
+
+    media_type = JSON_TYPE
+
+
+def _dumps(content: Any) -> bytes:
+    return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def read_json(request: Request) -> Any:
+    """The request's JSON body: 415 unless declared JSON, 413 over 64 KiB, 400 if malformed."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != JSON_TYPE:
+        raise UnsupportedMediaType(f"send the body as {JSON_TYPE}")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not valid UTF-8") from None
+    except ValueError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+async def caller(request: Request) -> str:
+    """The authenticated JID, or Unauthorized."""
+    return await services(request).accounts.authenticate(request.headers.get("authorization"))
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="buddycloud"'
+    return JSONResponse({"error": message}, status, headers)
+
+
+async def api_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.message)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: "no such endpoint", 405: "method not allowed on this endpoint"}
+    response = error_response(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+def query_int(request: Request, name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not minimum <= int(raw) <= maximum:
+        raise BadRequest(f"{name} must be an integer from {minimum} to {maximum}")
+    return int(raw)

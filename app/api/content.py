@@ -1,0 +1,64 @@
+"""Channels and posts: /api/{channel} and /api/{channel}/content/{node}[/{id}]."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.api.common import JSONResponse, RawJSONResponse, caller, query_int, read_json, services
+from app.errors import BadRequest
+
+
+async def create_channel(request: Request) -> Response:
+    jid = await caller(request)
+    body = await read_json(request) if await _has_body(request) else {}
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object of channel fields")
+    channel = await services(request).channels.create(jid, request.path_params["channel"], body)
+    return JSONResponse({"channel": channel}, 201)
+
+
+async def list_posts(request: Request) -> Response:
+    jid = await caller(request)
+    limit = query_int(request, "max", 20, 1, 100)
+    posts = await services(request).channels.list_posts(
+        jid,
+        request.path_params["channel"],
+        request.path_params["node"],
+        limit,
+        request.query_params.get("after"),
+    )
+    return RawJSONResponse("[" + ",".join(posts) + "]")
+
+
+async def create_post(request: Request) -> Response:
+    jid = await caller(request)
+    channel, node = request.path_params["channel"], request.path_params["node"]
+    body = await read_json(request)
+    post, payload = await services(request).channels.publish(jid, channel, node, body)
+    location = f"/api/{quote(post.source.rpartition('/')[0])}/content/{node}/{post.id}"
+    return RawJSONResponse(payload, 201, headers={"Location": location})
+
+
+async def get_post(request: Request) -> Response:
+    jid = await caller(request)
+    p = request.path_params
+    return RawJSONResponse(
+        await services(request).channels.get_post(jid, p["channel"], p["node"], p["id"])
+    )
+
+
+async def delete_post(request: Request) -> Response:
+    jid = await caller(request)
+    p = request.path_params
+    await services(request).channels.delete_post(jid, p["channel"], p["node"], p["id"])
+    return Response(status_code=204)
+
+
+async def _has_body(request: Request) -> bool:
+    return bool(
+        request.headers.get("content-length", "0") != "0"
+        or request.headers.get("transfer-encoding")
+    )

@@ -1,0 +1,96 @@
+"""Settings, read once from the environment (every setting is listed in the README)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A setting has a value the server cannot run with."""
+
+
+def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _list(env: dict[str, str], name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in env.get(name, default).split(",") if item.strip()]
+
+
+def _secret(path: Path, nbytes: int) -> str:
+    """Read a secret kept in the data folder, creating it on first run."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    port: int  # where clients connect: Pushpin's HTTP port
+    origin_host: str
+    origin_port: int
+    publish_port: int  # Pushpin's HTTP publish port, used for the default GRIP_URL
+    grip_urls: list[str]
+    grip_sig_key: str
+    grip_sig_iss: str
+    secret_key: str
+    proxy_url: str
+    hold_timeout: int = 55
+    max_follows: int = 1000
+    auth_cache_seconds: int = 60
+    cors_origins: list[str] = field(default_factory=list)
+    log_level: str = "info"
+    pushpin_bin: str = "pushpin"
+    pushpin_config: Path = Path("pushpin/pushpin.conf")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        data_dir = Path(env.get("DATA_DIR", "data")).resolve()
+        port = _int(env, "PORT", 7999, 1)
+        publish_port = _int(env, "PUSHPIN_PUBLISH_PORT", 5561, 1)
+        sig_key = env.get("GRIP_SIG_KEY") or _secret(data_dir / "grip_sig_key", 48)
+        if len(sig_key.encode()) < 32:
+            raise ConfigError("GRIP_SIG_KEY must be at least 32 bytes")
+        settings = cls(
+            data_dir=data_dir,
+            database_url=env.get("DATABASE_URL", f"sqlite://{data_dir / 'buddycloud.sqlite3'}"),
+            port=port,
+            origin_host=env.get("ORIGIN_HOST", "127.0.0.1"),
+            origin_port=_int(env, "ORIGIN_PORT", 8000, 1),
+            publish_port=publish_port,
+            grip_urls=_list(env, "GRIP_URL", f"http://127.0.0.1:{publish_port}"),
+            grip_sig_key=sig_key,
+            grip_sig_iss=env.get("GRIP_SIG_ISS", "pushpin"),
+            secret_key=env.get("SECRET_KEY") or _secret(data_dir / "secret_key", 32),
+            proxy_url=env.get("PROXY_URL", f"http://127.0.0.1:{port}"),
+            hold_timeout=_int(env, "HOLD_TIMEOUT", 55, 5),
+            max_follows=_int(env, "MAX_FOLLOWS", 1000, 1),
+            auth_cache_seconds=_int(env, "AUTH_CACHE_SECONDS", 60, 0),
+            cors_origins=_list(env, "CORS_ORIGINS"),
+            log_level=env.get("LOG_LEVEL", "info").lower(),
+            pushpin_bin=env.get("PUSHPIN_BIN", "pushpin"),
+            pushpin_config=Path(env.get("PUSHPIN_CONFIG", "pushpin/pushpin.conf")).resolve(),
+        )
+        if not settings.grip_urls:
+            raise ConfigError("GRIP_URL lists no publish target")
+        return settings

@@ -1,0 +1,40 @@
+"""CORS for the configured browser origins, for immediate answers and for held ones alike."""
+
+from __future__ import annotations
+
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+
+ALLOW_HEADERS = ["Authorization", "Content-Type"]
+ALLOW_METHODS = ["GET", "POST", "PUT", "DELETE"]
+EXPOSE_HEADERS = ["Location"]
+
+
+class Cors:
+    def __init__(self, origins: list[str]) -> None:
+        self.origins = origins
+        self.any = "*" in origins
+
+    def middleware(self) -> Middleware:
+        return Middleware(
+            CORSMiddleware,
+            allow_origins=self.origins,
+            allow_methods=ALLOW_METHODS,
+            allow_headers=ALLOW_HEADERS,
+            allow_credentials=True,
+            expose_headers=EXPOSE_HEADERS,
+        )
+
+    def headers_for(self, request: Request) -> dict[str, str]:
+        """What CORSMiddleware would add to a simple response: held responses are answered by
+        Pushpin (it keeps these headers for the published answer), not by the middleware."""
+        origin = request.headers.get("origin")
+        if not origin or not (self.any or origin in self.origins):
+            return {}
+        return {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Credentials": "true",
+            "Access-Control-Expose-Headers": ", ".join(EXPOSE_HEADERS),
+            "Vary": "Origin",
+        }

@@ -1,0 +1,52 @@
+"""Typed errors of the domain; the API layer turns each into a JSON answer with its status."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+
+
+class NotProxied(ApiError):
+    """A request that would be held arrived without a valid Grip-Sig: only Pushpin may hold."""
+
+    status = 501
+
+    def __init__(self, proxy_url: str) -> None:
+        super().__init__(
+            "realtime requests must come through the GRIP proxy: connect to "
+            f"{proxy_url} instead of the origin"
+        )
+        self.proxy_url = proxy_url

@@ -1,0 +1,71 @@
+"""Feeds are views of the one log: answer at once with what follows a cursor, or hold.
+
+A cursor is the id of an event in the log, written as a string of digits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.errors import BadRequest
+from app.model import feed_body
+from app.store import Store
+from app.store.base import FeedItem
+
+MAX_ITEMS = 100
+# Pushpin caps a held response body at 100,000 bytes; stay well under it.
+MAX_BODY_BYTES = 90_000
+_MAX_CURSOR_DIGITS = 18
+
+
+def parse_cursor(raw: str) -> int:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > _MAX_CURSOR_DIGITS:
+        raise BadRequest("since must be a cursor: a string of digits, as given in 'last'")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class Now:
+    """Answer at once."""
+
+    body: str
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Nothing to answer yet: hold on these channels; ``body`` is the answer on timeout."""
+
+    channels: list[tuple[str, str]]
+    body: str
+
+
+def page(items: list[FeedItem]) -> Now:
+    """As many items as fit the contract's limits; ``last`` is the last one included."""
+    size = 0
+    kept: list[str] = []
+    last = items[0].event_id
+    for item in items[:MAX_ITEMS]:
+        size += len(item.payload.encode()) + 1
+        if kept and size > MAX_BODY_BYTES - 64:
+            break
+        kept.append(item.payload)
+        last = item.event_id
+    return Now(feed_body(last, kept))
+
+
+class PostsFeed:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def latest(self) -> Now:
+        return Now(feed_body(await self.store.last_event_id(), []))
+
+    async def since(self, jid: str, since: int) -> Now | Hold:
+        state = await self.store.posts_feed(jid, since, MAX_ITEMS)
+        if state.items:
+            return page(state.items)
+        if since > state.last_id:
+            raise BadRequest(f"since {since} is ahead of the log (last is {state.last_id})")
+        return Hold(
+            [(channel, str(prev)) for channel, prev in state.channels], feed_body(since, [])
+        )

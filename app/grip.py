@@ -1,0 +1,93 @@
+"""GRIP, as pure functions: hold instructions, published items, Grip-Sig and next-link tokens."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jwt
+
+INSTRUCT_CONTENT_TYPE = "application/grip-instruct"
+
+
+def is_signed(token: str | None, key: str, issuer: str, now: float | None = None) -> bool:
+    """True when ``token`` (a Grip-Sig header) is an unexpired HS256 JWT from ``issuer``.
+
+    Anything else (missing, malformed, tampered, expired, wrong issuer) means the request did
+    not come through our proxy.
+    """
+    if not token:
+        return False
+    try:
+        claims = jwt.decode(
+            token,
+            key.encode(),
+            algorithms=["HS256"],
+            issuer=issuer,
+            options={"require": ["exp", "iss"], "verify_exp": now is None},
+        )
+    except jwt.PyJWTError:
+        return False
+    return now is None or float(claims["exp"]) > now
+
+
+def hold_response(
+    channels: Sequence[tuple[str, str]],
+    timeout: int,
+    body: str,
+    headers: Mapping[str, str],
+) -> bytes:
+    """A long-poll hold as a GRIP instruct body (it carries any number of channels, which
+    headers would not). ``channels`` pairs each channel with its prev-id; ``body`` and
+    ``headers`` form the answer the client gets if nothing is published before ``timeout``.
+    """
+    instruction: dict[str, Any] = {
+        "hold": {
+            "mode": "response",
+            "channels": [{"name": name, "prev-id": prev} for name, prev in channels],
+            "timeout": timeout,
+        },
+        "response": {"code": 200, "headers": dict(headers), "body": body},
+    }
+    return json.dumps(instruction, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def next_link(url: str) -> str:
+    """The Grip-Link header by which Pushpin re-asks the origin when it detects a gap."""
+    return f"<{url}>; rel=next"
+
+
+def response_item(channel: str, item_id: str, prev_id: str, body: str) -> dict[str, Any]:
+    """A published item that answers held long-polls on ``channel`` with ``body``."""
+    return {
+        "channel": channel,
+        "id": item_id,
+        "prev-id": prev_id,
+        "formats": {"http-response": {"body": body}},
+    }
+
+
+def sign(secret: str, *parts: str, ttl: int, now: float | None = None) -> str:
+    """A token binding ``parts`` until ``ttl`` seconds from now (for self-authenticating links:
+    Pushpin sends a next-link request without the client's headers)."""
+    expires = int((time.time() if now is None else now) + ttl)
+    mac = _mac(secret, expires, parts)
+    return f"{expires}.{mac}"
+
+
+def verify(secret: str, token: str, *parts: str, now: float | None = None) -> bool:
+    expires_text, _, mac = token.partition(".")
+    if not expires_text.isdigit() or int(expires_text) < (time.time() if now is None else now):
+        return False
+    return hmac.compare_digest(mac, _mac(secret, int(expires_text), parts))
+
+
+def _mac(secret: str, expires: int, parts: Sequence[str]) -> str:
+    message = "\x00".join([str(expires), *parts]).encode()
+    digest = hmac.new(secret.encode(), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")

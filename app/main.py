@@ -1,0 +1,109 @@
+"""The origin application: create_app(settings) wires the store, the publisher and the API."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.accounts import Accounts
+from app.api import accounts, content, notifications, social
+from app.api.common import api_error_handler, http_error_handler
+from app.channels import Channels
+from app.config import Settings
+from app.cors import Cors
+from app.errors import ApiError
+from app.feeds import PostsFeed
+from app.publisher import Publisher
+from app.store import Store, open_store
+
+log = logging.getLogger("app")
+DRAIN_SECONDS = 5.0
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    publisher: Publisher
+    accounts: Accounts
+    channels: Channels
+    posts_feed: PostsFeed
+    cors: Cors
+    in_flight: int = 0
+
+
+class CountInFlight:
+    """Counts HTTP requests being handled, to show that Pushpin, not the origin, holds them."""
+
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app, self.services = app, services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.services.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.services.in_flight -= 1
+
+
+ROUTES = [
+    Route("/health", accounts.health, methods=["GET"]),
+    Route("/api/account", accounts.create_account, methods=["POST"]),
+    Route("/api/subscribed", social.subscribed, methods=["GET", "POST"]),
+    Route("/api/notifications/posts", notifications.posts, methods=["GET"]),
+    Route("/api/{channel}", content.create_channel, methods=["POST"]),
+    Route("/api/{channel}/content/{node}", content.list_posts, methods=["GET"]),
+    Route("/api/{channel}/content/{node}", content.create_post, methods=["POST"]),
+    Route("/api/{channel}/content/{node}/{id}", content.get_post, methods=["GET"]),
+    Route("/api/{channel}/content/{node}/{id}", content.delete_post, methods=["DELETE"]),
+]
+
+
+def create_app(settings: Settings) -> Starlette:
+    store = open_store(settings.database_url)
+    publisher = Publisher(store, settings.grip_urls)
+    cors = Cors(settings.cors_origins)
+    services = Services(
+        settings=settings,
+        store=store,
+        publisher=publisher,
+        accounts=Accounts(store, settings.secret_key, settings.auth_cache_seconds),
+        channels=Channels(store, settings.max_follows, publisher.notify),
+        posts_feed=PostsFeed(store),
+        cors=cors,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await store.open()
+        await publisher.start()
+        log.info("store %s at schema version %d", store.path, await store.schema_version())
+        try:
+            yield
+        finally:
+            if not await publisher.drain(DRAIN_SECONDS):
+                log.warning(
+                    "outbox not drained after %.0fs; clients will catch up by cursor", DRAIN_SECONDS
+                )
+            await publisher.close()
+            await store.close()
+
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(CountInFlight, services=services), cors.middleware()],
+        exception_handlers={ApiError: api_error_handler, HTTPException: http_error_handler},
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    return app

@@ -1,0 +1,184 @@
+"""The publisher: after each commit, the log's new items go to every GRIP proxy, in order.
+
+The log is the outbox. Each target (a Pushpin, or Fanout's CDN) keeps a cursor, saved in the
+store, and sends the deliveries that follow it in cursor order, batched into one publish
+request. A failed publish is retried with backoff before anything later goes out, so no client
+is handed a cursor that passes an item it has not been handed. Nothing here runs in a request:
+a POST only wakes the publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import jwt
+from gripcontrol import parse_grip_uri
+
+from app.grip import response_item
+from app.model import feed_body
+from app.store import Store
+from app.store.base import Delivery
+
+log = logging.getLogger("app.publisher")
+
+BATCH_ROWS = 500
+BATCH_BYTES = 800_000  # Pushpin's push_in_http_max_body_size is 1,000,000
+POLL_SECONDS = 1.0  # also picks up commits made by another process on the same store
+BACKOFF_FIRST, BACKOFF_MAX = 0.05, 5.0
+
+
+class PublishError(Exception):
+    pass
+
+
+@dataclass
+class Target:
+    """One GRIP publish endpoint, parsed from a GRIP_URL entry."""
+
+    url: str
+    publish_url: str
+    label: str  # the URL without credentials, for logs and the cursor's key
+    iss: str | None = None
+    key: bytes | str | None = None
+    cursor: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def parse(cls, url: str) -> Target:
+        parsed: dict[str, Any] = parse_grip_uri(url)
+        control = parsed["control_uri"]
+        parts = urlsplit(control)
+        label = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))
+        return cls(
+            url=url,
+            publish_url=control.rstrip("/") + "/publish/",
+            label=label,
+            iss=parsed.get("control_iss"),
+            key=parsed.get("key"),
+        )
+
+    def headers(self) -> dict[str, str]:
+        if not self.key:
+            return {}
+        key = self.key if isinstance(self.key, bytes) else self.key.encode()
+        if self.iss:
+            claims = {"iss": self.iss, "exp": int(time.time()) + 600}
+            return {"Authorization": "Bearer " + jwt.encode(claims, key, "HS256")}
+        return {"Authorization": "Bearer " + key.decode()}
+
+
+class Publisher:
+    def __init__(self, store: Store, grip_urls: list[str], timeout: float = 5.0) -> None:
+        self.store = store
+        self.targets = [Target.parse(url) for url in grip_urls]
+        self._client = httpx.AsyncClient(timeout=timeout)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.published = 0  # items accepted by a target, for /health and tests
+
+    async def start(self) -> None:
+        last = await self.store.last_event_id()
+        for target in self.targets:
+            saved = await self.store.publish_cursor(target.label)
+            # A new target starts at the end of the log: what came before is served from the
+            # store when a client asks with its cursor.
+            target.cursor = last if saved is None else saved
+            if saved is None:
+                await self.store.save_publish_cursor(target.label, last)
+            task = asyncio.create_task(self._run(target), name=f"publish {target.label}")
+            self._tasks.append(task)
+
+    def notify(self) -> None:
+        """Called after a commit: there is something new in the log."""
+        for target in self.targets:
+            target.wake.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until every target has published the whole log; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pending = [t for t in self.targets if await self.store.deliveries_after(t.cursor, 1)]
+            if not pending:
+                return True
+            self.notify()
+            await asyncio.sleep(0.02)
+        return False
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self._client.aclose()
+
+    async def _run(self, target: Target) -> None:
+        delay = BACKOFF_FIRST
+        while True:
+            target.wake.clear()
+            batch = _whole_events(await self.store.deliveries_after(target.cursor, BATCH_ROWS))
+            if not batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(target.wake.wait(), POLL_SECONDS)
+                continue
+            try:
+                await self._send(target, batch)
+            except PublishError as exc:
+                log.warning(
+                    "publish of %d item(s) from cursor %d to %s failed: %s; retrying in %.2fs",
+                    len(batch),
+                    batch[0].event_id,
+                    target.label,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            delay = BACKOFF_FIRST
+            target.cursor = batch[-1].event_id
+            self.published += len(batch)
+            await self.store.save_publish_cursor(target.label, target.cursor)
+
+    async def _send(self, target: Target, batch: list[Delivery]) -> None:
+        items = [
+            response_item(
+                d.channel, str(d.event_id), str(d.prev_id), feed_body(d.event_id, [d.payload])
+            )
+            for d in batch
+        ]
+        try:
+            response = await self._client.post(
+                target.publish_url, json={"items": items}, headers=target.headers()
+            )
+        except httpx.HTTPError as exc:
+            raise PublishError(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code != 200:
+            raise PublishError(f"HTTP {response.status_code}: {response.text[:200]}")
+
+
+def _whole_events(rows: list[Delivery]) -> list[Delivery]:
+    """Cut a batch at an event boundary (one event may go to several channels) and at the
+    byte limit of one publish request; always keep at least the first event."""
+    if not rows:
+        return rows
+    cut, size = len(rows), 0
+    for index, row in enumerate(rows):
+        size += len(row.payload) + len(row.channel) + 200
+        if size > BATCH_BYTES and index > 0:
+            cut = index
+            break
+    if cut == len(rows) and len(rows) == BATCH_ROWS:
+        cut = len(rows) - 1  # the last event may continue past the LIMIT
+    first_event = rows[0].event_id
+    while cut > 0 and cut < len(rows) and rows[cut].event_id == rows[cut - 1].event_id:
+        cut -= 1
+    if cut == 0:
+        cut = next((i for i, r in enumerate(rows) if r.event_id != first_event), len(rows))
+    return rows[:cut]

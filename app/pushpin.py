@@ -1,0 +1,165 @@
+"""Running Pushpin beside the origin: render its config from the shipped one, start, stop.
+
+The shipped ``pushpin/pushpin.conf`` holds the tuning; what depends on the machine or on this
+run (ports, run folder, the signing key, the route to the origin) is filled in here, into a
+private run folder, so that several instances (tests) can run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+log = logging.getLogger("app.pushpin")
+
+DEBIAN_INTERNAL_CONF = Path("/usr/lib/pushpin/internal.conf")
+_PROCESS_NAMES = ("pushpin", "condure", "zurl", "m2adapter", "mongrel2")
+
+
+class PushpinError(Exception):
+    pass
+
+
+@dataclass
+class Pushpin:
+    config: Path  # the shipped config
+    rundir: Path
+    http_port: int
+    publish_port: int
+    origin: str  # host:port of the origin
+    sig_key: str
+    sig_iss: str = "pushpin"
+    binary: str = "pushpin"
+    _process: asyncio.subprocess.Process | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.rundir / "pushpin.log"
+
+    def render(self) -> Path:
+        """Write this run's config into the run folder and return its path."""
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        (self.rundir / "log").mkdir(exist_ok=True)
+        parser = _parser()
+        if not parser.read(self.config):
+            raise PushpinError(f"cannot read Pushpin config {self.config}")
+        parser["global"]["include"] = str(self._render_internal())
+        parser["global"]["rundir"] = str(self.rundir)
+        parser["runner"]["http_port"] = str(self.http_port)
+        parser["runner"]["logdir"] = str(self.rundir / "log")
+        parser["proxy"]["routesfile"] = str(self.rundir / "routes")
+        parser["proxy"]["sig_key"] = self.sig_key
+        parser["proxy"]["sig_iss"] = self.sig_iss
+        handler = parser["handler"]
+        handler["push_in_http_port"] = str(self.publish_port)
+        # ZeroMQ inputs go to private sockets: only the HTTP publish port is public.
+        handler["push_in_spec"] = "ipc://{rundir}/{ipc_prefix}push-in"
+        handler["push_in_sub_specs"] = "ipc://{rundir}/{ipc_prefix}push-in-sub"
+        handler["command_spec"] = "ipc://{rundir}/{ipc_prefix}handler-command"
+        (self.rundir / "routes").write_text(f"* {self.origin}\n")
+        path = self.rundir / "pushpin.conf"
+        with path.open("w") as f:
+            parser.write(f)
+        return path
+
+    def _render_internal(self) -> Path:
+        """Debian's internal.conf expects a system-wide zurl; point it at our own."""
+        text = DEBIAN_INTERNAL_CONF.read_text()
+        text = text.replace("ipc:///var/run/zurl/", "ipc://{rundir}/{ipc_prefix}")
+        path = self.rundir / "internal.conf"
+        path.write_text(text)
+        return path
+
+    def kill_stale(self) -> None:
+        """Kill what a previous run left behind in this run folder (after a SIGKILL, Pushpin's
+        children live on and keep the ports)."""
+        for pid_file in self.rundir.glob("*.pid"):
+            with contextlib.suppress(ValueError, OSError):
+                pid = int(pid_file.read_text().strip())
+                if _is_pushpin_process(pid):
+                    log.warning("killing stale %s (pid %d) left by an earlier run", pid_file, pid)
+                    os.kill(pid, signal.SIGKILL)
+            pid_file.unlink(missing_ok=True)
+
+    async def start(self, timeout: float = 15.0) -> None:
+        self.kill_stale()
+        config = self.render()
+        logfile = self.log_path.open("ab")
+        self._process = await asyncio.create_subprocess_exec(
+            self.binary,
+            "--config",
+            str(config),
+            "--merge-output",
+            stdout=logfile,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        logfile.close()
+        (self.rundir / "runner.pid").write_text(f"{self._process.pid}\n")
+        await self._wait_ready(timeout)
+
+    async def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while True:
+                if self._process and self._process.returncode is not None:
+                    raise PushpinError(
+                        f"pushpin exited with {self._process.returncode}; see {self.log_path}"
+                    )
+                try:
+                    published = await client.post(
+                        f"http://127.0.0.1:{self.publish_port}/publish/", json={"items": []}
+                    )
+                    proxied = await client.get(f"http://127.0.0.1:{self.http_port}/health")
+                    if published.status_code == 200 and proxied.status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise PushpinError(f"pushpin not ready after {timeout}s; see {self.log_path}")
+                await asyncio.sleep(0.1)
+
+    async def wait(self) -> int:
+        assert self._process is not None
+        return await self._process.wait()
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+            except TimeoutError:
+                log.warning("pushpin did not stop in %.0fs; killing it", timeout)
+        # Whatever is left of its process group (children included) goes now.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            await process.wait()
+        self.kill_stale()
+
+
+def _parser() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    return parser
+
+
+def _is_pushpin_process(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return False
+    return Path(cmdline).name.startswith(_PROCESS_NAMES)

@@ -1,0 +1,73 @@
+"""The SQLite schema, as forward-only migrations: version N is the first N scripts applied."""
+
+MIGRATIONS: list[str] = [
+    # 1: accounts, channels, nodes, follows, the one event log and what the publisher needs.
+    """
+    CREATE TABLE accounts (
+        jid TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        api_key TEXT NOT NULL UNIQUE,
+        created TEXT NOT NULL
+    );
+    CREATE TABLE channels (
+        jid TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        title TEXT NOT NULL DEFAULT '',
+        description TEXT NOT NULL DEFAULT '',
+        access_model TEXT NOT NULL,
+        default_affiliation TEXT NOT NULL,
+        created TEXT NOT NULL
+    );
+    CREATE TABLE nodes (
+        id INTEGER PRIMARY KEY,
+        channel TEXT NOT NULL REFERENCES channels(jid),
+        name TEXT NOT NULL,
+        pushpin_channel TEXT NOT NULL UNIQUE,
+        UNIQUE (channel, name)
+    );
+    CREATE TABLE subscriptions (
+        jid TEXT NOT NULL,
+        node_id INTEGER NOT NULL REFERENCES nodes(id),
+        affiliation TEXT NOT NULL,
+        PRIMARY KEY (jid, node_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX subscriptions_by_node ON subscriptions (node_id);
+
+    -- The one append-only log. AUTOINCREMENT: an id is never reused, even after a crash.
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        type TEXT NOT NULL,
+        node_id INTEGER REFERENCES nodes(id),
+        payload TEXT NOT NULL,
+        created TEXT NOT NULL
+    );
+    CREATE INDEX events_by_node ON events (node_id, id);
+
+    -- Which Pushpin channels each event is published to, with the prev-id chain per channel.
+    CREATE TABLE deliveries (
+        event_id INTEGER NOT NULL REFERENCES events(id),
+        channel TEXT NOT NULL,
+        prev_id INTEGER NOT NULL,
+        PRIMARY KEY (event_id, channel)
+    ) WITHOUT ROWID;
+    CREATE TABLE channel_heads (
+        channel TEXT PRIMARY KEY,
+        last_id INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE publish_cursors (
+        target TEXT PRIMARY KEY,
+        cursor INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    -- Current state of posts; the log keeps each post as it was created.
+    CREATE TABLE posts (
+        id TEXT PRIMARY KEY,
+        node_id INTEGER NOT NULL REFERENCES nodes(id),
+        event_id INTEGER NOT NULL UNIQUE REFERENCES events(id),
+        author TEXT NOT NULL,
+        body TEXT NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX posts_by_node ON posts (node_id, event_id);
+    """,
+]

@@ -1,0 +1,369 @@
+"""The embedded store: one SQLite file in WAL mode, used from one dedicated thread.
+
+Every call runs on that single thread, so writes are serialised (the log's ids are assigned in
+commit order) and the event loop never waits on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from app.errors import Conflict
+from app.store.base import Account, Delivery, FeedItem, NodeInfo, PostsFeedState
+from app.store.schema import MIGRATIONS
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _in_db_thread(
+    fn: Callable[Concatenate[SqliteStore, P], T],
+) -> Callable[Concatenate[SqliteStore, P], Coroutine[Any, Any, T]]:
+    async def wrapper(self: SqliteStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(self, *args, **kwargs))
+
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @_in_db_thread
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a process crash (not a power cut) without fsync.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA busy_timeout=5000")
+        self._db = db
+        self._migrate()
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, _close)
+        self._executor.shutdown(wait=True)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "store is not open"
+        return self._db
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"{self.path} has schema version {version}, newer than this server "
+                f"({len(MIGRATIONS)}): upgrade the server"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(MIGRATIONS[number]):
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={number + 1}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    @_in_db_thread
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- accounts and channels ---------------------------------------------------------------
+
+    @_in_db_thread
+    def create_account(
+        self, jid: str, password_hash: str, api_key: str, now: str, pushpin_channel: str
+    ) -> None:
+        with self._tx():
+            if self.db.execute("SELECT 1 FROM channels WHERE jid = ?", (jid,)).fetchone():
+                raise Conflict(f"{jid} already exists")
+            self.db.execute(
+                "INSERT INTO accounts (jid, password_hash, api_key, created) VALUES (?,?,?,?)",
+                (jid, password_hash, api_key, now),
+            )
+            self._insert_channel(jid, jid, "", "", "open", "publisher", now, pushpin_channel)
+
+    @_in_db_thread
+    def get_account(self, jid: str) -> Account | None:
+        row = self.db.execute(
+            "SELECT jid, password_hash, api_key FROM accounts WHERE jid = ?", (jid,)
+        ).fetchone()
+        return Account(*row) if row else None
+
+    @_in_db_thread
+    def create_channel(
+        self,
+        jid: str,
+        owner: str,
+        title: str,
+        description: str,
+        access_model: str,
+        default_affiliation: str,
+        now: str,
+        pushpin_channel: str,
+    ) -> None:
+        with self._tx():
+            if self.db.execute("SELECT 1 FROM channels WHERE jid = ?", (jid,)).fetchone():
+                raise Conflict(f"channel {jid} already exists")
+            self._insert_channel(
+                jid,
+                owner,
+                title,
+                description,
+                access_model,
+                default_affiliation,
+                now,
+                pushpin_channel,
+            )
+
+    def _insert_channel(
+        self,
+        jid: str,
+        owner: str,
+        title: str,
+        description: str,
+        access_model: str,
+        default_affiliation: str,
+        now: str,
+        pushpin_channel: str,
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO channels (jid, owner, title, description, access_model,"
+            " default_affiliation, created) VALUES (?,?,?,?,?,?,?)",
+            (jid, owner, title, description, access_model, default_affiliation, now),
+        )
+        node_id = self.db.execute(
+            "INSERT INTO nodes (channel, name, pushpin_channel) VALUES (?, 'posts', ?)",
+            (jid, pushpin_channel),
+        ).lastrowid
+        self.db.execute(
+            "INSERT INTO subscriptions (jid, node_id, affiliation) VALUES (?, ?, 'owner')",
+            (owner, node_id),
+        )
+
+    @_in_db_thread
+    def get_node(self, channel: str, name: str) -> NodeInfo | None:
+        row = self.db.execute(
+            "SELECT n.id, n.channel, n.name, n.pushpin_channel, c.access_model,"
+            " c.default_affiliation FROM nodes n JOIN channels c ON c.jid = n.channel"
+            " WHERE n.channel = ? AND n.name = ?",
+            (channel, name),
+        ).fetchone()
+        return NodeInfo(*row) if row else None
+
+    @_in_db_thread
+    def affiliation(self, jid: str, node_id: int) -> str | None:
+        row = self.db.execute(
+            "SELECT affiliation FROM subscriptions WHERE jid = ? AND node_id = ?", (jid, node_id)
+        ).fetchone()
+        return row[0] if row else None
+
+    @_in_db_thread
+    def subscriptions(self, jid: str) -> dict[str, str]:
+        rows = self.db.execute(
+            "SELECT n.channel || '/' || n.name, s.affiliation FROM subscriptions s"
+            " JOIN nodes n ON n.id = s.node_id WHERE s.jid = ? ORDER BY 1",
+            (jid,),
+        ).fetchall()
+        return dict(rows)
+
+    @_in_db_thread
+    def set_subscriptions(
+        self, jid: str, changes: list[tuple[int, str | None]], max_follows: int
+    ) -> None:
+        """Apply follow (affiliation) and unfollow (None) changes at once, or none of them."""
+        with self._tx():
+            for node_id, affiliation in changes:
+                if affiliation is None:
+                    self.db.execute(
+                        "DELETE FROM subscriptions WHERE jid = ? AND node_id = ?", (jid, node_id)
+                    )
+                else:
+                    self.db.execute(
+                        "INSERT INTO subscriptions (jid, node_id, affiliation) VALUES (?,?,?)"
+                        " ON CONFLICT (jid, node_id)"
+                        " DO UPDATE SET affiliation = excluded.affiliation",
+                        (jid, node_id, affiliation),
+                    )
+            (count,) = self.db.execute(
+                "SELECT count(*) FROM subscriptions WHERE jid = ?", (jid,)
+            ).fetchone()
+            if count > max_follows:
+                raise Conflict(
+                    f"a user may follow at most {max_follows} nodes (own channel included)"
+                )
+
+    # -- the log -----------------------------------------------------------------------------
+
+    def _append(
+        self, type_: str, node_id: int | None, payload: str, now: str, channels: Iterable[str]
+    ) -> int:
+        event_id = self.db.execute(
+            "INSERT INTO events (type, node_id, payload, created) VALUES (?,?,?,?)",
+            (type_, node_id, payload, now),
+        ).lastrowid
+        assert event_id is not None
+        for channel in channels:
+            row = self.db.execute(
+                "SELECT last_id FROM channel_heads WHERE channel = ?", (channel,)
+            ).fetchone()
+            self.db.execute(
+                "INSERT INTO deliveries (event_id, channel, prev_id) VALUES (?,?,?)",
+                (event_id, channel, row[0] if row else 0),
+            )
+            self.db.execute(
+                "INSERT INTO channel_heads (channel, last_id) VALUES (?, ?)"
+                " ON CONFLICT (channel) DO UPDATE SET last_id = excluded.last_id",
+                (channel, event_id),
+            )
+        return event_id
+
+    @_in_db_thread
+    def last_event_id(self) -> int:
+        (value,) = self.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+        return int(value)
+
+    @_in_db_thread
+    def append_post(self, node: NodeInfo, post_id: str, author: str, payload: str, now: str) -> int:
+        with self._tx():
+            event_id = self._append("post", node.id, payload, now, [node.pushpin_channel])
+            self.db.execute(
+                "INSERT INTO posts (id, node_id, event_id, author, body) VALUES (?,?,?,?,?)",
+                (post_id, node.id, event_id, author, payload),
+            )
+            return event_id
+
+    @_in_db_thread
+    def get_post(self, node_id: int, post_id: str) -> tuple[str, str] | None:
+        """The post's author and JSON body, unless it does not exist or was deleted."""
+        row = self.db.execute(
+            "SELECT author, body FROM posts WHERE id = ? AND node_id = ? AND deleted = 0",
+            (post_id, node_id),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    @_in_db_thread
+    def list_posts(self, node_id: int, limit: int, after: str | None) -> list[str] | None:
+        """Post bodies, newest first; those older than post ``after``, if given (None: unknown)."""
+        before = 2**63 - 1
+        if after is not None:
+            row = self.db.execute(
+                "SELECT event_id FROM posts WHERE id = ? AND node_id = ?", (after, node_id)
+            ).fetchone()
+            if row is None:
+                return None
+            before = row[0]
+        rows = self.db.execute(
+            "SELECT body FROM posts WHERE node_id = ? AND deleted = 0 AND event_id < ?"
+            " ORDER BY event_id DESC LIMIT ?",
+            (node_id, before, limit),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    @_in_db_thread
+    def delete_post(self, node_id: int, post_id: str, payload: str, now: str) -> int:
+        with self._tx():
+            self.db.execute(
+                "UPDATE posts SET deleted = 1 WHERE id = ? AND node_id = ?", (post_id, node_id)
+            )
+            return self._append("post_deleted", node_id, payload, now, [])
+
+    # -- feeds ---------------------------------------------------------------------------
+
+    @_in_db_thread
+    def posts_feed(self, jid: str, since: int, limit: int) -> PostsFeedState:
+        """In one read: the posts after ``since`` in the nodes ``jid`` follows; when there are
+        none, the Pushpin channel of each of those nodes with the last id published on it."""
+        last_id = self.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        items = [
+            FeedItem(*r)
+            for r in self.db.execute(
+                "SELECT e.id, e.payload FROM events e"
+                " JOIN posts p ON p.event_id = e.id AND p.deleted = 0"
+                " WHERE e.id > ? AND e.type = 'post' AND e.node_id IN"
+                "  (SELECT node_id FROM subscriptions WHERE jid = ? AND affiliation != 'outcast')"
+                " ORDER BY e.id LIMIT ?",
+                (since, jid, limit),
+            )
+        ]
+        channels: list[tuple[str, int]] = []
+        if not items:
+            channels = [
+                (r[0], r[1])
+                for r in self.db.execute(
+                    "SELECT n.pushpin_channel, coalesce(h.last_id, 0) FROM subscriptions s"
+                    " JOIN nodes n ON n.id = s.node_id"
+                    " LEFT JOIN channel_heads h ON h.channel = n.pushpin_channel"
+                    " WHERE s.jid = ? AND s.affiliation != 'outcast' ORDER BY n.id",
+                    (jid,),
+                )
+            ]
+        return PostsFeedState(last_id, items, channels)
+
+    # -- the publisher's outbox: the log itself ----------------------------------------------
+
+    @_in_db_thread
+    def deliveries_after(self, cursor: int, limit: int) -> list[Delivery]:
+        rows = self.db.execute(
+            "SELECT d.event_id, d.channel, d.prev_id, e.payload FROM deliveries d"
+            " JOIN events e ON e.id = d.event_id WHERE d.event_id > ?"
+            " ORDER BY d.event_id, d.channel LIMIT ?",
+            (cursor, limit),
+        ).fetchall()
+        return [Delivery(*r) for r in rows]
+
+    @_in_db_thread
+    def publish_cursor(self, target: str) -> int | None:
+        row = self.db.execute(
+            "SELECT cursor FROM publish_cursors WHERE target = ?", (target,)
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    @_in_db_thread
+    def save_publish_cursor(self, target: str, cursor: int) -> None:
+        self.db.execute(
+            "INSERT INTO publish_cursors (target, cursor) VALUES (?, ?)"
+            " ON CONFLICT (target) DO UPDATE SET cursor = excluded.cursor",
+            (target, cursor),
+        )
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    code = "\n".join(line for line in script.splitlines() if not line.strip().startswith("--"))
+    return [s.strip() for s in code.split(";") if s.strip()]
