@@ -55,7 +55,7 @@ class Settings:
     secret_key: str
     proxy_url: str
     hold_timeout: int = 55
-    max_follows: int = 1000
+    max_follows: int = 2000
     auth_cache_seconds: int = 60
     cors_origins: list[str] = field(default_factory=list)
     log_level: str = "info"
@@ -84,7 +84,7 @@ class Settings:
             secret_key=env.get("SECRET_KEY") or _secret(data_dir / "secret_key", 32),
             proxy_url=env.get("PROXY_URL", f"http://127.0.0.1:{port}"),
             hold_timeout=_int(env, "HOLD_TIMEOUT", 55, 5),
-            max_follows=_int(env, "MAX_FOLLOWS", 1000, 1),
+            max_follows=_int(env, "MAX_FOLLOWS", 2000, 1),
             auth_cache_seconds=_int(env, "AUTH_CACHE_SECONDS", 60, 0),
             cors_origins=_list(env, "CORS_ORIGINS"),
             log_level=env.get("LOG_LEVEL", "info").lower(),

@@ -1,12 +1,8 @@
-"""GRIP, as pure functions: hold instructions, published items, Grip-Sig and next-link tokens."""
+"""GRIP, as pure functions: hold instructions, published items, the Grip-Sig check."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,11 +53,6 @@ def hold_response(
     return json.dumps(instruction, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def next_link(url: str) -> str:
-    """The Grip-Link header by which Pushpin re-asks the origin when it detects a gap."""
-    return f"<{url}>; rel=next"
-
-
 def response_item(channel: str, item_id: str, prev_id: str, body: str) -> dict[str, Any]:
     """A published item that answers held long-polls on ``channel`` with ``body``."""
     return {
@@ -70,24 +61,3 @@ def response_item(channel: str, item_id: str, prev_id: str, body: str) -> dict[s
         "prev-id": prev_id,
         "formats": {"http-response": {"body": body}},
     }
-
-
-def sign(secret: str, *parts: str, ttl: int, now: float | None = None) -> str:
-    """A token binding ``parts`` until ``ttl`` seconds from now (for self-authenticating links:
-    Pushpin sends a next-link request without the client's headers)."""
-    expires = int((time.time() if now is None else now) + ttl)
-    mac = _mac(secret, expires, parts)
-    return f"{expires}.{mac}"
-
-
-def verify(secret: str, token: str, *parts: str, now: float | None = None) -> bool:
-    expires_text, _, mac = token.partition(".")
-    if not expires_text.isdigit() or int(expires_text) < (time.time() if now is None else now):
-        return False
-    return hmac.compare_digest(mac, _mac(secret, int(expires_text), parts))
-
-
-def _mac(secret: str, expires: int, parts: Sequence[str]) -> str:
-    message = "\x00".join([str(expires), *parts]).encode()
-    digest = hmac.new(secret.encode(), message, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")

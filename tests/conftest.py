@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Stack, running
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One run command (Pushpin and origin) shared by the tests that only need a server."""
+    with running(tmp_path_factory.mktemp("stack")) as s:
+        yield s
+
+
+@pytest.fixture
+def fresh_data(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def unique(prefix: str) -> str:
+    """A JID no other test uses."""
+    return f"{prefix}{next(_names)}@example.com"

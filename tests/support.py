@@ -1,0 +1,187 @@
+"""Real parts for tests and benchmarks: the run command on free ports, and raw long-polls.
+
+``Stack`` starts ``python -m app`` (Pushpin and the origin, as a user would) in its own data
+folder, on ports below 32768 (the ephemeral range starts there; see shared/notes/pushpin.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse"
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct ports in 20000-32000 that nothing listens on now."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(20000, 32000)
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+@dataclass
+class Stack:
+    """The run command, started for real on free ports."""
+
+    data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        port, origin, publish = free_ports(3)
+        self.env = {
+            "DATA_DIR": str(self.data_dir),
+            "PORT": str(port),
+            "ORIGIN_PORT": str(origin),
+            "PUSHPIN_PUBLISH_PORT": str(publish),
+            "LOG_LEVEL": "info",
+            **self.env,
+        }
+
+    @property
+    def url(self) -> str:
+        """Where clients connect: Pushpin."""
+        return f"http://127.0.0.1:{self.env['PORT']}"
+
+    @property
+    def origin_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['ORIGIN_PORT']}"
+
+    @property
+    def publish_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['PUSHPIN_PUBLISH_PORT']}/publish/"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "run.log"
+
+    def start(self, timeout: float = 30.0) -> Stack:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app"],
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while b"Ready:" not in self.log_path.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"run command did not start:\n{self.log()}")
+            time.sleep(0.05)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def client(self, user: str | None = None, origin: bool = False) -> httpx.Client:
+        auth = (user, PASSWORD) if user else None
+        return httpx.Client(
+            base_url=self.origin_url if origin else self.url, auth=auth, timeout=30.0
+        )
+
+    def account(self, user: str) -> httpx.Client:
+        """Create ``user`` and return a client logged in as them."""
+        with self.client() as anonymous:
+            r = anonymous.post("/api/account", json={"username": user, "password": PASSWORD})
+            assert r.status_code == 201, r.text
+        return self.client(user)
+
+
+@contextmanager
+def running(data_dir: Path, **env: str) -> Iterator[Stack]:
+    stack = Stack(data_dir, env=env).start()
+    try:
+        yield stack
+    finally:
+        if stack.process is not None:
+            stack.stop()
+
+
+def basic(user: str, password: str = PASSWORD) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def raw_get(
+    host: str, port: int, path: str, headers: dict[str, str], timeout: float
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 GET on its own connection, with asyncio streams: cheap enough to hold
+    thousands at once (httpx is far too slow as a load generator for that)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    try:
+        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return await asyncio.wait_for(_read_response(reader), timeout)
+    finally:
+        writer.close()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    if "content-length" in parsed:
+        body = await reader.readexactly(int(parsed["content-length"]))
+    elif parsed.get("transfer-encoding") == "chunked":
+        body = b""
+        while size := int((await reader.readline()).split(b";")[0], 16):
+            body += await reader.readexactly(size)
+            await reader.readline()
+    else:
+        body = await reader.read()
+    return int(status_line.split()[1]), parsed, body
+
+
+async def long_poll(
+    stack_url: str, user: str, since: str, timeout: float = 70.0
+) -> tuple[int, dict[str, Any]]:
+    """A long-poll through Pushpin, retried (with a short pause) on Pushpin's 502s."""
+    host, port = stack_url.removeprefix("http://").split(":")
+    path = f"/api/notifications/posts?since={since}"
+    for attempt in range(20):
+        status, _, body = await raw_get(
+            host, int(port), path, {"Authorization": basic(user)}, timeout
+        )
+        if status < 500:  # Pushpin answers 500 or 502 to bursts of new connections
+            return status, json.loads(body) if body else {}
+        await asyncio.sleep(0.05 * (attempt + 1))
+    return status, {}
