@@ -2,10 +2,12 @@
 
 Clients connect to Pushpin (PORT, 7999 by default), which forwards to the origin and holds the
 long-polls. Ctrl-C (or SIGTERM) drains the publisher's outbox, then stops both.
+``python -m app --origin-only`` runs the origin alone, for a Pushpin run elsewhere (Docker).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -28,7 +30,7 @@ class OriginServer(uvicorn.Server):
         yield  # signals are handled by serve() below, which also stops Pushpin
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, with_pushpin: bool = True) -> int:
     app = create_app(settings)
     server = OriginServer(
         uvicorn.Config(
@@ -67,6 +69,10 @@ async def serve(settings: Settings) -> int:
         if origin.done():
             return 1
         await asyncio.sleep(0.02)
+    if not with_pushpin:
+        print(f"Ready: origin on {settings.origin_host}:{settings.origin_port}", flush=True)
+        await origin
+        return 0
     try:
         await pushpin.start()
     except PushpinError as exc:
@@ -97,6 +103,11 @@ async def serve(settings: Settings) -> int:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    parser.add_argument(
+        "--origin-only", action="store_true", help="run the origin without starting Pushpin"
+    )
+    args = parser.parse_args()
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -108,7 +119,7 @@ def main() -> int:
     )
     import uvloop
 
-    return uvloop.run(serve(settings))
+    return uvloop.run(serve(settings, with_pushpin=not args.origin_only))
 
 
 if __name__ == "__main__":

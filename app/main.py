@@ -60,6 +60,7 @@ class CountInFlight:
 ROUTES = [
     Route("/health", accounts.health, methods=["GET"]),
     Route("/api/account", accounts.create_account, methods=["POST"]),
+    Route("/api/account", accounts.show_account, methods=["GET"]),
     Route("/api/subscribed", social.subscribed, methods=["GET", "POST"]),
     Route("/api/notifications/posts", notifications.posts, methods=["GET"]),
     Route("/api/{channel}", content.create_channel, methods=["POST"]),

@@ -9,12 +9,13 @@ import pytest
 from tests.support import Stack, running
 
 _names = itertools.count()
+ALLOWED_ORIGIN = "https://app.example.com"
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One run command (Pushpin and origin) shared by the tests that only need a server."""
-    with running(tmp_path_factory.mktemp("stack")) as s:
+    with running(tmp_path_factory.mktemp("stack"), CORS_ORIGINS=ALLOWED_ORIGIN) as s:
         yield s
 
 

@@ -1,11 +1,11 @@
-"""Account creation and the health check: the endpoints that need no login."""
+"""Accounts and the health check."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.common import JSONResponse, read_json, services
+from app.api.common import JSONResponse, caller, read_json, services
 from app.errors import BadRequest
 
 
@@ -15,6 +15,14 @@ async def create_account(request: Request) -> Response:
         raise BadRequest('expected JSON {"username": JID, "password": string}')
     jid = await services(request).accounts.create(body.get("username"), body.get("password"))
     return JSONResponse({"username": jid}, 201)
+
+
+async def show_account(request: Request) -> Response:
+    """The caller's account, with the API key that Basic auth takes in place of the password."""
+    jid = await caller(request)
+    account = await services(request).store.get_account(jid)
+    assert account is not None
+    return JSONResponse({"username": jid, "api_key": account.api_key})
 
 
 async def health(request: Request) -> Response:
