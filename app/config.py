@@ -55,6 +55,7 @@ class Settings:
     secret_key: str
     proxy_url: str
     hold_timeout: int = 55
+    publish_timeout: int = 5
     max_follows: int = 2000
     auth_cache_seconds: int = 60
     cors_origins: list[str] = field(default_factory=list)
@@ -84,6 +85,7 @@ class Settings:
             secret_key=env.get("SECRET_KEY") or _secret(data_dir / "secret_key", 32),
             proxy_url=env.get("PROXY_URL", f"http://127.0.0.1:{port}"),
             hold_timeout=_int(env, "HOLD_TIMEOUT", 55, 5),
+            publish_timeout=_int(env, "PUBLISH_TIMEOUT", 5, 1),
             max_follows=_int(env, "MAX_FOLLOWS", 2000, 1),
             auth_cache_seconds=_int(env, "AUTH_CACHE_SECONDS", 60, 0),
             cors_origins=_list(env, "CORS_ORIGINS"),

@@ -73,7 +73,7 @@ ROUTES = [
 
 def create_app(settings: Settings) -> Starlette:
     store = open_store(settings.database_url)
-    publisher = Publisher(store, settings.grip_urls)
+    publisher = Publisher(store, settings.grip_urls, settings.publish_timeout)
     cors = Cors(settings.cors_origins)
     services = Services(
         settings=settings,

@@ -83,6 +83,7 @@ class Stack:
     def start(self, timeout: float = 30.0) -> Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
+        offset = log.tell()  # a restart appends to the same log
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app"],
             cwd=ROOT,
@@ -92,7 +93,7 @@ class Stack:
         )
         log.close()
         deadline = time.monotonic() + timeout
-        while b"Ready:" not in self.log_path.read_bytes():
+        while b"Ready:" not in self.log_path.read_bytes()[offset:]:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"run command did not start:\n{self.log()}")
             time.sleep(0.05)

@@ -1,0 +1,151 @@
+"""The publisher: never in a request's way, in cursor order, retried before anything later.
+
+Pushpin gives no way to make one publish fail on demand, so two tests use stand-ins for the
+publish target, said so where they are: a socket that accepts and never answers, and a small
+HTTP server that fails the first publishes and records what it gets. Delivery to clients is
+shown through the real Pushpin elsewhere (and here, with a second target that hangs).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import unique
+from tests.support import Stack, free_ports
+from tests.test_posts_feed import follow, last, post
+
+
+@contextmanager
+def silent_target() -> Iterator[str]:
+    """Stand-in: accepts connections (the kernel's backlog does) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", free_ports(1)[0]))
+        s.listen(64)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+class Recorder(ThreadingHTTPServer):
+    """Stand-in publish target: fails the first ``failures`` publishes, records every one."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.attempts: list[tuple[float, int, list[dict[str, Any]]]] = []
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", free_ports(1)[0]), _RecorderHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def delivered(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [item for _, status, items in self.attempts if status == 200 for item in items]
+
+
+class _RecorderHandler(BaseHTTPRequestHandler):
+    server: Recorder
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.server.lock:
+            failing = len(self.server.attempts) < self.server.failures
+            status = 503 if failing else 200
+            self.server.attempts.append((time.monotonic(), status, body["items"]))
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def recorder(failures: int) -> Iterator[Recorder]:
+    server = Recorder(failures)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def stack_with(data_dir: Path, grip_url: str | None = None, **env: str) -> Iterator[Stack]:
+    stack = Stack(data_dir, env=env)
+    stack.env["GRIP_URL"] = (
+        grip_url or ""
+    ) + f",http://127.0.0.1:{stack.env['PUSHPIN_PUBLISH_PORT']}"
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def wait_for(predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_hanging_target_blocks_neither_posts_nor_the_other_proxies(tmp_path: Path) -> None:
+    with silent_target() as hanging, stack_with(tmp_path, hanging, PUBLISH_TIMEOUT="1") as stack:
+        reader, writer = unique("juliet"), unique("romeo")
+        with stack.account(reader) as r, stack.account(writer) as w:
+            follow(r, f"{writer}/posts")
+            for i in range(10):
+                start = time.monotonic()
+                post(w, writer, f"post {i}")
+                assert time.monotonic() - start < 0.2
+            # The real Pushpin, the second target, still delivers while the first hangs.
+            since = last(r)
+            with concurrent.futures.ThreadPoolExecutor() as pool:
+                held = pool.submit(r.get, f"/api/notifications/posts?since={since}")
+                time.sleep(0.5)
+                created = post(w, writer, "through the other proxy")
+                assert held.result(timeout=5).json()["items"] == [created]
+        wait_for(lambda: "failed: ReadTimeout" in stack.log(), 5)
+        assert "retrying in" in stack.log()
+
+
+def test_a_failed_publish_is_retried_before_anything_later(tmp_path: Path) -> None:
+    with recorder(failures=4) as target, stack_with(tmp_path, target.url) as stack:
+        a, b = unique("romeo"), unique("mercutio")
+        with stack.account(a) as wa, stack.account(b) as wb:
+            created = [post(wa if i % 2 else wb, a if i % 2 else b, f"post {i}") for i in range(8)]
+            wait_for(lambda: len(target.delivered()) == len(created), 10)
+        with stack.client(a) as reader:
+            first = int(reader.get("/api/notifications/posts").json()["last"]) - len(created)
+
+    items = target.delivered()
+    ids = [int(item["id"]) for item in items]
+    assert ids == sorted(set(ids)), "each item once, in cursor order"
+    assert ids == list(range(first + 1, first + 1 + len(created)))
+    # Each node's items chain by prev-id, from 0 for a node's first.
+    previous: dict[str, str] = {}
+    for item in items:
+        assert item["prev-id"] == previous.get(item["channel"], "0")
+        previous[item["channel"]] = item["id"]
+        body = json.loads(item["formats"]["http-response"]["body"])
+        assert body["last"] == item["id"] and len(body["items"]) == 1
+    assert [json.loads(i["formats"]["http-response"]["body"])["items"][0] for i in items] == [
+        *created
+    ]
+    # The failures were retried with backoff: growing gaps between attempts.
+    times = [t for t, _, _ in target.attempts[:5]]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert gaps[-1] > gaps[0]
+    assert sum(gaps) > 0.15

@@ -1,0 +1,106 @@
+"""The run command as a user runs it: start, Ctrl-C, restart on the same data, SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import unique
+from tests.support import Stack
+from tests.test_posts_feed import follow, last, post
+
+
+def pushpin_pids(data_dir: Path) -> list[int]:
+    pids = []
+    for pid_file in (data_dir / "pushpin").glob("*.pid"):
+        text = pid_file.read_text().strip()
+        if text.isdigit():
+            pids.append(int(text))
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    status = Path(f"/proc/{pid}/status").read_text() if Path(f"/proc/{pid}").exists() else ""
+    return "State:\tZ" not in status
+
+
+def test_ctrl_c_drains_the_outbox_and_stops_pushpin_with_its_children(tmp_path: Path) -> None:
+    stack = Stack(tmp_path).start()
+    assert "Ready: clients connect to http://127.0.0.1:" in stack.log()
+    user = unique("juliet")
+    with stack.account(user) as c:
+        for i in range(20):
+            post(c, user, f"post {i}")
+    pids = pushpin_pids(tmp_path)
+    assert len(pids) >= 4, pids  # the runner, condure, zurl, proxy, handler
+    assert all(alive(pid) for pid in pids)
+
+    assert stack.stop(signal.SIGINT) == 0
+    assert not [pid for pid in pids if alive(pid)]
+    with httpx.Client() as probe:
+        for url in (stack.url, stack.origin_url):
+            try:
+                probe.get(url + "/health", timeout=1)
+            except httpx.ConnectError:
+                continue
+            raise AssertionError(f"{url} still answers after Ctrl-C")
+    # Drained: every target's cursor reached the end of the log before the exit.
+    with sqlite3.connect(tmp_path / "buddycloud.sqlite3") as db:
+        (last_id,) = db.execute("SELECT max(id) FROM events").fetchone()
+        cursors = [row[0] for row in db.execute("SELECT cursor FROM publish_cursors")]
+    assert cursors == [last_id]
+
+
+def test_cursors_keep_growing_across_restarts(tmp_path: Path) -> None:
+    reader, writer = unique("juliet"), unique("romeo")
+    stack = Stack(tmp_path).start()
+    with stack.account(reader) as r, stack.account(writer) as w:
+        follow(r, f"{writer}/posts")
+        since = last(r)
+        before = post(w, writer, "before the restart")
+        first_last = last(r)
+    stack.stop()
+
+    again = Stack(tmp_path, env=dict(stack.env)).start()
+    try:
+        with again.client(reader) as r, again.client(writer) as w:
+            assert last(r) == first_last
+            after = post(w, writer, "after the restart")
+            body = r.get(f"/api/notifications/posts?since={since}").json()
+            assert body["items"] == [before, after]
+            assert int(body["last"]) > int(first_last)
+    finally:
+        again.stop()
+
+
+def test_restart_after_sigkill_clears_what_the_old_run_left(tmp_path: Path) -> None:
+    stack = Stack(tmp_path).start()
+    user = unique("juliet")
+    with stack.account(user) as c:
+        post(c, user, "before the crash")
+    old = pushpin_pids(tmp_path)
+    assert stack.process is not None
+    stack.process.kill()  # SIGKILL: Pushpin and its children live on and keep the ports
+    stack.process.wait()
+    stack.process = None
+    time.sleep(0.2)
+    assert any(alive(pid) for pid in old)
+
+    again = Stack(tmp_path, env=dict(stack.env)).start()
+    try:
+        assert not [pid for pid in old if alive(pid)]
+        with again.client(user) as c:
+            created = post(c, user, "after the crash")
+            assert c.get(f"/api/{user}/content/posts").json()[0] == created
+    finally:
+        again.stop()

@@ -1,0 +1,69 @@
+"""The event log in a real SQLite file: ids, same-millisecond writes, schema versions."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from app.model import POSTS_NODE, node_pushpin_channel
+from app.store import open_store
+from app.store.sqlite import SqliteStore
+from app.store.schema import MIGRATIONS
+
+NOW = "2014-06-24T15:34:54.449Z"
+
+
+async def _store(path: Path) -> SqliteStore:
+    store = SqliteStore(path)
+    await store.open()
+    return store
+
+
+def test_two_posts_in_the_same_millisecond_get_distinct_growing_cursors(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await _store(tmp_path / "log.sqlite3")
+        jid = "juliet@example.com"
+        await store.create_account(jid, "hash", "key", NOW, node_pushpin_channel(jid, POSTS_NODE))
+        node = await store.get_node(jid, POSTS_NODE)
+        assert node is not None
+        # The same timestamp for both, as two posts in one millisecond would have.
+        first = await store.append_post(node, "p1", jid, '{"id":"p1"}', NOW)
+        second = await store.append_post(node, "p2", jid, '{"id":"p2"}', NOW)
+        assert second > first > 0
+        feed = await store.posts_feed(jid, 0, 100)
+        assert [item.event_id for item in feed.items] == [first, second]
+        deliveries = await store.deliveries_after(0, 10)
+        assert [(d.event_id, d.prev_id) for d in deliveries] == [(first, 0), (second, first)]
+        await store.close()
+
+        # Ids keep growing after a reopen, and are never reused.
+        again = await _store(tmp_path / "log.sqlite3")
+        third = await again.append_post(node, "p3", jid, '{"id":"p3"}', NOW)
+        assert third > second
+        await again.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_new_file_gets_the_current_schema_and_a_newer_one_is_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await _store(tmp_path / "a.sqlite3")
+        assert await store.schema_version() == len(MIGRATIONS)
+        await store.close()
+
+        newer = tmp_path / "newer.sqlite3"
+        with sqlite3.connect(newer) as db:
+            db.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
+        with pytest.raises(RuntimeError, match="newer than this server"):
+            await _store(newer)
+
+    asyncio.run(scenario())
+
+
+def test_database_url_picks_the_backend(tmp_path: Path) -> None:
+    assert open_store(f"sqlite://{tmp_path}/x.sqlite3").path == tmp_path / "x.sqlite3"
+    with pytest.raises(Exception, match="expected sqlite://PATH"):
+        open_store("postgres://somewhere/db")
