@@ -10,8 +10,8 @@ import pytest
 
 from app.model import POSTS_NODE, node_pushpin_channel
 from app.store import open_store
-from app.store.sqlite import SqliteStore
 from app.store.schema import MIGRATIONS
+from app.store.sqlite import SqliteStore
 
 NOW = "2014-06-24T15:34:54.449Z"
 
