@@ -117,6 +117,8 @@ def main() -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per publish request is noise; failures are logged by the publisher.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     import uvloop
 
     return uvloop.run(serve(settings, with_pushpin=not args.origin_only))

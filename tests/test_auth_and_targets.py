@@ -1,0 +1,81 @@
+"""Credentials caching (a real SQLite store) and the parsing of GRIP_URL publish targets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+
+from app.accounts import Accounts, check_password, hash_password
+from app.errors import Unauthorized
+from app.publisher import Target
+from app.store.sqlite import SqliteStore
+from tests.support import basic
+
+PASSWORD = "a long enough password"
+
+
+def test_passwords_are_stored_under_a_slow_salted_hash() -> None:
+    stored = hash_password(PASSWORD)
+    assert PASSWORD not in stored and stored.startswith("scrypt$")
+    assert stored != hash_password(PASSWORD)
+    assert check_password(PASSWORD, stored)
+    assert not check_password(PASSWORD + "!", stored)
+    assert not check_password(PASSWORD, "garbage")
+    start = time.perf_counter()
+    check_password(PASSWORD, stored)
+    assert time.perf_counter() - start > 0.005, "the hash must be slow"
+
+
+def test_a_long_poll_does_not_pay_the_slow_hash_each_time(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "db.sqlite3")
+        await store.open()
+        accounts = Accounts(store, secret_key="s" * 32, cache_seconds=60)
+        jid = await accounts.create("Juliet@Example.com", PASSWORD)
+        assert jid == "juliet@example.com"
+
+        start = time.perf_counter()
+        assert await accounts.authenticate(basic(jid, PASSWORD)) == jid
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(50):
+            assert await accounts.authenticate(basic(jid, PASSWORD)) == jid
+        cached = (time.perf_counter() - start) / 50
+        assert cached < first / 10, (first, cached)
+
+        # A wrong password is not let through by the cache, and is not cached as right.
+        for _ in range(2):
+            with pytest.raises(Unauthorized):
+                await accounts.authenticate(basic(jid, PASSWORD + "!"))
+        for header in (None, "Bearer x", "Basic !!!", "Basic " + base64.b64encode(b"x").decode()):
+            with pytest.raises(Unauthorized):
+                await accounts.authenticate(header)
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_grip_url_targets_pushpin_and_fanout() -> None:
+    pushpin = Target.parse("http://127.0.0.1:5561")
+    assert pushpin.publish_url == "http://127.0.0.1:5561/publish/"
+    assert pushpin.headers() == {}
+
+    key = b"0123456789abcdef0123456789abcdef"
+    url = (
+        "https://api.fanout.io/realm/myrealm?iss=myrealm&key=base64:"
+        + base64.b64encode(key).decode()
+    )
+    fanout = Target.parse(url)
+    assert fanout.publish_url == "https://api.fanout.io/realm/myrealm/publish/"
+    assert fanout.label == "https://api.fanout.io/realm/myrealm"  # no key in logs
+    token = fanout.headers()["Authorization"].removeprefix("Bearer ")
+    claims = jwt.decode(token, key, algorithms=["HS256"])
+    assert claims["iss"] == "myrealm" and claims["exp"] > time.time()
+
+    with_password = Target.parse("http://user:secret@proxy.example:5561/")
+    assert "secret" not in with_password.label
