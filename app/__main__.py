@@ -22,6 +22,7 @@ from app.main import create_app
 from app.pushpin import Pushpin, PushpinError
 
 log = logging.getLogger("app")
+RESTART_FIRST, RESTART_MAX = 0.5, 30.0
 
 
 class OriginServer(uvicorn.Server):
@@ -87,19 +88,32 @@ async def serve(settings: Settings, with_pushpin: bool = True) -> int:
         f"{settings.data_dir}. Ctrl-C stops.",
         flush=True,
     )
-    watch = asyncio.create_task(pushpin.wait())
-    await asyncio.wait([origin, watch], return_when=asyncio.FIRST_COMPLETED)
-    status = 0
-    if watch.done():
-        log.error("pushpin exited with %s; stopping (see %s)", watch.result(), pushpin.log_path)
-        server.should_exit = True
-        status = 1
-        await origin
-    else:
-        watch.cancel()
+    supervisor = asyncio.create_task(supervise(pushpin))
+    await origin
+    supervisor.cancel()
+    await asyncio.gather(supervisor, return_exceptions=True)
     await pushpin.stop()
     log.info("stopped")
-    return status
+    return 0
+
+
+async def supervise(pushpin: Pushpin) -> None:
+    """Start Pushpin again whenever it exits under us, with growing pauses between attempts:
+    clients reconnect and catch up by cursor, the publisher retries what failed meanwhile."""
+    while True:
+        code = await pushpin.wait()
+        log.error("pushpin exited with %s (see %s); restarting it", code, pushpin.log_path)
+        delay = RESTART_FIRST
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await pushpin.start()
+                break
+            except PushpinError as exc:
+                log.error("%s; retrying in %.1fs", exc, delay)
+                await pushpin.stop()
+                delay = min(delay * 2, RESTART_MAX)
+        log.info("pushpin is back")
 
 
 def main() -> int:

@@ -104,3 +104,23 @@ def test_restart_after_sigkill_clears_what_the_old_run_left(tmp_path: Path) -> N
             assert c.get(f"/api/{user}/content/posts").json()[0] == created
     finally:
         again.stop()
+
+
+def test_pushpin_is_restarted_when_it_dies(tmp_path: Path) -> None:
+    stack = Stack(tmp_path).start()
+    try:
+        user = unique("juliet")
+        with stack.account(user) as c:
+            post(c, user, "before")
+            for pid in pushpin_pids(tmp_path):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while "pushpin is back" not in stack.log():
+                assert time.monotonic() < deadline, stack.log()
+                time.sleep(0.05)
+            assert "pushpin exited with -9" in stack.log()
+            created = post(c, user, "after")
+            assert c.get(f"/api/{user}/content/posts").json()[0] == created
+    finally:
+        assert stack.stop() == 0
+    assert not [pid for pid in pushpin_pids(tmp_path) if alive(pid)]
