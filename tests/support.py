@@ -15,16 +15,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 PASSWORD = "correct horse"
 
 
@@ -50,6 +52,7 @@ class Stack:
 
     data_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)  # e.g. ["--origin-only"]
     process: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -85,7 +88,7 @@ class Stack:
         log = self.log_path.open("ab")
         offset = log.tell()  # a restart appends to the same log
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app"],
+            [sys.executable, "-m", "app", *self.args],
             cwd=ROOT,
             env={**os.environ, **self.env},
             stdout=log,
@@ -186,3 +189,58 @@ async def long_poll(
             return status, json.loads(body) if body else {}
         await asyncio.sleep(0.05 * (attempt + 1))
     return status, {}
+
+
+class Background:
+    """An event loop in a thread, for the async parts (Pushpin, proxies) of synchronous tests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+class DelayProxy:
+    """A TCP proxy that holds what the upstream sends back for ``delay`` seconds: it opens a
+    window between the origin's answer and Pushpin's receipt of it, to inject events there."""
+
+    def __init__(self, background: Background, upstream_port: int) -> None:
+        self.background = background
+        self.upstream_port = upstream_port
+        self.delay = 0.0
+        self.answers = 0  # chunks the upstream sent back, i.e. answers the origin has written
+        self.port = free_ports(1)[0]
+        self._server = background.call(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        answering = asyncio.Event()  # set from a request's first bytes to its answer's first
+
+        async def forward(r: asyncio.StreamReader, w: asyncio.StreamWriter, back: bool) -> None:
+            try:
+                while data := await r.read(65536):
+                    if not back:
+                        answering.set()
+                    elif answering.is_set():
+                        answering.clear()
+                        self.answers += 1
+                        await asyncio.sleep(self.delay)
+                    w.write(data)
+                    await w.drain()
+            except ConnectionError:
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(forward(client_r, up_w, False), forward(up_r, client_w, True))
+
+    def close(self) -> None:
+        self._server.close()

@@ -1,0 +1,214 @@
+"""Nothing lost, nothing twice: races between the origin and Pushpin, and failed publishes.
+
+These run the real parts apart so that faults can be put between them: the run command as
+the origin alone (``--origin-only``), a real Pushpin started here, and between the two a TCP
+proxy that can hold the origin's answers back (``DelayProxy``), or a publish target that fails
+on demand in front of Pushpin's real publish port.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.pushpin import Pushpin
+from tests.conftest import unique
+from tests.support import PASSWORD, ROOT, Background, DelayProxy, Stack, free_ports
+from tests.test_posts_feed import follow, last, post
+
+SIG_KEY = "a test signing key of more than 32 bytes"
+
+
+class FailingPublish(ThreadingHTTPServer):
+    """Stand-in in front of Pushpin's real publish port: fails the next ``failures`` publish
+    requests with 503 (as a Pushpin that is away would), forwards the others."""
+
+    def __init__(self, publish_port: int) -> None:
+        self.target = f"http://127.0.0.1:{publish_port}/publish/"
+        self.failures = 0
+        self.log: list[tuple[int, list[str]]] = []  # (status, item ids) of each attempt
+        super().__init__(("127.0.0.1", free_ports(1)[0]), _FailingPublishHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _FailingPublishHandler(BaseHTTPRequestHandler):
+    server: FailingPublish
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        ids = [item["id"] for item in json.loads(body)["items"]]
+        if self.server.failures > 0:
+            self.server.failures -= 1
+            status = 503
+        else:
+            status = httpx.post(self.server.target, content=body, timeout=5).status_code
+        self.server.log.append((status, ids))
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class Split:
+    origin: Stack
+    proxy: DelayProxy
+    pushpin: Pushpin
+    background: Background
+    failing: FailingPublish | None = None
+
+    def client(self, user: str) -> httpx.Client:
+        return self.origin.client(user)  # base_url: Pushpin (PORT)
+
+    def direct(self, user: str) -> httpx.Client:
+        return self.origin.client(user, origin=True)
+
+
+@contextmanager
+def split_stack(tmp_path: Path, failing_publish: bool = False) -> Iterator[Split]:
+    port, publish_port = free_ports(2)
+    env = {"PORT": str(port), "PUSHPIN_PUBLISH_PORT": str(publish_port), "GRIP_SIG_KEY": SIG_KEY}
+    failing = FailingPublish(publish_port) if failing_publish else None
+    if failing:
+        env["GRIP_URL"] = failing.url
+    origin = Stack(tmp_path, env=env, args=["--origin-only"]).start()
+    background = Background()
+    proxy = DelayProxy(background, int(origin.env["ORIGIN_PORT"]))
+    pushpin = Pushpin(
+        config=ROOT / "pushpin" / "pushpin.conf",
+        rundir=tmp_path / "pushpin",
+        http_port=port,
+        publish_port=publish_port,
+        origin=f"127.0.0.1:{proxy.port}",
+        sig_key=SIG_KEY,
+    )
+    background.call(pushpin.start())
+    try:
+        yield Split(origin, proxy, pushpin, background, failing)
+    finally:
+        if failing:
+            failing.shutdown()
+            failing.server_close()
+        background.call(pushpin.stop())
+        proxy.close()
+        background.close()
+        origin.stop()
+
+
+@pytest.fixture
+def split(tmp_path: Path) -> Iterator[Split]:
+    with split_stack(tmp_path) as s:
+        yield s
+
+
+def post_in_the_window(split: Split, reader: httpx.Client, since: str, writer: str) -> float:
+    """Send a long-poll; once the origin has read the log and answered with a hold, and before
+    Pushpin has that answer, commit a post. Returns seconds from the commit to its delivery."""
+    split.proxy.delay = 0.7
+    seen = split.proxy.answers
+    with concurrent.futures.ThreadPoolExecutor() as pool, split.direct(writer) as w:
+        held = pool.submit(reader.get, f"/api/notifications/posts?since={since}")
+        deadline = time.monotonic() + 5
+        while split.proxy.answers == seen:  # the origin has answered: its read is done
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        created = post(w, writer, "committed between the origin's read and the hold")
+        committed = time.monotonic()
+        answer = held.result(timeout=10)
+        delivered = time.monotonic()
+    assert answer.status_code == 200
+    assert answer.json()["items"] == [created]
+    return delivered - committed
+
+
+def test_race_on_a_channel_with_subscribers(split: Split) -> None:
+    racer, bystander, writer = unique("juliet"), unique("nurse"), unique("romeo")
+    with split.origin.client() as anonymous:
+        for user in (racer, bystander, writer):
+            anonymous.post("/api/account", json={"username": user, "password": PASSWORD})
+    with split.client(racer) as r, split.client(bystander) as b:
+        follow(r, f"{writer}/posts")
+        follow(b, f"{writer}/posts")
+        since = last(r)
+        with concurrent.futures.ThreadPoolExecutor() as pool:
+            other = pool.submit(b.get, f"/api/notifications/posts?since={since}")
+            time.sleep(1.5)  # the channel has a subscriber, past Pushpin's first re-request
+            elapsed = post_in_the_window(split, r, since, writer)
+            assert other.result(timeout=5).json()["items"][0]["author"] == writer
+    assert elapsed < 3.0
+
+
+def test_race_on_a_channel_without_subscribers(split: Split) -> None:
+    racer, writer = unique("juliet"), unique("romeo")
+    with split.origin.client() as anonymous:
+        for user in (racer, writer):
+            anonymous.post("/api/account", json={"username": user, "password": PASSWORD})
+    with split.client(racer) as r:
+        follow(r, f"{writer}/posts")
+        since = last(r)
+        elapsed = post_in_the_window(split, r, since, writer)
+    assert elapsed < 3.0
+
+
+def test_a_failed_publish_on_one_node_holds_back_the_later_one_on_another(
+    tmp_path: Path,
+) -> None:
+    reader, a, b = unique("juliet"), unique("romeo"), unique("mercutio")
+    with split_stack(tmp_path, failing_publish=True) as split:
+        assert split.failing is not None
+        with split.origin.client() as anonymous:
+            for user in (reader, a, b):
+                anonymous.post("/api/account", json={"username": user, "password": PASSWORD})
+        with split.client(reader) as r, split.direct(a) as wa, split.direct(b) as wb:
+            follow(r, f"{a}/posts", f"{b}/posts")
+            since = last(r)
+            with concurrent.futures.ThreadPoolExecutor() as pool:
+                held = pool.submit(r.get, f"/api/notifications/posts?since={since}")
+                time.sleep(1.5)
+                split.failing.failures = 3
+                on_a = post(wa, a, "on A: its publish fails, then is retried")
+                on_b = post(wb, b, "on B: later, and its publish would succeed")
+                first = held.result(timeout=10).json()
+            seen = [item["id"] for item in first["items"]]
+            answers = [first]
+            while len(seen) < 2:
+                page = r.get(f"/api/notifications/posts?since={answers[-1]['last']}").json()
+                answers.append(page)
+                seen += [item["id"] for item in page["items"]]
+    assert seen == [on_a["id"], on_b["id"]], "each once, in order"
+    # The first answer has A: no cursor passed A before A was handed over.
+    assert first["items"][0]["id"] == on_a["id"]
+    log = split.failing.log
+    assert [status for status, _ in log[:3]] == [503, 503, 503]
+    assert all(ids[0] == log[0][1][0] for _, ids in log[:4]), "A retried before anything else"
+
+
+def test_posts_made_while_pushpin_is_down_reach_clients_when_it_is_back(split: Split) -> None:
+    reader, writer = unique("juliet"), unique("romeo")
+    with split.origin.client() as anonymous:
+        for user in (reader, writer):
+            anonymous.post("/api/account", json={"username": user, "password": PASSWORD})
+    with split.client(reader) as r, split.direct(writer) as w:
+        follow(r, f"{writer}/posts")
+        since = last(r)
+        split.background.call(split.pushpin.stop())
+        created = [post(w, writer, f"while Pushpin is down {i}") for i in range(3)]
+        split.background.call(split.pushpin.start())
+        assert r.get(f"/api/notifications/posts?since={since}").json()["items"] == created
