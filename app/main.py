@@ -14,7 +14,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.accounts import Accounts
-from app.api import accounts, content, notifications, social
+from app.api import accounts, content, notifications, openapi, social
 from app.api.common import api_error_handler, http_error_handler
 from app.channels import Channels
 from app.config import Settings
@@ -59,6 +59,7 @@ class CountInFlight:
 
 ROUTES = [
     Route("/health", accounts.health, methods=["GET"]),
+    Route("/openapi.json", openapi.openapi, methods=["GET"]),
     Route("/api/account", accounts.create_account, methods=["POST"]),
     Route("/api/account", accounts.show_account, methods=["GET"]),
     Route("/api/subscribed", social.subscribed, methods=["GET", "POST"]),
