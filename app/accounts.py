@@ -10,15 +10,18 @@ import hmac
 import secrets
 import time
 
-from app.errors import BadRequest, Unauthorized
+from app.errors import BadRequest, TooManyRequests, Unauthorized
 from app.model import POSTS_NODE, node_pushpin_channel, now_iso, parse_jid
 from app.store import Store
+from app.throttle import Throttle
 
 # scrypt with n=2**14, r=8: about 16 MiB and tens of milliseconds per check.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024
 REALM = "buddycloud"
+# Failed logins allowed per minute, per account and per client address, before 429.
+FAILURES_PER_ACCOUNT, FAILURES_PER_ADDRESS, FAILURE_WINDOW = 10, 30, 60.0
 
 
 def hash_password(password: str) -> str:
@@ -57,6 +60,8 @@ class Accounts:
         self._cache_seconds = cache_seconds
         # keyed hash of "user:secret" -> (jid, expiry); never the plain password
         self._cache: dict[bytes, tuple[str, float]] = {}
+        self._per_account = Throttle(FAILURES_PER_ACCOUNT, FAILURE_WINDOW)
+        self._per_address = Throttle(FAILURES_PER_ADDRESS, FAILURE_WINDOW)
 
     async def create(self, username: object, password: object) -> str:
         if not isinstance(username, str) or not isinstance(password, str):
@@ -73,8 +78,12 @@ class Accounts:
         )
         return jid
 
-    async def authenticate(self, authorization: str | None) -> str:
-        """The JID of the caller of a Basic ``Authorization`` header, or Unauthorized."""
+    async def authenticate(self, authorization: str | None, address: str = "") -> str:
+        """The JID of the caller of a Basic ``Authorization`` header, or Unauthorized.
+
+        Failed logins are counted per account and per client ``address``; past the limit the
+        answer is TooManyRequests, before any slow hash is computed.
+        """
         if not authorization:
             raise Unauthorized("login required: HTTP Basic with your JID and password or API key")
         username, secret = _parse_basic(authorization)
@@ -83,22 +92,36 @@ class Accounts:
         now = time.monotonic()
         if cached and cached[1] > now:
             return cached[0]
-        try:
-            jid = parse_jid(username)
-        except BadRequest:
-            raise Unauthorized("invalid credentials") from None
-        account = await self.store.get_account(jid)
-        if account is None:
+        account_key, address_key = "account:" + username.lower(), "address:" + address
+        wait = max(
+            self._per_account.retry_after(account_key), self._per_address.retry_after(address_key)
+        )
+        if wait > 0:
+            raise TooManyRequests(f"too many failed logins: try again in {wait:.0f}s", wait)
+        jid = await self._verify(username, secret)
+        if jid is None:
+            self._per_account.failed(account_key)
+            self._per_address.failed(address_key)
             raise Unauthorized("invalid credentials")
-        if not hmac.compare_digest(secret.encode(), account.api_key.encode()):
-            ok = await asyncio.to_thread(check_password, secret, account.password_hash)
-            if not ok:
-                raise Unauthorized("invalid credentials")
+        self._per_account.succeeded(account_key)
         if self._cache_seconds:
             if len(self._cache) > 10_000:
                 self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
             self._cache[key] = (jid, now + self._cache_seconds)
         return jid
+
+    async def _verify(self, username: str, secret: str) -> str | None:
+        try:
+            jid = parse_jid(username)
+        except BadRequest:
+            return None
+        account = await self.store.get_account(jid)
+        if account is None:
+            return None
+        if hmac.compare_digest(secret.encode(), account.api_key.encode()):
+            return jid
+        ok = await asyncio.to_thread(check_password, secret, account.password_hash)
+        return jid if ok else None
 
 
 def _parse_basic(header: str) -> tuple[str, str]:

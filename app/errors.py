@@ -39,6 +39,14 @@ class UnsupportedMediaType(ApiError):
     status = 415
 
 
+class TooManyRequests(ApiError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NotProxied(ApiError):
     """A request that would be held arrived without a valid Grip-Sig: only Pushpin may hold."""
 

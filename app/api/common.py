@@ -9,7 +9,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.errors import ApiError, BadRequest, PayloadTooLarge, UnsupportedMediaType
+from app import grip
+from app.errors import ApiError, BadRequest, PayloadTooLarge, TooManyRequests, UnsupportedMediaType
 
 if TYPE_CHECKING:
     from app.main import Services
@@ -63,11 +64,36 @@ async def read_json(request: Request) -> Any:
 
 async def caller(request: Request) -> str:
     """The authenticated JID, or Unauthorized."""
-    return await services(request).accounts.authenticate(request.headers.get("authorization"))
+    return await services(request).accounts.authenticate(
+        request.headers.get("authorization"), client_address(request)
+    )
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    headers = {}
+def proxied(request: Request) -> bool:
+    """Did the request come through our GRIP proxy (a valid Grip-Sig)? Checked once."""
+    known: bool | None = getattr(request.state, "proxied", None)
+    if known is None:
+        settings = services(request).settings
+        known = grip.is_signed(
+            request.headers.get("grip-sig"), settings.grip_sig_key, settings.grip_sig_iss
+        )
+        request.state.proxied = known
+    return known
+
+
+def client_address(request: Request) -> str:
+    """The client's address: the one Pushpin appended to X-Forwarded-For, when the request is
+    Pushpin's (anyone else could write that header), else the peer's."""
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded and proxied(request):
+        return forwarded.rsplit(",", 1)[-1].strip()
+    return request.client.host if request.client else ""
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    headers = dict(headers or {})
     if status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="buddycloud"'
     return JSONResponse({"error": message}, status, headers)
@@ -75,7 +101,10 @@ def error_response(status: int, message: str) -> JSONResponse:
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.message)
+    headers = {}
+    if isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return error_response(exc.status, exc.message, headers)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:

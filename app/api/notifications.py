@@ -10,17 +10,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app import grip
-from app.api.common import JSON_TYPE, RawJSONResponse, caller, services
+from app.api.common import JSON_TYPE, RawJSONResponse, caller, proxied, services
 from app.errors import NotProxied
 from app.feeds import Hold, parse_cursor
 
 
 async def posts(request: Request) -> Response:
     s = services(request)
-    settings = s.settings
-    proxied = grip.is_signed(
-        request.headers.get("grip-sig"), settings.grip_sig_key, settings.grip_sig_iss
-    )
     jid = await caller(request)
     raw_since = request.query_params.get("since")
     if raw_since is None:
@@ -29,8 +25,8 @@ async def posts(request: Request) -> Response:
     answer = await s.posts_feed.since(jid, since)
     if not isinstance(answer, Hold):
         return RawJSONResponse(answer.body)
-    if not proxied:
-        raise NotProxied(settings.proxy_url)
+    if not proxied(request):
+        raise NotProxied(s.settings.proxy_url)
     return _hold(request, answer)
 
 
