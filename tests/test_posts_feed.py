@@ -217,3 +217,48 @@ def test_a_hold_that_did_not_come_through_pushpin_is_refused(stack: Stack) -> No
         assert forged.status_code == 501
         # What needs no hold is answered directly too.
         assert direct.get("/api/notifications/posts").status_code == 200
+
+
+def test_a_big_catch_up_is_paged_under_pushpins_body_limit(stack: Stack) -> None:
+    reader, writer = unique("juliet"), unique("romeo")
+    with stack.account(reader) as r, stack.account(writer):
+        follow(r, f"{writer}/posts")
+        since = last(r)
+
+        def write(first: int) -> list[str]:
+            with stack.client(writer) as c:
+                return [
+                    post(c, writer, f"{i} " + "x" * (500 + (i * 997) % 4000))["id"]
+                    for i in range(first, 2000, 2)
+                ]
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            written = {p for batch in pool.map(write, (0, 1)) for p in batch}
+        seen: list[str] = []
+        cursor = since
+        while len(seen) < len(written):
+            answer = r.get(f"/api/notifications/posts?since={cursor}", timeout=5)
+            assert len(answer.content) < 90_000
+            body = answer.json()
+            assert 0 < len(body["items"]) <= 100
+            seen += [item["id"] for item in body["items"]]
+            cursor = body["last"]
+        assert len(seen) == len(set(seen)) and set(seen) == written
+
+
+def test_the_largest_post_fits_a_held_answer_intact(stack: Stack) -> None:
+    reader, writer = unique("juliet"), unique("romeo")
+    # 10,000 characters, most of them control characters, which JSON escapes as \\u00XX: six
+    # bytes each.
+    content = "\x01" * 9000 + '"\\é𝄞' * 250
+    with stack.account(reader) as r, stack.account(writer) as w:
+        follow(r, f"{writer}/posts")
+        since = last(r)
+        with concurrent.futures.ThreadPoolExecutor() as pool:
+            held = pool.submit(r.get, f"/api/notifications/posts?since={since}")
+            time.sleep(0.5)
+            created = post(w, writer, content)
+            answer = held.result(timeout=5)
+        assert 55_000 < len(answer.content) < 100_000
+        assert answer.json()["items"] == [created]
+        assert created["content"] == content

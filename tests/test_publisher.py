@@ -149,3 +149,38 @@ def test_a_failed_publish_is_retried_before_anything_later(tmp_path: Path) -> No
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert gaps[-1] > gaps[0]
     assert sum(gaps) > 0.15
+
+
+def test_parallel_writers_leave_no_gaps_forks_or_repeats(tmp_path: Path) -> None:
+    writers, per_writer = 8, 25
+    with recorder(failures=0) as target, stack_with(tmp_path, target.url) as stack:
+        owner = unique("capulet")
+        topics = [f"t{i}-{owner.partition('@')[0]}@topics.example.com" for i in range(4)]
+        users = [unique("writer") for _ in range(writers)]
+        with stack.account(owner) as o:
+            for topic in topics:
+                assert o.post(f"/api/{topic}").status_code == 201
+        for user in users:
+            with stack.account(user) as c:
+                follow(c, *(f"{t}/posts" for t in topics))
+
+        def write(user: str) -> list[dict[str, Any]]:
+            with stack.client(user) as c:
+                return [post(c, topics[i % len(topics)], f"{user} {i}") for i in range(per_writer)]
+
+        with concurrent.futures.ThreadPoolExecutor(writers) as pool:
+            created = [p for batch in pool.map(write, users) for p in batch]
+        wait_for(lambda: len(target.delivered()) == len(created), 20)
+
+    items = target.delivered()
+    ids = [int(item["id"]) for item in items]
+    assert ids == list(range(ids[0], ids[0] + len(created))), "no gap, no repeat, in order"
+    previous: dict[str, str] = {}
+    for item in items:  # one chain per node: no fork (two items after one id), no hole
+        assert item["prev-id"] == previous.get(item["channel"], "0")
+        previous[item["channel"]] = item["id"]
+    published = [json.loads(i["formats"]["http-response"]["body"])["items"][0] for i in items]
+    assert sorted(p["id"] for p in published) == sorted(p["id"] for p in created)
+    for user in users:  # each writer's posts went out in the order written
+        mine = [p["content"] for p in published if p["author"] == user]
+        assert mine == [f"{user} {i}" for i in range(per_writer)]
