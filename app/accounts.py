@@ -11,7 +11,7 @@ import secrets
 import time
 
 from app.errors import BadRequest, TooManyRequests, Unauthorized
-from app.model import POSTS_NODE, node_pushpin_channel, now_iso, parse_jid
+from app.model import now_iso, parse_jid
 from app.store import Store
 from app.throttle import Throttle
 
@@ -73,9 +73,7 @@ class Accounts:
             )
         password_hash = await asyncio.to_thread(hash_password, password)
         api_key = secrets.token_urlsafe(24)
-        await self.store.create_account(
-            jid, password_hash, api_key, now_iso(), node_pushpin_channel(jid, POSTS_NODE)
-        )
+        await self.store.create_account(jid, password_hash, api_key, now_iso())
         return jid
 
     async def authenticate(self, authorization: str | None, address: str = "") -> str:

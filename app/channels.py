@@ -11,10 +11,8 @@ from app import access
 from app.errors import BadRequest, Conflict, Forbidden, NotFound
 from app.model import (
     MAX_CONTENT_CHARS,
-    POSTS_NODE,
     Affiliation,
     Post,
-    node_pushpin_channel,
     node_source,
     now_iso,
     parse_jid,
@@ -51,14 +49,7 @@ class Channels:
             choices = ", ".join(DEFAULT_AFFILIATIONS)
             raise BadRequest(f"default_affiliation must be one of {choices}")
         await self.store.create_channel(
-            jid,
-            owner,
-            title,
-            description,
-            access_model,
-            default,
-            now_iso(),
-            node_pushpin_channel(jid, POSTS_NODE),
+            jid, owner, title, description, access_model, default, now_iso()
         )
         return jid
 

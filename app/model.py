@@ -75,11 +75,6 @@ def node_source(channel: str, node: str) -> str:
     return f"{channel}/{node}"
 
 
-def node_pushpin_channel(channel: str, node: str) -> str:
-    """The Pushpin channel that carries a node's posts (names are validated: no ``;`` or ``,``)."""
-    return "node:" + node_source(channel, node)
-
-
 def feed_body(last: int, payloads: list[str]) -> str:
     """The one way a feed answer is written, immediate or published: same post, same bytes."""
     return f'{{"last":"{last}","items":[{",".join(payloads)}]}}'

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.model import POSTS_NODE, node_pushpin_channel
+from app.model import POSTS_NODE
 from app.store import open_store
 from app.store.schema import MIGRATIONS
 from app.store.sqlite import SqliteStore
@@ -26,7 +26,7 @@ def test_two_posts_in_the_same_millisecond_get_distinct_growing_cursors(tmp_path
     async def scenario() -> None:
         store = await _store(tmp_path / "log.sqlite3")
         jid = "juliet@example.com"
-        await store.create_account(jid, "hash", "key", NOW, node_pushpin_channel(jid, POSTS_NODE))
+        await store.create_account(jid, "hash", "key", NOW)
         node = await store.get_node(jid, POSTS_NODE)
         assert node is not None
         # The same timestamp for both, as two posts in one millisecond would have.

@@ -22,7 +22,6 @@ MIGRATIONS: list[str] = [
         id INTEGER PRIMARY KEY,
         channel TEXT NOT NULL REFERENCES channels(jid),
         name TEXT NOT NULL,
-        pushpin_channel TEXT NOT NULL UNIQUE,
         UNIQUE (channel, name)
     );
     CREATE TABLE subscriptions (

@@ -17,6 +17,14 @@ from app.errors import Conflict
 from app.store.base import Account, Delivery, FeedItem, NodeInfo, PostsFeedState
 from app.store.schema import MIGRATIONS
 
+# The Pushpin channel of a node: short, so that a hold on every node a user follows fits the
+# 100,000 bytes Pushpin accepts from the origin (names are up to 255-byte JIDs).
+NODE_CHANNEL = "'n' || n.id"
+
+# The followers whose feeds carry a node's posts: an allow-list, so that a role added later
+# (pending, for private channels) sees nothing until it is added here.
+MAY_READ = "affiliation IN ('owner', 'moderator', 'publisher', 'member')"
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -94,9 +102,7 @@ class SqliteStore:
     # -- accounts and channels ---------------------------------------------------------------
 
     @_in_db_thread
-    def create_account(
-        self, jid: str, password_hash: str, api_key: str, now: str, pushpin_channel: str
-    ) -> None:
+    def create_account(self, jid: str, password_hash: str, api_key: str, now: str) -> None:
         with self._tx():
             if self.db.execute("SELECT 1 FROM channels WHERE jid = ?", (jid,)).fetchone():
                 raise Conflict(f"{jid} already exists")
@@ -104,7 +110,7 @@ class SqliteStore:
                 "INSERT INTO accounts (jid, password_hash, api_key, created) VALUES (?,?,?,?)",
                 (jid, password_hash, api_key, now),
             )
-            self._insert_channel(jid, jid, "", "", "open", "publisher", now, pushpin_channel)
+            self._insert_channel(jid, jid, "", "", "open", "publisher", now)
 
     @_in_db_thread
     def get_account(self, jid: str) -> Account | None:
@@ -123,20 +129,12 @@ class SqliteStore:
         access_model: str,
         default_affiliation: str,
         now: str,
-        pushpin_channel: str,
     ) -> None:
         with self._tx():
             if self.db.execute("SELECT 1 FROM channels WHERE jid = ?", (jid,)).fetchone():
                 raise Conflict(f"channel {jid} already exists")
             self._insert_channel(
-                jid,
-                owner,
-                title,
-                description,
-                access_model,
-                default_affiliation,
-                now,
-                pushpin_channel,
+                jid, owner, title, description, access_model, default_affiliation, now
             )
 
     def _insert_channel(
@@ -148,7 +146,6 @@ class SqliteStore:
         access_model: str,
         default_affiliation: str,
         now: str,
-        pushpin_channel: str,
     ) -> None:
         self.db.execute(
             "INSERT INTO channels (jid, owner, title, description, access_model,"
@@ -156,8 +153,8 @@ class SqliteStore:
             (jid, owner, title, description, access_model, default_affiliation, now),
         )
         node_id = self.db.execute(
-            "INSERT INTO nodes (channel, name, pushpin_channel) VALUES (?, 'posts', ?)",
-            (jid, pushpin_channel),
+            "INSERT INTO nodes (channel, name) VALUES (?, 'posts')",
+            (jid,),
         ).lastrowid
         self.db.execute(
             "INSERT INTO subscriptions (jid, node_id, affiliation) VALUES (?, ?, 'owner')",
@@ -167,7 +164,7 @@ class SqliteStore:
     @_in_db_thread
     def get_node(self, channel: str, name: str) -> NodeInfo | None:
         row = self.db.execute(
-            "SELECT n.id, n.channel, n.name, n.pushpin_channel, c.access_model,"
+            f"SELECT n.id, n.channel, n.name, {NODE_CHANNEL}, c.access_model,"
             " c.default_affiliation FROM nodes n JOIN channels c ON c.jid = n.channel"
             " WHERE n.channel = ? AND n.name = ?",
             (channel, name),
@@ -304,7 +301,7 @@ class SqliteStore:
                 "SELECT e.id, e.payload FROM events e"
                 " JOIN posts p ON p.event_id = e.id AND p.deleted = 0"
                 " WHERE e.id > ? AND e.type = 'post' AND e.node_id IN"
-                "  (SELECT node_id FROM subscriptions WHERE jid = ? AND affiliation != 'outcast')"
+                f"  (SELECT node_id FROM subscriptions WHERE jid = ? AND {MAY_READ})"
                 " ORDER BY e.id LIMIT ?",
                 (since, jid, limit),
             )
@@ -314,10 +311,10 @@ class SqliteStore:
             channels = [
                 (r[0], r[1])
                 for r in self.db.execute(
-                    "SELECT n.pushpin_channel, coalesce(h.last_id, 0) FROM subscriptions s"
+                    f"SELECT {NODE_CHANNEL}, coalesce(h.last_id, 0) FROM subscriptions s"
                     " JOIN nodes n ON n.id = s.node_id"
-                    " LEFT JOIN channel_heads h ON h.channel = n.pushpin_channel"
-                    " WHERE s.jid = ? AND s.affiliation != 'outcast' ORDER BY n.id",
+                    f" LEFT JOIN channel_heads h ON h.channel = {NODE_CHANNEL}"
+                    f" WHERE s.jid = ? AND s.{MAY_READ} ORDER BY n.id",
                     (jid,),
                 )
             ]
