@@ -76,24 +76,26 @@ async def serve(settings: Settings, with_pushpin: bool = True) -> int:
         await origin
         return 0
     try:
-        await pushpin.start()
-    except PushpinError as exc:
-        log.error("%s", exc)
-        server.should_exit = True
+        try:
+            await pushpin.start()
+        except (PushpinError, OSError) as exc:
+            log.error("pushpin did not start: %s", exc)
+            server.should_exit = True
+            await origin
+            return 1
+        print(
+            f"Ready: clients connect to http://127.0.0.1:{settings.port}/ "
+            f"(try /api/notifications/posts); origin on {settings.origin_host}:"
+            f"{settings.origin_port}, publish on {settings.grip_urls[0]}, data in "
+            f"{settings.data_dir}. Ctrl-C stops.",
+            flush=True,
+        )
+        supervisor = asyncio.create_task(supervise(pushpin))
         await origin
-        return 1
-    print(
-        f"Ready: clients connect to http://127.0.0.1:{settings.port}/ "
-        f"(try /api/notifications/posts); origin on {settings.origin_host}:"
-        f"{settings.origin_port}, publish on {settings.grip_urls[0]}, data in "
-        f"{settings.data_dir}. Ctrl-C stops.",
-        flush=True,
-    )
-    supervisor = asyncio.create_task(supervise(pushpin))
-    await origin
-    supervisor.cancel()
-    await asyncio.gather(supervisor, return_exceptions=True)
-    await pushpin.stop()
+        supervisor.cancel()
+        await asyncio.gather(supervisor, return_exceptions=True)
+    finally:
+        await pushpin.stop()  # whatever happened: no Pushpin outlives the run command
     log.info("stopped")
     return 0
 
@@ -110,8 +112,8 @@ async def supervise(pushpin: Pushpin) -> None:
             try:
                 await pushpin.start()
                 break
-            except PushpinError as exc:
-                log.error("%s; retrying in %.1fs", exc, delay)
+            except (PushpinError, OSError) as exc:
+                log.error("pushpin did not start: %s; retrying in %.1fs", exc, delay)
                 await pushpin.stop()
                 delay = min(delay * 2, RESTART_MAX)
         log.info("pushpin is back")

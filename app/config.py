@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-
 MAX_FOLLOWS_LIMIT = 1800
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import configparser
 import contextlib
+import hashlib
 import logging
 import os
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,12 @@ class Pushpin:
     def log_path(self) -> Path:
         return self.rundir / "pushpin.log"
 
+    @property
+    def sockets_dir(self) -> Path:
+        """Pushpin's own run folder (IPC sockets, pid files): the run folder, unless its path is
+        too long for a Unix socket's (108 bytes), then a short one in the temp folder."""
+        return sockets_dir(self.rundir)
+
     def render(self) -> Path:
         """Write this run's config into the run folder and return its path."""
         self.rundir.mkdir(parents=True, exist_ok=True)
@@ -54,7 +62,8 @@ class Pushpin:
         if not parser.read(self.config):
             raise PushpinError(f"cannot read Pushpin config {self.config}")
         parser["global"]["include"] = str(self._render_internal())
-        parser["global"]["rundir"] = str(self.rundir)
+        self.sockets_dir.mkdir(parents=True, exist_ok=True)
+        parser["global"]["rundir"] = str(self.sockets_dir)
         parser["runner"]["http_port"] = str(self.http_port)
         parser["runner"]["logdir"] = str(self.rundir / "log")
         parser["proxy"]["routesfile"] = str(self.rundir / "routes")
@@ -70,7 +79,9 @@ class Pushpin:
         handler["command_spec"] = "ipc://{rundir}/{ipc_prefix}handler-command"
         (self.rundir / "routes").write_text(f"* {self.origin}\n")
         path = self.rundir / "pushpin.conf"
-        with path.open("w") as f:
+        path.unlink(missing_ok=True)
+        # It holds the Grip-Sig key: readable by its owner only.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             parser.write(f)
         return path
 
@@ -85,7 +96,7 @@ class Pushpin:
     def kill_stale(self) -> None:
         """Kill what a previous run left behind in this run folder (after a SIGKILL, Pushpin's
         children live on and keep the ports)."""
-        for pid_file in self.rundir.glob("*.pid"):
+        for pid_file in self.sockets_dir.glob("*.pid"):
             with contextlib.suppress(ValueError, OSError):
                 pid = int(pid_file.read_text().strip())
                 if _is_pushpin_process(pid):
@@ -107,7 +118,7 @@ class Pushpin:
             start_new_session=True,
         )
         logfile.close()
-        (self.rundir / "runner.pid").write_text(f"{self._process.pid}\n")
+        (self.sockets_dir / "runner.pid").write_text(f"{self._process.pid}\n")
         await self._wait_ready(timeout)
 
     async def _wait_ready(self, timeout: float) -> None:
@@ -141,17 +152,24 @@ class Pushpin:
             return
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                process.terminate()
+                process.terminate()  # the runner stops its children and exits
             try:
                 await asyncio.wait_for(process.wait(), timeout)
             except TimeoutError:
                 log.warning("pushpin did not stop in %.0fs; killing it", timeout)
-        # Whatever is left of its process group (children included) goes now.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            await process.wait()
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        # Its children run in process groups of their own: any still alive (the runner was
+        # killed, or did not stop them) are found by the pid files they write.
         self.kill_stale()
+
+
+def sockets_dir(rundir: Path) -> Path:
+    if len(str(rundir)) <= 70:  # "/pushpin-condure-out-stream" and the like must still fit
+        return rundir
+    digest = hashlib.sha256(str(rundir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"pushpin-{digest}"
 
 
 def _parser() -> configparser.ConfigParser:

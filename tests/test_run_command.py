@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import time
 from pathlib import Path
 
 import httpx
 
+from app.pushpin import sockets_dir
 from tests.conftest import unique
 from tests.support import Stack
 from tests.test_posts_feed import follow, last, post
@@ -17,11 +19,27 @@ from tests.test_posts_feed import follow, last, post
 
 def pushpin_pids(data_dir: Path) -> list[int]:
     pids = []
-    for pid_file in (data_dir / "pushpin").glob("*.pid"):
+    for pid_file in sockets_dir(data_dir / "pushpin").glob("*.pid"):
         text = pid_file.read_text().strip()
         if text.isdigit():
             pids.append(int(text))
     return pids
+
+
+def processes_of(data_dir: Path) -> list[int]:
+    """Live processes whose command line names this data folder or its Pushpin sockets: what
+    pid files cannot show once they are gone."""
+    marks = (str(data_dir).encode(), str(sockets_dir(data_dir / "pushpin")).encode())
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if any(mark in cmdline for mark in marks) and alive(int(proc.name)):
+                found.append(int(proc.name))
+    return found
 
 
 def alive(pid: int) -> bool:
@@ -45,8 +63,10 @@ def test_ctrl_c_drains_the_outbox_and_stops_pushpin_with_its_children(tmp_path: 
     assert len(pids) >= 4, pids  # the runner, condure, zurl, proxy, handler
     assert all(alive(pid) for pid in pids)
 
+    assert processes_of(tmp_path), "the test can see Pushpin's processes"
     assert stack.stop(signal.SIGINT) == 0
     assert not [pid for pid in pids if alive(pid)]
+    assert processes_of(tmp_path) == []
     with httpx.Client() as probe:
         for url in (stack.url, stack.origin_url):
             try:
@@ -124,3 +144,20 @@ def test_pushpin_is_restarted_when_it_dies(tmp_path: Path) -> None:
     finally:
         assert stack.stop() == 0
     assert not [pid for pid in pushpin_pids(tmp_path) if alive(pid)]
+
+
+def test_a_pushpin_that_cannot_start_is_not_left_running(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, env={"LOG_LEVEL": "info"})
+    with socket.socket() as taken:  # the publish port is taken: Pushpin never gets ready
+        taken.bind(("127.0.0.1", int(stack.env["PUSHPIN_PUBLISH_PORT"])))
+        taken.listen()
+        try:
+            stack.start(timeout=40)
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("the run command started without its publish port")
+        assert stack.process is not None
+        assert stack.process.wait(10) == 1
+    assert "pushpin did not start" in stack.log()
+    assert processes_of(tmp_path) == []
