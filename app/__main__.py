@@ -138,7 +138,11 @@ def main() -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     import uvloop
 
-    return uvloop.run(serve(settings, with_pushpin=not args.origin_only))
+    try:
+        return uvloop.run(serve(settings, with_pushpin=not args.origin_only))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,10 +7,6 @@ from app.model import Affiliation
 from app.store.base import NodeInfo
 
 
-def affiliation_of(raw: str | None) -> Affiliation | None:
-    return Affiliation(raw) if raw is not None and raw in Affiliation._value2member_map_ else None
-
-
 def check_read(node: NodeInfo, affiliation: Affiliation | None) -> None:
     if affiliation is Affiliation.OUTCAST:
         raise Forbidden(f"you are banned from {node.channel}")

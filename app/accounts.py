@@ -20,7 +20,8 @@ _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024
 REALM = "buddycloud"
-# Failed logins allowed per minute, per account and per client address, before 429.
+# Failed logins allowed per minute, for one account from one address and for one address in
+# all, before 429.
 FAILURES_PER_ACCOUNT, FAILURES_PER_ADDRESS, FAILURE_WINDOW = 10, 30, 60.0
 
 
@@ -79,8 +80,8 @@ class Accounts:
     async def authenticate(self, authorization: str | None, address: str = "") -> str:
         """The JID of the caller of a Basic ``Authorization`` header, or Unauthorized.
 
-        Failed logins are counted per account and per client ``address``; past the limit the
-        answer is TooManyRequests, before any slow hash is computed.
+        Failed logins are counted per account and client ``address``, and per address; past
+        either limit the answer is TooManyRequests, before any slow hash is computed.
         """
         if not authorization:
             raise Unauthorized("login required: HTTP Basic with your JID and password or API key")
@@ -90,7 +91,8 @@ class Accounts:
         now = time.monotonic()
         if cached and cached[1] > now:
             return cached[0]
-        account_key, address_key = "account:" + username.lower(), "address:" + address
+        # Per account *from one address*: a stranger's guesses do not lock the owner out.
+        account_key, address_key = f"{username.lower()}\x00{address}", address
         wait = max(
             self._per_account.retry_after(account_key), self._per_address.retry_after(address_key)
         )

@@ -61,7 +61,7 @@ class Channels:
         return info
 
     async def _affiliation(self, jid: str, node: NodeInfo) -> Affiliation | None:
-        return access.affiliation_of(await self.store.affiliation(jid, node.id))
+        return Affiliation.parse(await self.store.affiliation(jid, node.id))
 
     async def publish(self, caller: str, channel: str, node: str, fields: Any) -> tuple[Post, str]:
         """Create a post; returns it and its JSON, once committed."""
@@ -149,12 +149,12 @@ class Channels:
                     raise Conflict("the owner cannot unfollow their own channel")
                 planned.append((info.id, None))
                 continue
-            if wanted not in Affiliation._value2member_map_:
+            role = Affiliation.parse(wanted)
+            if role is None:
                 raise BadRequest(
-                    f"{source}: role must be one of none, "
+                    f"{source[:300]}: role must be one of none, "
                     + ", ".join(a.value for a in Affiliation)
                 )
-            role = Affiliation(wanted)
             default = Affiliation(info.default_affiliation)
             if current is not None and current.rank > default.rank and role.rank >= current.rank:
                 continue  # keep a role granted by the owner; nobody grants themselves more

@@ -54,6 +54,11 @@ class Affiliation(StrEnum):
     MODERATOR = "moderator"
     OWNER = "owner"
 
+    @classmethod
+    def parse(cls, raw: object) -> Affiliation | None:
+        """The affiliation named ``raw``, or None for anything else (any JSON value)."""
+        return cls(raw) if isinstance(raw, str) and raw in _NAMES else None
+
     @property
     def rank(self) -> int:
         return _RANK[self]
@@ -68,6 +73,7 @@ class Affiliation(StrEnum):
 
 
 _RANK = {a: i for i, a in enumerate(Affiliation)}
+_NAMES = frozenset(a.value for a in Affiliation)
 
 
 def node_source(channel: str, node: str) -> str:

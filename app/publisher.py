@@ -22,6 +22,7 @@ import httpx
 import jwt
 from gripcontrol import parse_grip_uri
 
+from app.config import ConfigError
 from app.grip import response_item
 from app.model import feed_body
 from app.store import Store
@@ -47,13 +48,16 @@ class Target:
     publish_url: str
     label: str  # the URL without credentials, for logs and the cursor's key
     iss: str | None = None
-    key: bytes | str | None = None
+    key: bytes | None = None
     cursor: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def parse(cls, url: str) -> Target:
         parsed: dict[str, Any] = parse_grip_uri(url)
+        key = parsed.get("key")
+        if isinstance(key, bytes) and not parsed.get("control_iss"):
+            raise ConfigError(f"GRIP_URL {url!r}: a key=base64:... needs iss= too")
         control = parsed["control_uri"]
         parts = urlsplit(control)
         label = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))
@@ -62,17 +66,16 @@ class Target:
             publish_url=control.rstrip("/") + "/publish/",
             label=label,
             iss=parsed.get("control_iss"),
-            key=parsed.get("key"),
+            key=key.encode() if isinstance(key, str) else key,
         )
 
     def headers(self) -> dict[str, str]:
         if not self.key:
             return {}
-        key = self.key if isinstance(self.key, bytes) else self.key.encode()
         if self.iss:
             claims = {"iss": self.iss, "exp": int(time.time()) + 600}
-            return {"Authorization": "Bearer " + jwt.encode(claims, key, "HS256")}
-        return {"Authorization": "Bearer " + key.decode()}
+            return {"Authorization": "Bearer " + jwt.encode(claims, self.key, "HS256")}
+        return {"Authorization": "Bearer " + self.key.decode()}  # given as text: see parse
 
 
 class Publisher:
@@ -122,29 +125,38 @@ class Publisher:
         delay = BACKOFF_FIRST
         while True:
             target.wake.clear()
-            batch = _whole_events(await self.store.deliveries_after(target.cursor, BATCH_ROWS))
-            if not batch:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(target.wake.wait(), POLL_SECONDS)
-                continue
             try:
-                await self._send(target, batch)
-            except PublishError as exc:
-                log.warning(
-                    "publish of %d item(s) from cursor %d to %s failed: %s; retrying in %.2fs",
-                    len(batch),
-                    batch[0].event_id,
-                    target.label,
-                    exc,
-                    delay,
-                )
+                sent = await self._publish_next(target)
+            except Exception as exc:
+                # Whatever failed (the target, the store), nothing later goes out before the
+                # same batch has: retry it, ever more patiently. This task must not die.
+                if isinstance(exc, PublishError):
+                    log.warning(
+                        "publish from cursor %d to %s failed: %s; retrying in %.2fs",
+                        target.cursor,
+                        target.label,
+                        exc,
+                        delay,
+                    )
+                else:
+                    log.exception("publisher for %s failed; retrying in %.2fs", target.label, delay)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             delay = BACKOFF_FIRST
+            if not sent:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(target.wake.wait(), POLL_SECONDS)
+
+    async def _publish_next(self, target: Target) -> int:
+        """Publish the next batch after the target's cursor; the number of items sent."""
+        batch = _whole_events(await self.store.deliveries_after(target.cursor, BATCH_ROWS))
+        if batch:
+            await self._send(target, batch)
             target.cursor = batch[-1].event_id
             self.published += len(batch)
             await self.store.save_publish_cursor(target.label, target.cursor)
+        return len(batch)
 
     async def _send(self, target: Target, batch: list[Delivery]) -> None:
         items = [

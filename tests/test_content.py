@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 
 import httpx
@@ -218,3 +219,23 @@ def test_cors_for_configured_origins_on_immediate_and_published_answers(stack: S
         assert published.json()["items"][0]["content"] == "cross-origin"
         assert published.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
         assert published.headers["content-type"] == "application/json"
+
+
+def test_bodies_that_once_caused_server_errors_are_4xx(stack: Stack) -> None:
+    user = unique("juliet")
+    with stack.account(user) as c, stack.client() as anonymous:
+        json_type = {"content-type": "application/json"}
+        surrogate = b'"\\ud800 unpaired"'
+        cases = [
+            (anonymous, "/api/account", b'{"username": "x@y.z", "password": ' + surrogate + b"}"),
+            (c, f"/api/{user}/content/posts", b'{"content": ' + surrogate + b"}"),
+            (c, f"/api/{unique('t')}", b'{"title": ' + surrogate + b"}"),
+            (c, f"/api/{user}/content/posts", b"[" * 30_000),
+            (c, "/api/subscribed", json.dumps({f"{user}/posts": []}).encode()),
+            (c, "/api/subscribed", json.dumps({f"{user}/posts": {}}).encode()),
+        ]
+        for client, url, body in cases:
+            r = client.post(url, content=body, headers=json_type)
+            assert r.status_code == 400, (url, body[:60], r.text)
+            assert r.json()["error"]
+        assert posts_of(c, user) == []

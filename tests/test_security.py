@@ -111,8 +111,12 @@ def test_failed_logins_are_throttled_per_account_and_per_address(tmp_path: Path)
             blocked = c.get("/api/subscribed", auth=(victim, PASSWORD))
             assert blocked.status_code == 429
             assert int(blocked.headers["retry-after"]) > 0 and blocked.json()["error"]
-            # Another account from the same address is not blocked yet...
+            # Another account from the same address is not blocked yet, nor is the same account
+            # from another address (a stranger's guesses do not lock its owner out)...
             assert c.get("/api/subscribed", auth=(other, PASSWORD)).status_code == 200
+            elsewhere = httpx.HTTPTransport(local_address="127.0.0.2")  # another client address
+            with httpx.Client(base_url=stack.url, transport=elsewhere) as c2:
+                assert c2.get("/api/subscribed", auth=(victim, PASSWORD)).status_code == 200
             # ...until the address itself has failed too often, whatever it claims to be. (A
             # login verified a moment ago is remembered, and still let through.)
             failures = FAILURES_PER_ACCOUNT

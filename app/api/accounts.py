@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.common import JSONResponse, caller, read_json, services
-from app.errors import BadRequest
+from app.errors import BadRequest, Unauthorized
 
 
 async def create_account(request: Request) -> Response:
@@ -21,7 +21,8 @@ async def show_account(request: Request) -> Response:
     """The caller's account, with the API key that Basic auth takes in place of the password."""
     jid = await caller(request)
     account = await services(request).store.get_account(jid)
-    assert account is not None
+    if account is None:  # deleted since the login was cached
+        raise Unauthorized("no such account")
     return JSONResponse({"username": jid, "api_key": account.api_key})
 
 

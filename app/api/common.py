@@ -55,11 +55,35 @@ async def read_json(request: Request) -> Any:
             raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks).decode("utf-8"))
+        value = json.loads(b"".join(chunks).decode("utf-8"))
     except UnicodeDecodeError:
         raise BadRequest("request body is not valid UTF-8") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     except ValueError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    _check_strings(value)
+    return value
+
+
+def _check_strings(value: Any) -> None:
+    """JSON may escape lone UTF-16 surrogates (\\ud800), which are no text: refuse them here,
+    once, rather than fail wherever a string is stored or hashed."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest(
+                    "request body holds an unpaired surrogate (\\ud800-\\udfff)"
+                ) from None
 
 
 async def caller(request: Request) -> str:

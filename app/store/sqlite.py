@@ -82,15 +82,13 @@ class SqliteStore:
                 f"({len(MIGRATIONS)}): upgrade the server"
             )
         for number in range(version, len(MIGRATIONS)):
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._tx():
+                # Another process may have migrated while we waited for the write lock.
+                if self.db.execute("PRAGMA user_version").fetchone()[0] > number:
+                    continue
                 for statement in _statements(MIGRATIONS[number]):
                     self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version={number + 1}")
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
 
     def _tx(self) -> _Transaction:
         return _Transaction(self.db)
