@@ -63,7 +63,9 @@ class Channels:
     async def _affiliation(self, jid: str, node: NodeInfo) -> Affiliation | None:
         return Affiliation.parse(await self.store.affiliation(jid, node.id))
 
-    async def publish(self, caller: str, channel: str, node: str, fields: Any) -> tuple[Post, str]:
+    async def create_post(
+        self, caller: str, channel: str, node: str, fields: Any
+    ) -> tuple[Post, str]:
         """Create a post; returns it and its JSON, once committed."""
         info = await self.node(channel, node)
         access.check_post(info, await self._affiliation(caller, info))

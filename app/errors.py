@@ -57,4 +57,3 @@ class NotProxied(ApiError):
             "realtime requests must come through the GRIP proxy: connect to "
             f"{proxy_url} instead of the origin"
         )
-        self.proxy_url = proxy_url

@@ -14,7 +14,7 @@ from app.store.base import FeedItem
 
 MAX_ITEMS = 100
 # Pushpin caps a held response body at 100,000 bytes; stay well under it.
-MAX_BODY_BYTES = 90_000
+MAX_FEED_BYTES = 90_000
 _MAX_CURSOR_DIGITS = 18
 
 
@@ -46,7 +46,7 @@ def page(items: list[FeedItem]) -> Now:
     last = items[0].event_id
     for item in items[:MAX_ITEMS]:
         size += len(item.payload.encode()) + 1
-        if kept and size > MAX_BODY_BYTES - 64:
+        if kept and size > MAX_FEED_BYTES - 64:
             break
         kept.append(item.payload)
         last = item.event_id

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -22,22 +21,11 @@ from app.cors import Cors
 from app.errors import ApiError
 from app.feeds import PostsFeed
 from app.publisher import Publisher
-from app.store import Store, open_store
+from app.services import Services
+from app.store import open_store
 
 log = logging.getLogger("app")
 DRAIN_SECONDS = 5.0
-
-
-@dataclass
-class Services:
-    settings: Settings
-    store: Store
-    publisher: Publisher
-    accounts: Accounts
-    channels: Channels
-    posts_feed: PostsFeed
-    cors: Cors
-    in_flight: int = 0
 
 
 class CountInFlight:

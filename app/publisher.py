@@ -44,7 +44,6 @@ class PublishError(Exception):
 class Target:
     """One GRIP publish endpoint, parsed from a GRIP_URL entry."""
 
-    url: str
     publish_url: str
     label: str  # the URL without credentials, for logs and the cursor's key
     iss: str | None = None
@@ -62,7 +61,6 @@ class Target:
         parts = urlsplit(control)
         label = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))
         return cls(
-            url=url,
             publish_url=control.rstrip("/") + "/publish/",
             label=label,
             iss=parsed.get("control_iss"),

@@ -46,7 +46,7 @@ def origin(link: str) -> Starlette:
         }
         headers = {}
         if link == "shared":
-            headers["Grip-Link"] = "</next>; rel=next"
+            headers["Grip-Link"] = "</next?i=shared>; rel=next"
         elif link == "distinct":
             headers["Grip-Link"] = f"</next?i={i}>; rel=next"
         return Response(
@@ -56,7 +56,9 @@ def origin(link: str) -> Starlette:
     async def health(request: Request) -> Response:
         return Response("ok")
 
-    return Starlette(routes=[Route("/hold", hold), Route("/health", health)])
+    # The links lead to the same hold, so that a request Pushpin makes for one succeeds and any
+    # loss is Pushpin's, not a broken link's.
+    return Starlette(routes=[Route("/hold", hold), Route("/next", hold), Route("/health", health)])
 
 
 async def trial(link: str, clients: int) -> tuple[int, int, int]:

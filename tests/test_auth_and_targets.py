@@ -79,3 +79,23 @@ def test_grip_url_targets_pushpin_and_fanout() -> None:
 
     with_password = Target.parse("http://user:secret@proxy.example:5561/")
     assert "secret" not in with_password.label
+
+
+def test_cached_credentials_expire(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "db.sqlite3")
+        await store.open()
+        accounts = Accounts(store, secret_key="s" * 32, cache_seconds=1)
+        jid = await accounts.create("juliet@example.com", PASSWORD)
+        await accounts.authenticate(basic(jid, PASSWORD))
+        start = time.perf_counter()
+        await accounts.authenticate(basic(jid, PASSWORD))
+        cached = time.perf_counter() - start
+        await asyncio.sleep(1.1)
+        start = time.perf_counter()
+        await accounts.authenticate(basic(jid, PASSWORD))
+        expired = time.perf_counter() - start
+        assert expired > 10 * cached, (cached, expired)  # the slow hash again
+        await store.close()
+
+    asyncio.run(scenario())

@@ -45,6 +45,7 @@ def test_seed_flow(stack: Stack) -> None:
     reader, writer, stranger = unique("juliet"), unique("romeo"), unique("tybalt")
     with stack.account(reader) as r, stack.account(writer) as w, stack.account(stranger) as x:
         follow(r, f"{writer}/posts")
+        parent = post(w, writer, "the post the seed's example replies to")
         since = last(r)
         with concurrent.futures.ThreadPoolExecutor() as pool:
             held = pool.submit(r.get, f"/api/notifications/posts?since={since}")
@@ -54,7 +55,9 @@ def test_seed_flow(stack: Stack) -> None:
             time.sleep(0.5)
             assert not held.done(), "a post in an unfollowed channel must not answer the hold"
             posted_at = time.monotonic()
-            created = post(w, writer, "foo")
+            created = w.post(
+                f"/api/{writer}/content/posts", json={"content": "foo", "replyTo": parent["id"]}
+            ).json()
             answer = held.result(timeout=5)
             elapsed = time.monotonic() - posted_at
         assert elapsed < 1.0, f"held request answered {elapsed:.3f}s after the post"
@@ -78,7 +81,7 @@ def test_seed_flow(stack: Stack) -> None:
         assert item["source"] == f"{writer}/posts"
         assert item["author"] == writer
         assert ISO_MS.fullmatch(item["published"]) and item["updated"] == item["published"]
-        assert item["media"] is None and item["replyTo"] is None
+        assert item["media"] is None and item["replyTo"] == parent["id"]
         # Looping on last: the stranger's post never shows up, and nothing is repeated.
         with pytest.raises(httpx.ReadTimeout):
             r.get(f"/api/notifications/posts?since={body['last']}", timeout=1.5)

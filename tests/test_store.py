@@ -67,3 +67,24 @@ def test_database_url_picks_the_backend(tmp_path: Path) -> None:
     assert open_store(f"sqlite://{tmp_path}/x.sqlite3").path == tmp_path / "x.sqlite3"
     with pytest.raises(Exception, match="expected sqlite://PATH"):
         open_store("postgres://somewhere/db")
+
+
+def test_an_older_file_migrates_forward_keeping_its_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        store = await _store(tmp_path / "log.sqlite3")
+        await store.create_account("juliet@example.com", "hash", "key", NOW)
+        await store.close()
+
+        # A later version of the server adds a migration.
+        later = [*MIGRATIONS, "ALTER TABLE accounts ADD COLUMN nickname TEXT DEFAULT 'jules'"]
+        monkeypatch.setattr("app.store.sqlite.MIGRATIONS", later)
+        upgraded = await _store(tmp_path / "log.sqlite3")
+        assert await upgraded.schema_version() == len(later)
+        assert await upgraded.get_account("juliet@example.com") is not None
+        await upgraded.close()
+        with sqlite3.connect(tmp_path / "log.sqlite3") as db:
+            assert db.execute("SELECT nickname FROM accounts").fetchone() == ("jules",)
+
+    asyncio.run(scenario())

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from app import grip
+from app.accounts import REALM
 from app.errors import ApiError, BadRequest, PayloadTooLarge, TooManyRequests, UnsupportedMediaType
+from app.services import Services
 
-if TYPE_CHECKING:
-    from app.main import Services
-
-MAX_BODY_BYTES = 64 * 1024
+MAX_REQUEST_BYTES = 64 * 1024
 JSON_TYPE = "application/json"
 
 
@@ -46,13 +45,13 @@ async def read_json(request: Request) -> Any:
     if content_type != JSON_TYPE:
         raise UnsupportedMediaType(f"send the body as {JSON_TYPE}")
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
+    if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+        raise PayloadTooLarge(f"request body over {MAX_REQUEST_BYTES} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
+        if size > MAX_REQUEST_BYTES:
+            raise PayloadTooLarge(f"request body over {MAX_REQUEST_BYTES} bytes")
         chunks.append(chunk)
     try:
         value = json.loads(b"".join(chunks).decode("utf-8"))
@@ -119,7 +118,7 @@ def error_response(
 ) -> JSONResponse:
     headers = dict(headers or {})
     if status == 401:
-        headers["WWW-Authenticate"] = 'Basic realm="buddycloud"'
+        headers["WWW-Authenticate"] = f'Basic realm="{REALM}"'
     return JSONResponse({"error": message}, status, headers)
 
 

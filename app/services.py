@@ -1,0 +1,25 @@
+"""The services a request handler reaches: one of each, made by create_app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.accounts import Accounts
+from app.channels import Channels
+from app.config import Settings
+from app.cors import Cors
+from app.feeds import PostsFeed
+from app.publisher import Publisher
+from app.store import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    publisher: Publisher
+    accounts: Accounts
+    channels: Channels
+    posts_feed: PostsFeed
+    cors: Cors
+    in_flight: int = 0
