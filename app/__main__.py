@@ -54,7 +54,6 @@ async def serve(settings: Settings, with_pushpin: bool = True) -> int:
         sig_key=settings.grip_sig_key,
         sig_iss=settings.grip_sig_iss,
         binary=settings.pushpin_bin,
-        max_follows=settings.max_follows,
     )
 
     def on_signal() -> None:

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-MAX_FOLLOWS_LIMIT = 1800
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -60,7 +59,7 @@ class Settings:
     proxy_url: str
     hold_timeout: int = 55
     publish_timeout: int = 5
-    max_follows: int = 1500
+    max_follows: int = 5000
     auth_cache_seconds: int = 60
     cors_origins: list[str] = field(default_factory=list)
     log_level: str = "info"
@@ -90,7 +89,7 @@ class Settings:
             proxy_url=env.get("PROXY_URL", f"http://127.0.0.1:{port}"),
             hold_timeout=_int(env, "HOLD_TIMEOUT", 55, 5),
             publish_timeout=_int(env, "PUBLISH_TIMEOUT", 5, 1),
-            max_follows=_int(env, "MAX_FOLLOWS", 1500, 1),
+            max_follows=_int(env, "MAX_FOLLOWS", 5000, 1),
             auth_cache_seconds=_int(env, "AUTH_CACHE_SECONDS", 60, 0),
             cors_origins=_list(env, "CORS_ORIGINS"),
             log_level=env.get("LOG_LEVEL", "info").lower(),
@@ -103,9 +102,6 @@ class Settings:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ConfigError(f"GRIP_URL: {url!r} is not an http(s) URL")
-        if settings.max_follows > MAX_FOLLOWS_LIMIT:
-            # A hold names every followed node; Pushpin refuses an origin's answer past 100 kB.
-            raise ConfigError(f"MAX_FOLLOWS may be at most {MAX_FOLLOWS_LIMIT}")
         if settings.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         return settings

@@ -66,6 +66,4 @@ class PostsFeed:
             return page(state.items)
         if since > state.last_id:
             raise BadRequest(f"since {since} is ahead of the log (last is {state.last_id})")
-        return Hold(
-            [(channel, str(prev)) for channel, prev in state.channels], feed_body(since, [])
-        )
+        return Hold([(state.channel, str(state.head))], feed_body(since, []))

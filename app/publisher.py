@@ -1,10 +1,10 @@
 """The publisher: after each commit, the log's new items go to every GRIP proxy, in order.
 
-The log is the outbox. Each target (a Pushpin, or Fanout's CDN) keeps a cursor, saved in the
-store, and sends the deliveries that follow it in cursor order, batched into one publish
-request. A failed publish is retried with backoff before anything later goes out, so no client
-is handed a cursor that passes an item it has not been handed. Nothing here runs in a request:
-a POST only wakes the publisher.
+The log is the outbox. A post is delivered to the Pushpin channel of every account that may
+see it, each delivery chained by prev-id on its channel. Each target (a Pushpin, or Fanout's
+CDN) keeps a position in the deliveries, saved in the store, and sends those that follow it in
+log order, batched into one publish request. A failed publish is retried with backoff before
+anything later goes out. Nothing here runs in a request: a POST only wakes the publisher.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from app.config import ConfigError
 from app.grip import response_item
 from app.model import feed_body
 from app.store import Store
-from app.store.base import Delivery
+from app.store.base import Delivery, Position
 
 log = logging.getLogger("app.publisher")
 
@@ -48,7 +48,7 @@ class Target:
     label: str  # the URL without credentials, for logs and the cursor's key
     iss: str | None = None
     key: bytes | None = None
-    cursor: int = 0
+    position: Position = field(default_factory=lambda: Position(0, ""))
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
@@ -85,14 +85,14 @@ class Publisher:
         self.published = 0  # items accepted by a target, for /health and tests
 
     async def start(self) -> None:
-        last = await self.store.last_event_id()
+        end = Position.after_event(await self.store.last_event_id())
         for target in self.targets:
-            saved = await self.store.publish_cursor(target.label)
+            saved = await self.store.publish_position(target.label)
             # A new target starts at the end of the log: what came before is served from the
             # store when a client asks with its cursor.
-            target.cursor = last if saved is None else saved
+            target.position = end if saved is None else saved
             if saved is None:
-                await self.store.save_publish_cursor(target.label, last)
+                await self.store.save_publish_position(target.label, end)
             task = asyncio.create_task(self._run(target), name=f"publish {target.label}")
             self._tasks.append(task)
 
@@ -105,7 +105,7 @@ class Publisher:
         """Wait until every target has published the whole log; False on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            pending = [t for t in self.targets if await self.store.deliveries_after(t.cursor, 1)]
+            pending = [t for t in self.targets if await self.store.deliveries_after(t.position, 1)]
             if not pending:
                 return True
             self.notify()
@@ -130,8 +130,8 @@ class Publisher:
                 # same batch has: retry it, ever more patiently. This task must not die.
                 if isinstance(exc, PublishError):
                     log.warning(
-                        "publish from cursor %d to %s failed: %s; retrying in %.2fs",
-                        target.cursor,
+                        "publish after %s to %s failed: %s; retrying in %.2fs",
+                        target.position,
                         target.label,
                         exc,
                         delay,
@@ -147,13 +147,13 @@ class Publisher:
                     await asyncio.wait_for(target.wake.wait(), POLL_SECONDS)
 
     async def _publish_next(self, target: Target) -> int:
-        """Publish the next batch after the target's cursor; the number of items sent."""
-        batch = _whole_events(await self.store.deliveries_after(target.cursor, BATCH_ROWS))
+        """Publish the next batch after the target's position; the number of items sent."""
+        batch = _fit(await self.store.deliveries_after(target.position, BATCH_ROWS))
         if batch:
             await self._send(target, batch)
-            target.cursor = batch[-1].event_id
+            target.position = Position(batch[-1].event_id, batch[-1].channel)
             self.published += len(batch)
-            await self.store.save_publish_cursor(target.label, target.cursor)
+            await self.store.save_publish_position(target.label, target.position)
         return len(batch)
 
     async def _send(self, target: Target, batch: list[Delivery]) -> None:
@@ -173,22 +173,11 @@ class Publisher:
             raise PublishError(f"HTTP {response.status_code}: {response.text[:200]}")
 
 
-def _whole_events(rows: list[Delivery]) -> list[Delivery]:
-    """Cut a batch at an event boundary (one event may go to several channels) and at the
-    byte limit of one publish request; always keep at least the first event."""
-    if not rows:
-        return rows
-    cut, size = len(rows), 0
+def _fit(rows: list[Delivery]) -> list[Delivery]:
+    """As many rows as fit one publish request (at least one)."""
+    size = 0
     for index, row in enumerate(rows):
         size += len(row.payload) + len(row.channel) + 200
         if size > BATCH_BYTES and index > 0:
-            cut = index
-            break
-    if cut == len(rows) and len(rows) == BATCH_ROWS:
-        cut = len(rows) - 1  # the last event may continue past the LIMIT
-    first_event = rows[0].event_id
-    while cut > 0 and cut < len(rows) and rows[cut].event_id == rows[cut - 1].event_id:
-        cut -= 1
-    if cut == 0:
-        cut = next((i for i, r in enumerate(rows) if r.event_id != first_event), len(rows))
-    return rows[:cut]
+            return rows[:index]
+    return rows

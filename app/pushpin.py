@@ -41,7 +41,6 @@ class Pushpin:
     sig_key: str
     sig_iss: str = "pushpin"
     binary: str = "pushpin"
-    max_follows: int = 0  # a hold listens to this many channels: Pushpin must not drop any
     _process: asyncio.subprocess.Process | None = None
 
     @property
@@ -71,8 +70,6 @@ class Pushpin:
         parser["proxy"]["sig_iss"] = self.sig_iss
         handler = parser["handler"]
         handler["push_in_http_port"] = str(self.publish_port)
-        channels = int(handler.get("connection_subscription_max", "20"))
-        handler["connection_subscription_max"] = str(max(channels, self.max_follows))
         # ZeroMQ inputs go to private sockets: only the HTTP publish port is public.
         handler["push_in_spec"] = "ipc://{rundir}/{ipc_prefix}push-in"
         handler["push_in_sub_specs"] = "ipc://{rundir}/{ipc_prefix}push-in-sub"

@@ -46,14 +46,6 @@ def set_role(stack: Stack, jid: str, source: str, role: str | None) -> None:
             )
 
 
-def node_channel(stack: Stack, channel: str) -> str:
-    with sqlite3.connect(stack.data_dir / "buddycloud.sqlite3") as db:
-        (node_id,) = db.execute(
-            "SELECT id FROM nodes WHERE channel = ? AND name = 'posts'", (channel,)
-        ).fetchone()
-    return f"n{node_id}"
-
-
 @pytest.fixture(scope="module")
 def world(stack: Stack) -> Iterator[World]:
     users = {role: unique(role) for role in ROLES if role != "anonymous"}
@@ -126,16 +118,35 @@ def test_an_outcast_neither_reads_nor_holds_on_the_channel(world: World) -> None
             c.get(f"/api/notifications/posts?since={since}", timeout=1.5)
 
 
-def test_nobody_holds_on_a_node_they_do_not_follow(world: World, stack: Stack) -> None:
+def test_a_post_is_published_only_to_those_who_may_read_it(world: World, stack: Stack) -> None:
+    with world.client("owner") as o:
+        created = post(o, world.topic, "who gets this?")
+    db_path = stack.data_dir / "buddycloud.sqlite3"
+    with sqlite3.connect(db_path) as db:
+        channels = {
+            row[0]
+            for row in db.execute(
+                "SELECT d.channel FROM deliveries d JOIN posts p ON p.event_id = d.event_id"
+                " WHERE p.id = ?",
+                (created["id"],),
+            )
+        }
+        ids = dict(db.execute("SELECT jid, id FROM accounts").fetchall())
+    readers = ("member", "publisher", "moderator", "owner")
+    assert channels == {f"u{ids[world.users[role]]}" for role in readers}
+
+
+def test_a_hold_listens_to_its_own_channel_only(world: World, stack: Stack) -> None:
     import jwt
 
     key = (stack.data_dir / "grip_sig_key").read_text().strip()
     sig = jwt.encode({"iss": "pushpin", "exp": 9999999999}, key.encode(), "HS256")
-    for role in ("none", "outcast", "member"):
-        with stack.client(world.users[role], origin=True) as direct:
+    with sqlite3.connect(stack.data_dir / "buddycloud.sqlite3") as db:
+        ids = dict(db.execute("SELECT jid, id FROM accounts").fetchall())
+    for role in ("none", "outcast", "member", "owner"):
+        jid = world.users[role]
+        with stack.client(jid, origin=True) as direct:
             since = direct.get("/api/notifications/posts").json()["last"]
             held = direct.get(f"/api/notifications/posts?since={since}", headers={"Grip-Sig": sig})
-            channels = {c["name"] for c in held.json()["hold"]["channels"]}
-            own = node_channel(stack, world.users[role])
-            topic = node_channel(stack, world.topic)
-            assert channels == ({own, topic} if role == "member" else {own}), role
+            channels = [c["name"] for c in held.json()["hold"]["channels"]]
+            assert channels == [f"u{ids[jid]}"], role

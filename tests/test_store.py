@@ -10,6 +10,7 @@ import pytest
 
 from app.model import POSTS_NODE
 from app.store import open_store
+from app.store.base import Position
 from app.store.schema import MIGRATIONS
 from app.store.sqlite import SqliteStore
 
@@ -35,8 +36,13 @@ def test_two_posts_in_the_same_millisecond_get_distinct_growing_cursors(tmp_path
         assert second > first > 0
         feed = await store.posts_feed(jid, 0, 100)
         assert [item.event_id for item in feed.items] == [first, second]
-        deliveries = await store.deliveries_after(0, 10)
-        assert [(d.event_id, d.prev_id) for d in deliveries] == [(first, 0), (second, first)]
+        # Each went to the owner's channel, the second chained to the first.
+        deliveries = await store.deliveries_after(Position(0, ""), 10)
+        assert [(d.event_id, d.channel, d.prev_id) for d in deliveries] == [
+            (first, feed.channel, 0),
+            (second, feed.channel, first),
+        ]
+        assert feed.head == second
         await store.close()
 
         # Ids keep growing after a reopen, and are never reused.

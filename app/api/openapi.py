@@ -348,6 +348,7 @@ SPEC: dict[str, Any] = {
                     "username": _ref("Jid"),
                     "password": {"type": "string", "minLength": 8, "maxLength": 1024},
                 },
+                "example": {"username": "juliet@example.com", "password": "balcony123"},
             },
             "Username": {
                 "type": "object",
@@ -390,6 +391,7 @@ SPEC: dict[str, Any] = {
                 "description": "Wanted role (or none: unfollow) by node, keyed `channel/node`",
                 "minProperties": 1,
                 "additionalProperties": {"type": "string", "enum": ["none", *ROLES]},
+                "example": {"romeo@example.com/posts": "publisher"},
             },
             "Media": {
                 "type": "object",
@@ -424,6 +426,7 @@ SPEC: dict[str, Any] = {
                     },
                 },
                 "additionalProperties": False,
+                "example": {"content": "But soft, what light through yonder window breaks?"},
             },
             "Post": {
                 "type": "object",

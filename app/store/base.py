@@ -15,7 +15,6 @@ class NodeInfo(NamedTuple):
     id: int
     channel: str
     name: str
-    pushpin_channel: str
     access_model: str
     default_affiliation: str
 
@@ -37,4 +36,17 @@ class Delivery(NamedTuple):
 class PostsFeedState(NamedTuple):
     last_id: int  # the newest event in the whole log
     items: list[FeedItem]
-    channels: list[tuple[str, int]]  # (Pushpin channel, last id published there), when no items
+    channel: str  # the account's Pushpin channel
+    head: int  # the last id published on it
+
+
+class Position(NamedTuple):
+    """A place in the deliveries, which are ordered by (event_id, channel)."""
+
+    event_id: int
+    channel: str
+
+    @classmethod
+    def after_event(cls, event_id: int) -> Position:
+        """Just past every delivery of ``event_id`` (channels are never empty)."""
+        return cls(event_id + 1, "")

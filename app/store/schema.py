@@ -4,7 +4,8 @@ MIGRATIONS: list[str] = [
     # 1: accounts, channels, nodes, follows, the one event log and what the publisher needs.
     """
     CREATE TABLE accounts (
-        jid TEXT PRIMARY KEY,
+        id INTEGER PRIMARY KEY,  -- names the account's Pushpin channel: u<id>
+        jid TEXT NOT NULL UNIQUE,
         password_hash TEXT NOT NULL,
         api_key TEXT NOT NULL UNIQUE,
         created TEXT NOT NULL
@@ -43,19 +44,24 @@ MIGRATIONS: list[str] = [
     CREATE INDEX events_by_node ON events (node_id, id);
 
     -- Which Pushpin channels each event is published to, with the prev-id chain per channel.
+    -- A post goes to the channel of every account that may see it (fan-out on write), so each
+    -- account's feed is one chain in which Pushpin can see any gap.
     CREATE TABLE deliveries (
         event_id INTEGER NOT NULL REFERENCES events(id),
         channel TEXT NOT NULL,
         prev_id INTEGER NOT NULL,
         PRIMARY KEY (event_id, channel)
     ) WITHOUT ROWID;
+    CREATE INDEX deliveries_by_channel ON deliveries (channel, event_id);
     CREATE TABLE channel_heads (
         channel TEXT PRIMARY KEY,
         last_id INTEGER NOT NULL
     ) WITHOUT ROWID;
+    -- Each publish target's position in deliveries: the last (event_id, channel) it took.
     CREATE TABLE publish_cursors (
         target TEXT PRIMARY KEY,
-        cursor INTEGER NOT NULL
+        event_id INTEGER NOT NULL,
+        channel TEXT NOT NULL
     ) WITHOUT ROWID;
 
     -- Current state of posts; the log keeps each post as it was created.

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from app.errors import Conflict
-from app.store.base import Account, Delivery, FeedItem, NodeInfo, PostsFeedState
+from app.store.base import Account, Delivery, FeedItem, NodeInfo, Position, PostsFeedState
 from app.store.schema import MIGRATIONS
 
-# The Pushpin channel of a node: short, so that a hold on every node a user follows fits the
-# 100,000 bytes Pushpin accepts from the origin (names are up to 255-byte JIDs).
-NODE_CHANNEL = "'n' || n.id"
+# The Pushpin channel of an account (a, in queries): every post it may see is published there.
+USER_CHANNEL = "'u' || a.id"
 
 # The followers whose feeds carry a node's posts: an allow-list, so that a role added later
 # (pending, for private channels) sees nothing until it is added here.
@@ -162,7 +161,7 @@ class SqliteStore:
     @_in_db_thread
     def get_node(self, channel: str, name: str) -> NodeInfo | None:
         row = self.db.execute(
-            f"SELECT n.id, n.channel, n.name, {NODE_CHANNEL}, c.access_model,"
+            "SELECT n.id, n.channel, n.name, c.access_model,"
             " c.default_affiliation FROM nodes n JOIN channels c ON c.jid = n.channel"
             " WHERE n.channel = ? AND n.name = ?",
             (channel, name),
@@ -213,28 +212,31 @@ class SqliteStore:
 
     # -- the log -----------------------------------------------------------------------------
 
-    def _append(
-        self, type_: str, node_id: int | None, payload: str, now: str, channels: Iterable[str]
-    ) -> int:
+    def _append(self, type_: str, node_id: int | None, payload: str, now: str) -> int:
         event_id = self.db.execute(
             "INSERT INTO events (type, node_id, payload, created) VALUES (?,?,?,?)",
             (type_, node_id, payload, now),
         ).lastrowid
         assert event_id is not None
-        for channel in channels:
-            row = self.db.execute(
-                "SELECT last_id FROM channel_heads WHERE channel = ?", (channel,)
-            ).fetchone()
-            self.db.execute(
-                "INSERT INTO deliveries (event_id, channel, prev_id) VALUES (?,?,?)",
-                (event_id, channel, row[0] if row else 0),
-            )
-            self.db.execute(
-                "INSERT INTO channel_heads (channel, last_id) VALUES (?, ?)"
-                " ON CONFLICT (channel) DO UPDATE SET last_id = excluded.last_id",
-                (channel, event_id),
-            )
         return event_id
+
+    def _fan_out(self, event_id: int, node_id: int) -> None:
+        """Deliver an event to the channel of every account that may read ``node_id`` now,
+        each chained to the previous event on that channel."""
+        self.db.execute(
+            "INSERT INTO deliveries (event_id, channel, prev_id)"
+            f" SELECT ?, {USER_CHANNEL}, coalesce(h.last_id, 0) FROM subscriptions s"
+            " JOIN accounts a ON a.jid = s.jid"
+            f" LEFT JOIN channel_heads h ON h.channel = {USER_CHANNEL}"
+            f" WHERE s.node_id = ? AND s.{MAY_READ}",
+            (event_id, node_id),
+        )
+        self.db.execute(
+            "INSERT INTO channel_heads (channel, last_id)"
+            " SELECT channel, event_id FROM deliveries WHERE event_id = ?"
+            " ON CONFLICT (channel) DO UPDATE SET last_id = excluded.last_id",
+            (event_id,),
+        )
 
     @_in_db_thread
     def last_event_id(self) -> int:
@@ -244,11 +246,12 @@ class SqliteStore:
     @_in_db_thread
     def append_post(self, node: NodeInfo, post_id: str, author: str, payload: str, now: str) -> int:
         with self._tx():
-            event_id = self._append("post", node.id, payload, now, [node.pushpin_channel])
+            event_id = self._append("post", node.id, payload, now)
             self.db.execute(
                 "INSERT INTO posts (id, node_id, event_id, author, body) VALUES (?,?,?,?,?)",
                 (post_id, node.id, event_id, author, payload),
             )
+            self._fan_out(event_id, node.id)
             return event_id
 
     @_in_db_thread
@@ -284,65 +287,60 @@ class SqliteStore:
             self.db.execute(
                 "UPDATE posts SET deleted = 1 WHERE id = ? AND node_id = ?", (post_id, node_id)
             )
-            return self._append("post_deleted", node_id, payload, now, [])
+            return self._append("post_deleted", node_id, payload, now)
 
     # -- feeds ---------------------------------------------------------------------------
 
     @_in_db_thread
     def posts_feed(self, jid: str, since: int, limit: int) -> PostsFeedState:
-        """In one read: the posts after ``since`` in the nodes ``jid`` follows; when there are
-        none, the Pushpin channel of each of those nodes with the last id published on it."""
+        """In one read: the posts delivered to ``jid``'s channel after ``since`` that it may
+        still read, and that channel with the last id published on it."""
         last_id = self.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        channel, head = self.db.execute(
+            f"SELECT {USER_CHANNEL}, coalesce(h.last_id, 0) FROM accounts a"
+            f" LEFT JOIN channel_heads h ON h.channel = {USER_CHANNEL} WHERE a.jid = ?",
+            (jid,),
+        ).fetchone()
         items = [
             FeedItem(*r)
             for r in self.db.execute(
-                "SELECT e.id, e.payload FROM events e"
+                "SELECT e.id, e.payload FROM deliveries d"
+                " JOIN events e ON e.id = d.event_id"
                 " JOIN posts p ON p.event_id = e.id AND p.deleted = 0"
-                " WHERE e.id > ? AND e.type = 'post' AND e.node_id IN"
+                " WHERE d.channel = ? AND d.event_id > ? AND e.node_id IN"
                 f"  (SELECT node_id FROM subscriptions WHERE jid = ? AND {MAY_READ})"
-                " ORDER BY e.id LIMIT ?",
-                (since, jid, limit),
+                " ORDER BY d.event_id LIMIT ?",
+                (channel, since, jid, limit),
             )
         ]
-        channels: list[tuple[str, int]] = []
-        if not items:
-            channels = [
-                (r[0], r[1])
-                for r in self.db.execute(
-                    f"SELECT {NODE_CHANNEL}, coalesce(h.last_id, 0) FROM subscriptions s"
-                    " JOIN nodes n ON n.id = s.node_id"
-                    f" LEFT JOIN channel_heads h ON h.channel = {NODE_CHANNEL}"
-                    f" WHERE s.jid = ? AND s.{MAY_READ} ORDER BY n.id",
-                    (jid,),
-                )
-            ]
-        return PostsFeedState(last_id, items, channels)
+        return PostsFeedState(last_id, items, channel, head)
 
     # -- the publisher's outbox: the log itself ----------------------------------------------
 
     @_in_db_thread
-    def deliveries_after(self, cursor: int, limit: int) -> list[Delivery]:
+    def deliveries_after(self, position: Position, limit: int) -> list[Delivery]:
         rows = self.db.execute(
             "SELECT d.event_id, d.channel, d.prev_id, e.payload FROM deliveries d"
-            " JOIN events e ON e.id = d.event_id WHERE d.event_id > ?"
+            " JOIN events e ON e.id = d.event_id WHERE (d.event_id, d.channel) > (?, ?)"
             " ORDER BY d.event_id, d.channel LIMIT ?",
-            (cursor, limit),
+            (position.event_id, position.channel, limit),
         ).fetchall()
         return [Delivery(*r) for r in rows]
 
     @_in_db_thread
-    def publish_cursor(self, target: str) -> int | None:
+    def publish_position(self, target: str) -> Position | None:
         row = self.db.execute(
-            "SELECT cursor FROM publish_cursors WHERE target = ?", (target,)
+            "SELECT event_id, channel FROM publish_cursors WHERE target = ?", (target,)
         ).fetchone()
-        return int(row[0]) if row else None
+        return Position(*row) if row else None
 
     @_in_db_thread
-    def save_publish_cursor(self, target: str, cursor: int) -> None:
+    def save_publish_position(self, target: str, position: Position) -> None:
         self.db.execute(
-            "INSERT INTO publish_cursors (target, cursor) VALUES (?, ?)"
-            " ON CONFLICT (target) DO UPDATE SET cursor = excluded.cursor",
-            (target, cursor),
+            "INSERT INTO publish_cursors (target, event_id, channel) VALUES (?, ?, ?)"
+            " ON CONFLICT (target) DO UPDATE"
+            " SET event_id = excluded.event_id, channel = excluded.channel",
+            (target, position.event_id, position.channel),
         )
 
 
