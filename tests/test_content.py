@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import time
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -238,4 +239,47 @@ def test_bodies_that_once_caused_server_errors_are_4xx(stack: Stack) -> None:
             r = client.post(url, content=body, headers=json_type)
             assert r.status_code == 400, (url, body[:60], r.text)
             assert r.json()["error"]
+        assert posts_of(c, user) == []
+
+
+def test_bad_cursors_are_400_and_never_held(stack: Stack) -> None:
+    user = unique("juliet")
+    with stack.account(user) as c:
+        current = int(last(c))
+        ahead, huge = str(current + 1000), "9" * 30
+        for since in ["abc", "-1", "1e5", "0x10", " 1", "\uff11", "", ahead, huge]:
+            r = c.get("/api/notifications/posts", params={"since": since}, timeout=5)
+            assert r.status_code == 400, since
+            assert "since" in r.json()["error"]
+
+
+def test_hostile_names_never_reach_another_channel(stack: Stack) -> None:
+    user = unique("juliet")
+    with stack.account(user) as c:
+        names = [
+            "a;b@example.com",
+            "a,b@example.com",
+            'a"b@example.com',
+            "a'b@example.com",
+            "a\nb@example.com",
+            "a b@example.com",
+            "a<b>@example.com",
+            "a\\b@example.com",
+            "a@..",
+            "a@b..c",
+            "a@" + "d" * 300,
+        ]
+        for name in names:
+            r = c.post(f"/api/{quote(name, safe='')}")
+            assert r.status_code in (400, 404), (name, r.status_code)
+            assert r.json()["error"]
+        # Path tricks: an encoded slash or dot-segments never address another channel's node.
+        for path in [
+            f"/api/{quote(user + '/../' + user, safe='')}/content/posts",
+            f"/api/{user}%2Fcontent%2Fposts/content/posts",
+            f"/api/{user}/content/posts%2F..",
+            f"/api/{user}/content/..%2Fposts",
+        ]:
+            r = c.post(path, json={"content": "x"})
+            assert 400 <= r.status_code < 500, (path, r.status_code)
         assert posts_of(c, user) == []
