@@ -23,7 +23,22 @@ def check_post(node: NodeInfo, affiliation: Affiliation | None) -> None:
         )
 
 
-def check_delete(node: NodeInfo, affiliation: Affiliation | None, caller: str, author: str) -> None:
+def check_edit(node: NodeInfo, affiliation: Affiliation | None, caller: str, author: str) -> None:
+    """Edit or delete a post: its author, the channel's owner or a moderator."""
     check_read(node, affiliation)
-    if caller != author and (affiliation is None or not affiliation.may_moderate):
-        raise Forbidden("only the author, the channel's owner or a moderator may delete a post")
+    if caller != author and not is_moderator(affiliation):
+        raise Forbidden("only the author, the channel's owner or a moderator may change a post")
+
+
+def check_moderate(node: NodeInfo, affiliation: Affiliation | None) -> None:
+    if not is_moderator(affiliation):
+        raise Forbidden(f"only the owner or a moderator of {node.channel} may do that")
+
+
+def check_owner(node: NodeInfo, affiliation: Affiliation | None) -> None:
+    if affiliation is not Affiliation.OWNER:
+        raise Forbidden(f"only the owner of {node.channel} may do that")
+
+
+def is_moderator(affiliation: Affiliation | None) -> bool:
+    return affiliation is not None and affiliation.may_moderate

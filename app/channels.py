@@ -1,4 +1,4 @@
-"""Channels, their nodes, posts and followers: the writes that become events in the log."""
+"""Channels, their metadata and their posts: the writes that become events in the log."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app import access
-from app.errors import BadRequest, Conflict, Forbidden, NotFound
+from app.errors import BadRequest, NotFound
 from app.model import (
     MAX_CONTENT_CHARS,
     Affiliation,
@@ -19,37 +19,31 @@ from app.model import (
     parse_node,
 )
 from app.store import Store
-from app.store.base import NodeInfo
+from app.store.base import NodeInfo, Notice, Recipients
 
 ACCESS_MODELS = ("open", "authorize")
 DEFAULT_AFFILIATIONS = (Affiliation.PUBLISHER.value, Affiliation.MEMBER.value)
+METADATA_FIELDS = ("title", "description", "access_model", "default_affiliation")
 MAX_LIST = 100
 
 
 class Channels:
-    def __init__(self, store: Store, max_follows: int, on_commit: Callable[[], None]) -> None:
+    def __init__(self, store: Store, on_commit: Callable[[], None]) -> None:
         self.store = store
-        self.max_follows = max_follows
         self._on_commit = on_commit
 
     async def create(self, owner: str, channel: str, fields: dict[str, Any]) -> str:
         jid = parse_jid(channel)
-        unknown = set(fields) - {"title", "description", "access_model", "default_affiliation"}
-        if unknown:
-            raise BadRequest(f"unknown channel fields: {', '.join(sorted(unknown))}")
-        title = _text(fields, "title", 200)
-        description = _text(fields, "description", 2000)
-        access_model = fields.get("access_model", "open")
-        if access_model not in ACCESS_MODELS:
-            raise BadRequest(f"access_model must be one of {', '.join(ACCESS_MODELS)}")
-        if access_model != "open":
-            raise BadRequest("private (authorize) channels are not supported yet")
-        default = fields.get("default_affiliation", Affiliation.PUBLISHER.value)
-        if default not in DEFAULT_AFFILIATIONS:
-            choices = ", ".join(DEFAULT_AFFILIATIONS)
-            raise BadRequest(f"default_affiliation must be one of {choices}")
+        values = {"access_model": "open", "default_affiliation": "publisher"}
+        values |= _metadata(fields)
         await self.store.create_channel(
-            jid, owner, title, description, access_model, default, now_iso()
+            jid,
+            owner,
+            values.get("title", ""),
+            values.get("description", ""),
+            values["access_model"],
+            values["default_affiliation"],
+            now_iso(),
         )
         return jid
 
@@ -60,25 +54,35 @@ class Channels:
             raise NotFound(f"no node {node_source(jid, name)}")
         return info
 
-    async def _affiliation(self, jid: str, node: NodeInfo) -> Affiliation | None:
+    async def affiliation(self, jid: str, node: NodeInfo) -> Affiliation | None:
         return Affiliation.parse(await self.store.affiliation(jid, node.id))
+
+    async def metadata(self, caller: str, channel: str, node: str) -> dict[str, str]:
+        info = await self.node(channel, node)
+        access.check_read(info, await self.affiliation(caller, info))
+        return await self.store.metadata(info.channel)
+
+    async def set_metadata(
+        self, caller: str, channel: str, node: str, fields: Any
+    ) -> dict[str, str]:
+        info = await self.node(channel, node)
+        access.check_owner(info, await self.affiliation(caller, info))
+        if not isinstance(fields, dict) or not fields:
+            raise BadRequest(f"expected a JSON object with some of: {', '.join(METADATA_FIELDS)}")
+        await self.store.set_metadata(info.channel, _metadata(fields))
+        return await self.store.metadata(info.channel)
 
     async def create_post(
         self, caller: str, channel: str, node: str, fields: Any
     ) -> tuple[Post, str]:
         """Create a post; returns it and its JSON, once committed."""
         info = await self.node(channel, node)
-        access.check_post(info, await self._affiliation(caller, info))
+        access.check_post(info, await self.affiliation(caller, info))
         if not isinstance(fields, dict):
             raise BadRequest('expected a JSON object {"content": ...}')
         unknown = set(fields) - {"content", "replyTo", "media"}
         if unknown:
             raise BadRequest(f"unknown post fields: {', '.join(sorted(unknown))}")
-        content = fields.get("content")
-        if not isinstance(content, str) or not content.strip():
-            raise BadRequest("content must be a non-empty string")
-        if len(content) > MAX_CONTENT_CHARS:
-            raise BadRequest(f"content is longer than {MAX_CONTENT_CHARS} characters")
         reply_to = fields.get("replyTo")
         if reply_to is not None and (
             not isinstance(reply_to, str) or await self.store.get_post(info.id, reply_to) is None
@@ -91,7 +95,7 @@ class Channels:
             author=caller,
             published=now,
             updated=now,
-            content=content,
+            content=_content(fields.get("content")),
             media=_media(fields.get("media")),
             reply_to=reply_to,
         )
@@ -100,79 +104,89 @@ class Channels:
         self._on_commit()
         return post, payload
 
+    async def edit_post(
+        self, caller: str, channel: str, node: str, post_id: str, fields: Any
+    ) -> str:
+        """Change a post's content (and media); returns its new JSON."""
+        info, author, body = await self._existing_post(caller, channel, node, post_id)
+        access.check_edit(info, await self.affiliation(caller, info), caller, author)
+        if not isinstance(fields, dict) or "content" not in fields:
+            raise BadRequest('expected a JSON object {"content": ...}')
+        unknown = set(fields) - {"content", "media"}
+        if unknown:
+            raise BadRequest(f"unknown post fields: {', '.join(sorted(unknown))}")
+        post = json.loads(body)
+        post["content"] = _content(fields["content"])
+        if "media" in fields:
+            post["media"] = _media(fields["media"])
+        post["updated"] = now = now_iso()
+        payload = json.dumps(post, ensure_ascii=False, separators=(",", ":"))
+        notice = Notice("post_updated", {"post": post}, Recipients("readers"))
+        await self.store.update_post(info.id, post_id, payload, notice, now)
+        self._on_commit()
+        return payload
+
     async def list_posts(
         self, caller: str, channel: str, node: str, limit: int, after: str | None
     ) -> list[str]:
         info = await self.node(channel, node)
-        access.check_read(info, await self._affiliation(caller, info))
+        access.check_read(info, await self.affiliation(caller, info))
         posts = await self.store.list_posts(info.id, min(limit, MAX_LIST), after)
         if posts is None:
             raise BadRequest(f"after: no post {after!r} in this node")
         return posts
 
     async def get_post(self, caller: str, channel: str, node: str, post_id: str) -> str:
-        info = await self.node(channel, node)
-        access.check_read(info, await self._affiliation(caller, info))
-        found = await self.store.get_post(info.id, post_id)
-        if found is None:
-            raise NotFound(f"no post {post_id[:80]!r} in {node_source(info.channel, info.name)}")
-        return found[1]
+        return (await self._existing_post(caller, channel, node, post_id))[2]
 
     async def delete_post(self, caller: str, channel: str, node: str, post_id: str) -> None:
-        info = await self.node(channel, node)
-        found = await self.store.get_post(info.id, post_id)
-        affiliation = await self._affiliation(caller, info)
-        if found is None:
-            access.check_read(info, affiliation)
-            raise NotFound(f"no post {post_id[:80]!r} in {node_source(info.channel, info.name)}")
-        access.check_delete(info, affiliation, caller, found[0])
-        payload = json.dumps({"id": post_id, "source": node_source(info.channel, info.name)})
-        await self.store.delete_post(info.id, post_id, payload, now_iso())
+        info, author, _ = await self._existing_post(caller, channel, node, post_id)
+        access.check_edit(info, await self.affiliation(caller, info), caller, author)
+        source = node_source(info.channel, info.name)
+        notice = Notice("post_deleted", {"id": post_id, "source": source}, Recipients("readers"))
+        await self.store.delete_post(info.id, post_id, notice, now_iso())
         self._on_commit()
 
-    async def subscriptions(self, caller: str) -> dict[str, str]:
-        return await self.store.subscriptions(caller)
-
-    async def follow(self, caller: str, changes: Any) -> dict[str, str]:
-        """Apply ``{"channel/node": role | "none"}``; answers the caller's resulting roles."""
-        if not isinstance(changes, dict) or not changes:
-            raise BadRequest('expected a JSON object {"channel@domain/posts": "publisher"}')
-        planned: list[tuple[int, str | None]] = []
-        for source, wanted in changes.items():
-            channel, slash, node = source.rpartition("/")
-            if not slash:
-                raise BadRequest(f"{source[:80]!r}: expected channel@domain/node")
-            info = await self.node(channel, node)
-            current = await self._affiliation(caller, info)
-            if current is Affiliation.OUTCAST:
-                raise Forbidden(f"you are banned from {info.channel}")
-            if wanted == "none":
-                if current is Affiliation.OWNER:
-                    raise Conflict("the owner cannot unfollow their own channel")
-                planned.append((info.id, None))
-                continue
-            role = Affiliation.parse(wanted)
-            if role is None:
-                raise BadRequest(
-                    f"{source[:300]}: role must be one of none, "
-                    + ", ".join(a.value for a in Affiliation)
-                )
-            default = Affiliation(info.default_affiliation)
-            if current is not None and current.rank > default.rank and role.rank >= current.rank:
-                continue  # keep a role granted by the owner; nobody grants themselves more
-            granted = role if role.rank <= default.rank else default
-            if role is Affiliation.OUTCAST or current is Affiliation.OWNER:
-                raise BadRequest(f"{source}: you cannot set that role on yourself")
-            planned.append((info.id, granted.value))
-        await self.store.set_subscriptions(caller, planned, self.max_follows)
-        return await self.store.subscriptions(caller)
+    async def _existing_post(
+        self, caller: str, channel: str, node: str, post_id: str
+    ) -> tuple[NodeInfo, str, str]:
+        """The node, the author and the JSON of a post the caller may read."""
+        info = await self.node(channel, node)
+        access.check_read(info, await self.affiliation(caller, info))
+        found = await self.store.get_post(info.id, post_id)
+        if found is None:
+            raise NotFound(f"no post {post_id[:80]!r} in {node_source(info.channel, info.name)}")
+        return info, found[0], found[1]
 
 
-def _text(fields: dict[str, Any], name: str, limit: int) -> str:
-    value = fields.get(name, "")
-    if not isinstance(value, str) or len(value) > limit:
-        raise BadRequest(f"{name} must be a string of at most {limit} characters")
-    return value
+def _metadata(fields: dict[str, Any]) -> dict[str, str]:
+    unknown = set(fields) - set(METADATA_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown channel fields: {', '.join(sorted(unknown))}")
+    values: dict[str, str] = {}
+    for name, limit in (("title", 200), ("description", 2000)):
+        if name in fields:
+            value = fields[name]
+            if not isinstance(value, str) or len(value) > limit:
+                raise BadRequest(f"{name} must be a string of at most {limit} characters")
+            values[name] = value
+    for name, allowed in (
+        ("access_model", ACCESS_MODELS),
+        ("default_affiliation", DEFAULT_AFFILIATIONS),
+    ):
+        if name in fields:
+            if fields[name] not in allowed:
+                raise BadRequest(f"{name} must be one of {', '.join(allowed)}")
+            values[name] = fields[name]
+    return values
+
+
+def _content(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise BadRequest("content must be a non-empty string")
+    if len(raw) > MAX_CONTENT_CHARS:
+        raise BadRequest(f"content is longer than {MAX_CONTENT_CHARS} characters")
+    return raw
 
 
 def _media(raw: Any) -> list[dict[str, str]] | None:

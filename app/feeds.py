@@ -1,6 +1,8 @@
 """Feeds are views of the one log: answer at once with what follows a cursor, or hold.
 
-A cursor is the id of an event in the log, written as a string of digits.
+A cursor is the id of an event in the log, written as a string of digits. Each feed is a
+Pushpin channel (its user's, or the firehose's) on which the publisher sends exactly what the
+immediate answer would hold.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ MAX_ITEMS = 100
 # Pushpin caps a held response body at 100,000 bytes; stay well under it.
 MAX_FEED_BYTES = 90_000
 _MAX_CURSOR_DIGITS = 18
+FEEDS = ("posts", "events", "firehose")
 
 
 def parse_cursor(raw: str) -> int:
@@ -39,11 +42,11 @@ class Hold:
     body: str
 
 
-def page(items: list[FeedItem]) -> Now:
+def page(items: list[FeedItem], empty_last: int) -> Now:
     """As many items as fit the contract's limits; ``last`` is the last one included."""
     size = 0
     kept: list[str] = []
-    last = items[0].event_id
+    last = empty_last
     for item in items[:MAX_ITEMS]:
         size += len(item.payload.encode()) + 1
         if kept and size > MAX_FEED_BYTES - 64:
@@ -53,17 +56,25 @@ def page(items: list[FeedItem]) -> Now:
     return Now(feed_body(last, kept))
 
 
-class PostsFeed:
+class Feeds:
     def __init__(self, store: Store) -> None:
         self.store = store
 
     async def latest(self) -> Now:
         return Now(feed_body(await self.store.last_event_id(), []))
 
-    async def since(self, jid: str, since: int) -> Now | Hold:
-        state = await self.store.posts_feed(jid, since, MAX_ITEMS)
+    async def since(self, feed: str, jid: str | None, since: int) -> Now | Hold:
+        """What follows ``since`` in ``feed`` for ``jid`` (None for the firehose)."""
+        state = await self.store.read_feed(feed, jid, since, MAX_ITEMS)
         if state.items:
-            return page(state.items)
+            return page(state.items, since)
         if since > state.last_id:
             raise BadRequest(f"since {since} is ahead of the log (last is {state.last_id})")
         return Hold([(state.channel, str(state.head))], feed_body(since, []))
+
+    async def history(self, jid: str, since: int | None) -> Now:
+        """The caller's posts and events since ``since`` or since they were last online."""
+        start, items = await self.store.history(jid, since, MAX_ITEMS)
+        if since is not None and not items and since > await self.store.last_event_id():
+            raise BadRequest(f"since {since} is ahead of the log")
+        return page(items, start)

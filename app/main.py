@@ -19,10 +19,11 @@ from app.channels import Channels
 from app.config import Settings
 from app.cors import Cors
 from app.errors import ApiError
-from app.feeds import PostsFeed
+from app.feeds import Feeds
 from app.publisher import Publisher
 from app.services import Services
 from app.store import open_store
+from app.subscriptions import Subscriptions
 
 log = logging.getLogger("app")
 DRAIN_SECONDS = 5.0
@@ -52,11 +53,18 @@ ROUTES = [
     Route("/api/account", accounts.show_account, methods=["GET"]),
     Route("/api/subscribed", social.subscribed, methods=["GET", "POST"]),
     Route("/api/notifications/posts", notifications.posts, methods=["GET"]),
+    Route("/api/notifications/events", notifications.events, methods=["GET"]),
+    Route("/api/notifications/history", notifications.history, methods=["GET"]),
+    Route("/api/firehose", notifications.firehose, methods=["GET"]),
     Route("/api/{channel}", content.create_channel, methods=["POST"]),
     Route("/api/{channel}/content/{node}", content.list_posts, methods=["GET"]),
     Route("/api/{channel}/content/{node}", content.create_post, methods=["POST"]),
     Route("/api/{channel}/content/{node}/{id}", content.get_post, methods=["GET"]),
+    Route("/api/{channel}/content/{node}/{id}", content.edit_post, methods=["PUT"]),
     Route("/api/{channel}/content/{node}/{id}", content.delete_post, methods=["DELETE"]),
+    Route("/api/{channel}/metadata/{node}", content.metadata, methods=["GET", "POST"]),
+    Route("/api/{channel}/subscribers/{node}", social.subscribers, methods=["GET", "POST"]),
+    Route("/api/{channel}/subscribers/{node}/approve", social.approve, methods=["GET", "POST"]),
 ]
 
 
@@ -64,13 +72,15 @@ def create_app(settings: Settings) -> Starlette:
     store = open_store(settings.database_url)
     publisher = Publisher(store, settings.grip_urls, settings.publish_timeout)
     cors = Cors(settings.cors_origins)
+    channels = Channels(store, publisher.notify)
     services = Services(
         settings=settings,
         store=store,
         publisher=publisher,
         accounts=Accounts(store, settings.secret_key, settings.auth_cache_seconds),
-        channels=Channels(store, settings.max_follows, publisher.notify),
-        posts_feed=PostsFeed(store),
+        channels=channels,
+        subscriptions=Subscriptions(channels, settings.max_follows, publisher.notify),
+        feeds=Feeds(store),
         cors=cors,
     )
 

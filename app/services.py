@@ -8,9 +8,10 @@ from app.accounts import Accounts
 from app.channels import Channels
 from app.config import Settings
 from app.cors import Cors
-from app.feeds import PostsFeed
+from app.feeds import Feeds
 from app.publisher import Publisher
 from app.store import Store
+from app.subscriptions import Subscriptions
 
 
 @dataclass
@@ -20,6 +21,7 @@ class Services:
     publisher: Publisher
     accounts: Accounts
     channels: Channels
-    posts_feed: PostsFeed
+    subscriptions: Subscriptions
+    feeds: Feeds
     cors: Cors
     in_flight: int = 0

@@ -133,7 +133,8 @@ def test_a_post_is_published_only_to_those_who_may_read_it(world: World, stack: 
         }
         ids = dict(db.execute("SELECT jid, id FROM accounts").fetchall())
     readers = ("member", "publisher", "moderator", "owner")
-    assert channels == {f"u{ids[world.users[role]]}" for role in readers}
+    # An open channel's post also goes to the firehose.
+    assert channels == {f"u{ids[world.users[role]]}" for role in readers} | {"firehose"}
 
 
 def test_a_hold_listens_to_its_own_channel_only(world: World, stack: Stack) -> None:

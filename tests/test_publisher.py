@@ -48,9 +48,16 @@ class Recorder(ThreadingHTTPServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def delivered(self) -> list[dict[str, Any]]:
+    def delivered(self, firehose: bool = False) -> list[dict[str, Any]]:
+        """Items accepted, in order: those to users' channels, or those to the firehose."""
         with self.lock:
-            return [item for _, status, items in self.attempts if status == 200 for item in items]
+            return [
+                item
+                for _, status, items in self.attempts
+                if status == 200
+                for item in items
+                if (item["channel"] == "firehose") == firehose
+            ]
 
 
 class _RecorderHandler(BaseHTTPRequestHandler):
@@ -128,6 +135,7 @@ def test_a_failed_publish_is_retried_before_anything_later(tmp_path: Path) -> No
         with stack.account(a) as wa, stack.account(b) as wb:
             created = [post(wa if i % 2 else wb, a if i % 2 else b, f"post {i}") for i in range(8)]
             wait_for(lambda: len(target.delivered()) == len(created), 10)
+            wait_for(lambda: len(target.delivered(firehose=True)) == len(created), 10)
         with stack.client(a) as reader:
             first = int(reader.get("/api/notifications/posts").json()["last"]) - len(created)
 
@@ -175,11 +183,15 @@ def test_parallel_writers_leave_no_gaps_forks_or_repeats(tmp_path: Path) -> None
         # owner.
         followers = writers + 1
         wait_for(lambda: len(target.delivered()) == len(created) * followers, 20)
+        wait_for(lambda: len(target.delivered(firehose=True)) == len(created), 20)
 
     items = target.delivered()
     ids = [int(item["id"]) for item in items]
     assert ids == sorted(ids), "in cursor order"
     assert sorted(set(ids)) == list(range(ids[0], ids[0] + len(created))), "no gap"
+    firehose = target.delivered(firehose=True)  # every post of these open channels, in order
+    assert [int(item["id"]) for item in firehose] == sorted(set(ids))
+    assert [item["prev-id"] for item in firehose] == ["0"] + [i["id"] for i in firehose[:-1]]
     assert all(count == followers for count in Counter(ids).values()), "no repeat"
     previous: dict[str, str] = {}
     for item in items:  # one chain per channel: no fork (two items after one id), no hole

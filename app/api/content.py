@@ -50,6 +50,24 @@ async def get_post(request: Request) -> Response:
     )
 
 
+async def edit_post(request: Request) -> Response:
+    jid = await caller(request)
+    p = request.path_params
+    body = await read_json(request)
+    return RawJSONResponse(
+        await services(request).channels.edit_post(jid, p["channel"], p["node"], p["id"], body)
+    )
+
+
+async def metadata(request: Request) -> Response:
+    jid = await caller(request)
+    channels, p = services(request).channels, request.path_params
+    if request.method == "GET":
+        return JSONResponse(await channels.metadata(jid, p["channel"], p["node"]))
+    body = await read_json(request)
+    return JSONResponse(await channels.set_metadata(jid, p["channel"], p["node"], body))
+
+
 async def delete_post(request: Request) -> Response:
     jid = await caller(request)
     p = request.path_params

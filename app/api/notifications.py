@@ -1,7 +1,9 @@
-"""The realtime posts feed: GET /api/notifications/posts[?since=CURSOR].
+"""The realtime feeds: posts, events and the firehose (held through GRIP), and history.
 
-Without ``since``: the current cursor, at once. With it: the posts that follow it, at once, or
-a GRIP hold that Pushpin keeps open until a post is published on a followed node.
+``GET /api/notifications/posts``, ``/api/notifications/events`` and ``/api/firehose``: without
+``since``, the current cursor at once; with it, what follows it, at once, or a GRIP hold that
+Pushpin keeps open until something is published on the feed's channel.
+``GET /api/notifications/history`` is answered at once, never held.
 """
 
 from __future__ import annotations
@@ -16,27 +18,42 @@ from app.feeds import Hold, parse_cursor
 
 
 async def posts(request: Request) -> Response:
-    s = services(request)
+    return await _feed(request, "posts", await caller(request))
+
+
+async def events(request: Request) -> Response:
+    return await _feed(request, "events", await caller(request))
+
+
+async def firehose(request: Request) -> Response:
+    """Open channels' posts: readable without login (credentials, if sent, must be good)."""
+    if request.headers.get("authorization"):
+        await caller(request)
+    return await _feed(request, "firehose", None)
+
+
+async def history(request: Request) -> Response:
     jid = await caller(request)
     raw_since = request.query_params.get("since")
+    since = None if raw_since is None else parse_cursor(raw_since)
+    return RawJSONResponse((await services(request).feeds.history(jid, since)).body)
+
+
+async def _feed(request: Request, feed: str, jid: str | None) -> Response:
+    s = services(request)
+    raw_since = request.query_params.get("since")
     if raw_since is None:
-        return RawJSONResponse((await s.posts_feed.latest()).body)
-    since = parse_cursor(raw_since)
-    answer = await s.posts_feed.since(jid, since)
+        return RawJSONResponse((await s.feeds.latest()).body)
+    answer = await s.feeds.since(feed, jid, parse_cursor(raw_since))
     if not isinstance(answer, Hold):
         return RawJSONResponse(answer.body)
     if not proxied(request):
         raise NotProxied(s.settings.proxy_url)
-    return _hold(request, answer)
-
-
-def _hold(request: Request, hold: Hold) -> Response:
-    s = services(request)
     # The held answer's headers: Pushpin keeps them for the published answer too.
     headers = {"Content-Type": JSON_TYPE, **s.cors.headers_for(request)}
     # No Grip-Link: for a held long-poll Pushpin re-sends the client's own request when it
     # sees a gap, and with a next link Pushpin 1.36 lost held requests (see docs/design.md).
     return Response(
-        grip.hold_response(hold.channels, s.settings.hold_timeout, hold.body, headers),
+        grip.hold_response(answer.channels, s.settings.hold_timeout, answer.body, headers),
         media_type=grip.INSTRUCT_CONTENT_TYPE,
     )

@@ -37,13 +37,16 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): {"$ref": f"#/components/responses/{status}"} for status in statuses}
 
 
-def _param(name: str, where: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+def _param(
+    name: str, where: str, schema: dict[str, Any], description: str, **extra: Any
+) -> dict[str, Any]:
     return {
         "name": name,
         "in": where,
         "required": where == "path",
         "schema": schema,
         "description": description,
+        **extra,
     }
 
 
@@ -52,10 +55,15 @@ CHANNEL = _param(
     "path",
     {"type": "string", "pattern": JID_PATTERN, "maxLength": 255},
     "A channel: a bare JID, localpart@domain, compared in lower case (at most 255 bytes).",
+    example="juliet@example.com",
 )
-CHANNEL["example"] = "juliet@example.com"
-NODE = _param("node", "path", {"type": "string", "pattern": NODE_PATTERN}, "A node of the channel.")
-NODE["example"] = "posts"
+NODE = _param(
+    "node",
+    "path",
+    {"type": "string", "pattern": NODE_PATTERN},
+    "A node of the channel.",
+    example="posts",
+)
 POST_ID = _param("id", "path", {"type": "string"}, "A post's id, as in its `id` field.")
 
 # The errors every operation that needs a login may answer.
@@ -72,8 +80,8 @@ SPEC: dict[str, Any] = {
             "Buddycloud's HTTP API, served by a GRIP origin behind Pushpin. Request bodies are "
             "JSON (`Content-Type: application/json`, at most 64 KiB). Errors are "
             '`{"error": "message"}`. Log in with HTTP Basic: your JID and your password or '
-            "API key; after 10 failed logins in a minute for one account, or 30 from one "
-            "client address, the answer is 429 with `Retry-After`."
+            "API key. After 10 failed logins in a minute for one account from one client "
+            "address, or 30 from one address, the answer is 429 with `Retry-After`."
         ),
     },
     "security": [{"basicAuth": []}],
@@ -136,7 +144,8 @@ SPEC: dict[str, Any] = {
                 "summary": "Follow (a role, capped at the channel's default) or unfollow (none)",
                 "description": (
                     "Keys are `channel/node`. All changes apply, or none. The owner cannot "
-                    "unfollow their own channel (409); an outcast cannot follow (403)."
+                    "unfollow their own channel, nor anyone follow more than MAX_FOLLOWS "
+                    "nodes (409); an outcast cannot follow (403)."
                 ),
                 "requestBody": {"required": True, "content": _json(_ref("Follow"))},
                 "responses": {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class Account(NamedTuple):
@@ -33,10 +33,10 @@ class Delivery(NamedTuple):
     payload: str
 
 
-class PostsFeedState(NamedTuple):
+class FeedState(NamedTuple):
     last_id: int  # the newest event in the whole log
     items: list[FeedItem]
-    channel: str  # the account's Pushpin channel
+    channel: str  # the feed's Pushpin channel
     head: int  # the last id published on it
 
 
@@ -50,3 +50,26 @@ class Position(NamedTuple):
     def after_event(cls, event_id: int) -> Position:
         """Just past every delivery of ``event_id`` (channels are never empty)."""
         return cls(event_id + 1, "")
+
+
+class Recipients(NamedTuple):
+    """Whose events channel an event goes to: one account, or a node's owner and moderators,
+    or everyone who may read a node."""
+
+    kind: str  # "user" | "moderators" | "readers"
+    jid: str = ""
+
+
+class Notice(NamedTuple):
+    """An event for the events feed: ``{"type", "cursor", **fields}``."""
+
+    type: str
+    fields: dict[str, Any]
+    to: Recipients
+
+
+class SubscriptionChange(NamedTuple):
+    jid: str
+    node_id: int
+    affiliation: str | None  # None: no longer following
+    notices: list[Notice]

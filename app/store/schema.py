@@ -75,4 +75,8 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX posts_by_node ON posts (node_id, event_id);
     """,
+    # 2: where each account was when last online (the cursor of its last realtime request).
+    """
+    ALTER TABLE accounts ADD COLUMN last_online INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

@@ -7,14 +7,24 @@ commit order) and the event loop never waits on disk.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from app.errors import Conflict
-from app.store.base import Account, Delivery, FeedItem, NodeInfo, Position, PostsFeedState
+from app.store.base import (
+    Account,
+    Delivery,
+    FeedItem,
+    FeedState,
+    NodeInfo,
+    Notice,
+    Position,
+    SubscriptionChange,
+)
 from app.store.schema import MIGRATIONS
 
 # The Pushpin channel of an account (a, in queries): every post it may see is published there.
@@ -23,6 +33,19 @@ USER_CHANNEL = "'u' || a.id"
 # The followers whose feeds carry a node's posts: an allow-list, so that a role added later
 # (pending, for private channels) sees nothing until it is added here.
 MAY_READ = "affiliation IN ('owner', 'moderator', 'publisher', 'member')"
+PENDING = "pending"
+FIREHOSE = "firehose"  # the Pushpin channel of the posts of every open channel
+# What a reader may still see of what was delivered to them (e: the event, ?: the reader).
+_READABLE_NODE = f"e.node_id IN (SELECT node_id FROM subscriptions WHERE jid = ? AND {MAY_READ})"
+_VISIBLE_POSTS = (
+    f"EXISTS (SELECT 1 FROM posts p WHERE p.event_id = e.id AND p.deleted = 0) AND {_READABLE_NODE}"
+)
+_VISIBLE_EVENTS = f"(e.type NOT IN ('post_updated', 'post_deleted') OR {_READABLE_NODE})"
+_OPEN_POSTS = (
+    "EXISTS (SELECT 1 FROM posts p WHERE p.event_id = e.id AND p.deleted = 0)"
+    " AND e.node_id IN (SELECT n.id FROM nodes n JOIN channels c ON c.jid = n.channel"
+    "  WHERE c.access_model = 'open')"
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -185,30 +208,71 @@ class SqliteStore:
         return dict(rows)
 
     @_in_db_thread
-    def set_subscriptions(
-        self, jid: str, changes: list[tuple[int, str | None]], max_follows: int
+    def apply_subscriptions(
+        self, changes: list[SubscriptionChange], now: str, max_follows: int = 0
     ) -> None:
-        """Apply follow (affiliation) and unfollow (None) changes at once, or none of them."""
+        """Apply follows, role changes and unfollows, with their events, all or none. With
+        ``max_follows``, no account may end up following more nodes than that."""
         with self._tx():
-            for node_id, affiliation in changes:
-                if affiliation is None:
+            for change in changes:
+                if change.affiliation is None:
                     self.db.execute(
-                        "DELETE FROM subscriptions WHERE jid = ? AND node_id = ?", (jid, node_id)
+                        "DELETE FROM subscriptions WHERE jid = ? AND node_id = ?",
+                        (change.jid, change.node_id),
                     )
                 else:
                     self.db.execute(
                         "INSERT INTO subscriptions (jid, node_id, affiliation) VALUES (?,?,?)"
                         " ON CONFLICT (jid, node_id)"
                         " DO UPDATE SET affiliation = excluded.affiliation",
-                        (jid, node_id, affiliation),
+                        (change.jid, change.node_id, change.affiliation),
                     )
-            (count,) = self.db.execute(
-                "SELECT count(*) FROM subscriptions WHERE jid = ?", (jid,)
-            ).fetchone()
-            if count > max_follows:
-                raise Conflict(
-                    f"a user may follow at most {max_follows} nodes (own channel included)"
-                )
+                for notice in change.notices:
+                    self._notify(change.node_id, notice, now)
+            for jid in {c.jid for c in changes} if max_follows else ():
+                (count,) = self.db.execute(
+                    "SELECT count(*) FROM subscriptions WHERE jid = ?", (jid,)
+                ).fetchone()
+                if count > max_follows:
+                    raise Conflict(
+                        f"a user may follow at most {max_follows} nodes (own channel included)"
+                    )
+
+    @_in_db_thread
+    def subscribers(self, node_id: int) -> dict[str, str]:
+        """Followers and their roles (pending requests are not followers yet)."""
+        rows = self.db.execute(
+            "SELECT jid, affiliation FROM subscriptions WHERE node_id = ? AND affiliation != ?"
+            " ORDER BY jid",
+            (node_id, PENDING),
+        ).fetchall()
+        return dict(rows)
+
+    @_in_db_thread
+    def pending(self, node_id: int) -> list[str]:
+        rows = self.db.execute(
+            "SELECT jid FROM subscriptions WHERE node_id = ? AND affiliation = ? ORDER BY jid",
+            (node_id, PENDING),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    @_in_db_thread
+    def metadata(self, channel: str) -> dict[str, str]:
+        row = self.db.execute(
+            "SELECT title, description, access_model, default_affiliation, owner, created"
+            " FROM channels WHERE jid = ?",
+            (channel,),
+        ).fetchone()
+        keys = ("title", "description", "access_model", "default_affiliation", "owner", "created")
+        return dict(zip(keys, row, strict=True))
+
+    @_in_db_thread
+    def set_metadata(self, channel: str, fields: dict[str, str]) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in fields)  # names checked by the caller
+        with self._tx():
+            self.db.execute(
+                f"UPDATE channels SET {assignments} WHERE jid = ?", (*fields.values(), channel)
+            )
 
     # -- the log -----------------------------------------------------------------------------
 
@@ -220,16 +284,27 @@ class SqliteStore:
         assert event_id is not None
         return event_id
 
-    def _fan_out(self, event_id: int, node_id: int) -> None:
-        """Deliver an event to the channel of every account that may read ``node_id`` now,
-        each chained to the previous event on that channel."""
+    def _append_event(
+        self, type_: str, node_id: int | None, fields: dict[str, Any], now: str
+    ) -> int:
+        """An event whose JSON names its own cursor: ``{"type", "cursor", **fields}``."""
+        event_id = self._append(type_, node_id, "", now)
+        payload = json.dumps(
+            {"type": type_, "cursor": str(event_id), **fields},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        self.db.execute("UPDATE events SET payload = ? WHERE id = ?", (payload, event_id))
+        return event_id
+
+    def _deliver(self, event_id: int, recipients_sql: str, params: tuple[Any, ...]) -> None:
+        """Deliver an event to the channels ``recipients_sql`` selects (as ``channel``), each
+        chained to the previous event on that channel."""
         self.db.execute(
             "INSERT INTO deliveries (event_id, channel, prev_id)"
-            f" SELECT ?, {USER_CHANNEL}, coalesce(h.last_id, 0) FROM subscriptions s"
-            " JOIN accounts a ON a.jid = s.jid"
-            f" LEFT JOIN channel_heads h ON h.channel = {USER_CHANNEL}"
-            f" WHERE s.node_id = ? AND s.{MAY_READ}",
-            (event_id, node_id),
+            " SELECT ?, r.channel, coalesce(h.last_id, 0)"
+            f" FROM ({recipients_sql}) r LEFT JOIN channel_heads h ON h.channel = r.channel",
+            (event_id, *params),
         )
         self.db.execute(
             "INSERT INTO channel_heads (channel, last_id)"
@@ -237,6 +312,32 @@ class SqliteStore:
             " ON CONFLICT (channel) DO UPDATE SET last_id = excluded.last_id",
             (event_id,),
         )
+
+    def _readers(self, prefix: str) -> str:
+        """SQL for the channels (``prefix`` u: posts, e: events) of whoever may read node ?."""
+        return (
+            f"SELECT '{prefix}' || a.id AS channel FROM subscriptions s"
+            f" JOIN accounts a ON a.jid = s.jid WHERE s.node_id = ? AND s.{MAY_READ}"
+        )
+
+    def _notify(self, node_id: int, notice: Notice, now: str) -> int:
+        event_id = self._append_event(notice.type, node_id, notice.fields, now)
+        if notice.to.kind == "user":
+            self._deliver(
+                event_id,
+                "SELECT 'e' || id AS channel FROM accounts WHERE jid = ?",
+                (notice.to.jid,),
+            )
+        elif notice.to.kind == "moderators":
+            self._deliver(
+                event_id,
+                "SELECT 'e' || a.id AS channel FROM subscriptions s JOIN accounts a"
+                " ON a.jid = s.jid WHERE s.node_id = ? AND s.affiliation IN ('owner', 'moderator')",
+                (node_id,),
+            )
+        else:
+            self._deliver(event_id, self._readers("e"), (node_id,))
+        return event_id
 
     @_in_db_thread
     def last_event_id(self) -> int:
@@ -251,8 +352,18 @@ class SqliteStore:
                 "INSERT INTO posts (id, node_id, event_id, author, body) VALUES (?,?,?,?,?)",
                 (post_id, node.id, event_id, author, payload),
             )
-            self._fan_out(event_id, node.id)
+            self._deliver(event_id, self._readers("u"), (node.id,))
+            if node.access_model == "open":
+                self._deliver(event_id, f"SELECT '{FIREHOSE}' AS channel", ())
             return event_id
+
+    @_in_db_thread
+    def update_post(self, node_id: int, post_id: str, body: str, notice: Notice, now: str) -> None:
+        with self._tx():
+            self.db.execute(
+                "UPDATE posts SET body = ? WHERE id = ? AND node_id = ?", (body, post_id, node_id)
+            )
+            self._notify(node_id, notice, now)
 
     @_in_db_thread
     def get_post(self, node_id: int, post_id: str) -> tuple[str, str] | None:
@@ -282,38 +393,82 @@ class SqliteStore:
         return [r[0] for r in rows]
 
     @_in_db_thread
-    def delete_post(self, node_id: int, post_id: str, payload: str, now: str) -> int:
+    def delete_post(self, node_id: int, post_id: str, notice: Notice, now: str) -> None:
         with self._tx():
             self.db.execute(
                 "UPDATE posts SET deleted = 1 WHERE id = ? AND node_id = ?", (post_id, node_id)
             )
-            return self._append("post_deleted", node_id, payload, now)
+            self._notify(node_id, notice, now)
 
     # -- feeds ---------------------------------------------------------------------------
 
     @_in_db_thread
-    def posts_feed(self, jid: str, since: int, limit: int) -> PostsFeedState:
-        """In one read: the posts delivered to ``jid``'s channel after ``since`` that it may
-        still read, and that channel with the last id published on it."""
+    def read_feed(self, feed: str, jid: str | None, since: int, limit: int) -> FeedState:
+        """In one read: what was delivered to a feed's channel after ``since`` that the reader
+        may still see, and that channel with the last id published on it.
+
+        ``feed`` is "posts" or "events" (the channel of account ``jid``) or "firehose".
+        """
         last_id = self.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
-        channel, head = self.db.execute(
-            f"SELECT {USER_CHANNEL}, coalesce(h.last_id, 0) FROM accounts a"
-            f" LEFT JOIN channel_heads h ON h.channel = {USER_CHANNEL} WHERE a.jid = ?",
-            (jid,),
-        ).fetchone()
+        if feed == "firehose":
+            channel, visible, params = FIREHOSE, _OPEN_POSTS, cast(tuple[Any, ...], ())
+        else:
+            (account_id,) = self.db.execute(
+                "SELECT id FROM accounts WHERE jid = ?", (jid,)
+            ).fetchone()
+            channel = f"{'u' if feed == 'posts' else 'e'}{account_id}"
+            visible = _VISIBLE_POSTS if feed == "posts" else _VISIBLE_EVENTS
+            params = (jid,)
+            # Where the account was when last online: what /history starts from.
+            self.db.execute(
+                "UPDATE accounts SET last_online = max(last_online, ?) WHERE id = ?",
+                (since, account_id),
+            )
         items = [
             FeedItem(*r)
             for r in self.db.execute(
-                "SELECT e.id, e.payload FROM deliveries d"
-                " JOIN events e ON e.id = d.event_id"
-                " JOIN posts p ON p.event_id = e.id AND p.deleted = 0"
-                " WHERE d.channel = ? AND d.event_id > ? AND e.node_id IN"
-                f"  (SELECT node_id FROM subscriptions WHERE jid = ? AND {MAY_READ})"
+                "SELECT e.id, e.payload FROM deliveries d JOIN events e ON e.id = d.event_id"
+                f" WHERE d.channel = ? AND d.event_id > ? AND {visible}"
                 " ORDER BY d.event_id LIMIT ?",
-                (channel, since, jid, limit),
+                (channel, since, *params, limit),
             )
         ]
-        return PostsFeedState(last_id, items, channel, head)
+        head = self.db.execute(
+            "SELECT last_id FROM channel_heads WHERE channel = ?", (channel,)
+        ).fetchone()
+        return FeedState(last_id, items, channel, head[0] if head else 0)
+
+    @_in_db_thread
+    def history(self, jid: str, since: int | None, limit: int) -> tuple[int, list[FeedItem]]:
+        """The account's posts and events after ``since`` (default: where it was last online),
+        posts wrapped as ``{"type": "post", "cursor", "post"}``; and the cursor used."""
+        account_id, last_online = self.db.execute(
+            "SELECT id, last_online FROM accounts WHERE jid = ?", (jid,)
+        ).fetchone()
+        start = last_online if since is None else since
+        rows = self.db.execute(
+            "SELECT e.id, e.type, e.payload FROM deliveries d JOIN events e ON e.id = d.event_id"
+            f" WHERE d.channel IN (?, ?) AND d.event_id > ? AND ("
+            f"  (d.channel = ? AND {_VISIBLE_POSTS}) OR (d.channel = ? AND {_VISIBLE_EVENTS}))"
+            " ORDER BY d.event_id LIMIT ?",
+            (
+                f"u{account_id}",
+                f"e{account_id}",
+                start,
+                f"u{account_id}",
+                jid,
+                f"e{account_id}",
+                jid,
+                limit,
+            ),
+        ).fetchall()
+        items = [
+            FeedItem(id_, f'{{"type":"post","cursor":"{id_}","post":{payload}}}')
+            if type_ == "post"
+            else FeedItem(id_, payload)
+            for id_, type_, payload in rows
+        ]
+        return start, items
 
     # -- the publisher's outbox: the log itself ----------------------------------------------
 

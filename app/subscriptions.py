@@ -1,0 +1,165 @@
+"""Following, follow requests and their approval, roles and bans: each change an event.
+
+A follower of an open channel gets its default role at once; of an authorize (private) channel,
+"pending" until its owner or a moderator approves. Events go to the events feed of whom they
+concern: a follow request to the node's owner and moderators, a subscription update (approved,
+rejected, role changed, banned, unfollowed) to the follower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from app import access
+from app.channels import Channels
+from app.errors import BadRequest, Conflict, Forbidden, NotFound
+from app.model import Affiliation, node_source, now_iso, parse_jid
+from app.store.base import NodeInfo, Notice, Recipients, SubscriptionChange
+
+PENDING = "pending"
+ROLES_THE_OWNER_GIVES = ("member", "publisher", "moderator", "outcast", "none")
+
+
+class Subscriptions:
+    def __init__(self, channels: Channels, max_follows: int, on_commit: Callable[[], None]):
+        self.channels = channels
+        self.store = channels.store
+        self.max_follows = max_follows
+        self._on_commit = on_commit
+
+    async def of(self, caller: str) -> dict[str, str]:
+        return await self.store.subscriptions(caller)
+
+    async def follow(self, caller: str, wanted: Any) -> dict[str, str]:
+        """Apply ``{"channel/node": role | "none"}``; answers the caller's resulting roles."""
+        if not isinstance(wanted, dict) or not wanted:
+            raise BadRequest('expected a JSON object {"channel@domain/posts": "publisher"}')
+        changes: list[SubscriptionChange] = []
+        for source, role_name in wanted.items():
+            channel, slash, node = source.rpartition("/")
+            if not slash:
+                raise BadRequest(f"{source[:80]!r}: expected channel@domain/node")
+            info = await self.channels.node(channel, node)
+            current = await self.store.affiliation(caller, info.id)
+            change = self._follow_change(caller, info, current, role_name)
+            if change is not None:
+                changes.append(change)
+        await self.store.apply_subscriptions(changes, now_iso(), self.max_follows)
+        self._on_commit()
+        return await self.store.subscriptions(caller)
+
+    def _follow_change(
+        self, caller: str, info: NodeInfo, current: str | None, role_name: Any
+    ) -> SubscriptionChange | None:
+        source = node_source(info.channel, info.name)
+        if current == Affiliation.OUTCAST:
+            raise Forbidden(f"you are banned from {info.channel}")
+        if role_name == "none":
+            if current == Affiliation.OWNER:
+                raise Conflict("the owner cannot unfollow their own channel")
+            if current is None:
+                return None
+            notice = _subscription_notice(source, caller, None, "unfollowed")
+            return SubscriptionChange(caller, info.id, None, [notice])
+        role = Affiliation.parse(role_name)
+        if role is None:
+            raise BadRequest(
+                f"{source}: role must be one of none, " + ", ".join(a.value for a in Affiliation)
+            )
+        default = Affiliation(info.default_affiliation)
+        held = Affiliation.parse(current)
+        if held is not None and held.rank > default.rank and role.rank >= held.rank:
+            return None  # keep a role granted by the owner; nobody grants themselves more
+        if role is Affiliation.OUTCAST or current == Affiliation.OWNER:
+            raise BadRequest(f"{source}: you cannot set that role on yourself")
+        if info.access_model != "open" and current in (None, PENDING):
+            if current == PENDING:
+                return None  # asked already
+            request = Notice(
+                "follow_request", {"node": source, "jid": caller}, Recipients("moderators")
+            )
+            return SubscriptionChange(caller, info.id, PENDING, [request])
+        granted = role if role.rank <= default.rank else default
+        return SubscriptionChange(caller, info.id, granted.value, [])
+
+    async def subscribers(self, caller: str, channel: str, node: str) -> dict[str, str]:
+        info = await self.channels.node(channel, node)
+        access.check_read(info, await self.channels.affiliation(caller, info))
+        return await self.store.subscribers(info.id)
+
+    async def pending(self, caller: str, channel: str, node: str) -> list[dict[str, str]]:
+        info = await self._moderated(caller, channel, node)
+        return [{"jid": jid, "subscription": PENDING} for jid in await self.store.pending(info.id)]
+
+    async def decide(self, caller: str, channel: str, node: str, decisions: Any) -> None:
+        """Approve (``subscribed``) or reject (``none``) pending follow requests."""
+        info = await self._moderated(caller, channel, node)
+        if not isinstance(decisions, list) or not decisions:
+            raise BadRequest('expected a JSON list [{"jid": ..., "subscription": "subscribed"}]')
+        pending = set(await self.store.pending(info.id))
+        source = node_source(info.channel, info.name)
+        changes = []
+        for decision in decisions:
+            if not isinstance(decision, dict) or not isinstance(decision.get("jid"), str):
+                raise BadRequest('each decision is {"jid": ..., "subscription": ...}')
+            jid = parse_jid(decision["jid"])
+            if jid not in pending:
+                raise NotFound(f"{jid} has no pending request for {source}")
+            if decision.get("subscription") == "subscribed":
+                role = info.default_affiliation
+                notice = _subscription_notice(source, jid, role, "approved")
+                changes.append(SubscriptionChange(jid, info.id, role, [notice]))
+            elif decision.get("subscription") == "none":
+                notice = _subscription_notice(source, jid, None, "rejected")
+                changes.append(SubscriptionChange(jid, info.id, None, [notice]))
+            else:
+                raise BadRequest('subscription must be "subscribed" (approve) or "none" (reject)')
+        await self.store.apply_subscriptions(changes, now_iso())
+        self._on_commit()
+
+    async def set_roles(self, caller: str, channel: str, node: str, roles: Any) -> dict[str, str]:
+        """The owner gives roles, bans (outcast) or removes (none): ``{jid: role}``."""
+        info = await self.channels.node(channel, node)
+        access.check_owner(info, await self.channels.affiliation(caller, info))
+        if not isinstance(roles, dict) or not roles:
+            raise BadRequest('expected a JSON object {"jid": "moderator"}')
+        source = node_source(info.channel, info.name)
+        changes = []
+        for raw_jid, role in roles.items():
+            jid = parse_jid(raw_jid)
+            if role not in ROLES_THE_OWNER_GIVES:
+                raise BadRequest(f"{jid}: role must be one of {', '.join(ROLES_THE_OWNER_GIVES)}")
+            if jid == caller:
+                raise BadRequest("the owner's own role cannot change")
+            if await self.store.get_account(jid) is None:
+                raise NotFound(f"no account {jid}")
+            current = await self.store.affiliation(jid, info.id)
+            if role == "none":
+                if current is None:
+                    continue
+                notice = _subscription_notice(source, jid, None, "unfollowed")
+                changes.append(SubscriptionChange(jid, info.id, None, [notice]))
+            else:
+                change = "banned" if role == Affiliation.OUTCAST else "role_changed"
+                notice = _subscription_notice(source, jid, role, change)
+                changes.append(SubscriptionChange(jid, info.id, role, [notice]))
+        await self.store.apply_subscriptions(changes, now_iso())
+        self._on_commit()
+        return await self.store.subscribers(info.id)
+
+    async def _moderated(self, caller: str, channel: str, node: str) -> NodeInfo:
+        info = await self.channels.node(channel, node)
+        access.check_moderate(info, await self.channels.affiliation(caller, info))
+        return info
+
+
+def _subscription_notice(source: str, jid: str, role: str | None, change: str) -> Notice:
+    fields = {
+        "node": source,
+        "jid": jid,
+        "subscription": "subscribed" if role else "none",
+        "affiliation": role or "none",
+        "change": change,
+    }
+    return Notice("subscription", fields, Recipients("user", jid))
