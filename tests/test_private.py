@@ -1,0 +1,255 @@
+"""Private channels and every event type, end to end through a real Pushpin.
+
+Each realtime assertion holds a request on the feed first, then makes the change, then reads
+what the held request was answered with.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import unique
+from tests.support import Stack
+from tests.test_posts_feed import post
+
+FEED = {
+    "posts": "/api/notifications/posts",
+    "events": "/api/notifications/events",
+    "firehose": "/api/firehose",
+}
+
+
+def cursor(client: httpx.Client, feed: str = "posts") -> str:
+    value: str = client.get(FEED[feed]).json()["last"]
+    return value
+
+
+@contextmanager
+def held(client: httpx.Client, feed: str, since: str | None = None) -> Iterator[Callable[[], Any]]:
+    """Hold a request on ``feed``; the yielded function waits for its answer's JSON."""
+    since = since or cursor(client, feed)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(client.get, f"{FEED[feed]}?since={since}", timeout=8)
+        time.sleep(0.5)  # Pushpin holds it
+        yield lambda: answer.result(timeout=8).json()
+
+
+def still_held(client: httpx.Client, feed: str, since: str) -> bool:
+    try:
+        client.get(f"{FEED[feed]}?since={since}", timeout=1.5)
+    except httpx.ReadTimeout:
+        return True
+    return False
+
+
+@pytest.fixture
+def private(stack: Stack) -> Iterator[tuple[str, httpx.Client, httpx.Client, str]]:
+    """A private channel: (channel, its owner's client, a would-be follower's client, jid)."""
+    owner, follower = unique("capulet"), unique("romeo")
+    channel = f"crypt-{owner.partition('@')[0]}@topics.example.com"
+    with stack.account(owner) as o, stack.account(follower) as f:
+        assert o.post(f"/api/{channel}", json={"access_model": "authorize"}).status_code == 201
+        yield channel, o, f, follower
+
+
+def request_to_follow(f: httpx.Client, channel: str) -> None:
+    r = f.post("/api/subscribed", json={f"{channel}/posts": "publisher"})
+    assert r.status_code == 200 and r.json()[f"{channel}/posts"] == "pending"
+
+
+def test_a_follow_request_reaches_the_owner_and_moderators(stack: Stack, private: Any) -> None:
+    channel, o, f, follower = private
+    moderator = unique("nurse")
+    with stack.account(moderator) as m:
+        r = o.post(f"/api/{channel}/subscribers/posts", json={moderator: "moderator"})
+        assert r.status_code == 200 and r.json()[moderator] == "moderator"
+        with held(o, "events") as to_owner, held(m, "events") as to_moderator:
+            request_to_follow(f, channel)
+            for answer in (to_owner(), to_moderator()):
+                (item,) = answer["items"]
+                assert item["type"] == "follow_request"
+                assert item["node"] == f"{channel}/posts" and item["jid"] == follower
+                assert item["cursor"] == answer["last"]
+        pending = [{"jid": follower, "subscription": "pending"}]
+        assert m.get(f"/api/{channel}/subscribers/posts/approve").json() == pending
+        assert f.get(f"/api/{channel}/subscribers/posts/approve").status_code == 403
+
+
+def test_approval_reaches_the_follower_who_then_gets_the_next_post_at_once(
+    private: Any,
+) -> None:
+    channel, o, f, follower = private
+    request_to_follow(f, channel)
+    assert f.get(f"/api/{channel}/content/posts").status_code == 403  # pending: no reading
+    with held(f, "events") as event, held(f, "posts") as posts:
+        decision = [{"jid": follower, "subscription": "subscribed"}]
+        assert o.post(f"/api/{channel}/subscribers/posts/approve", json=decision).json() == []
+        (item,) = event()["items"]
+        assert item["type"] == "subscription" and item["change"] == "approved"
+        assert item["subscription"] == "subscribed" and item["affiliation"] == "publisher"
+        # The held posts request, open since before the approval, gets the next post.
+        created = post(o, channel, "welcome")
+        assert posts()["items"] == [created]
+    assert f.get("/api/subscribed").json()[f"{channel}/posts"] == "publisher"
+
+
+def test_a_rejected_follower_is_told_and_never_gets_a_post(private: Any) -> None:
+    channel, o, f, follower = private
+    request_to_follow(f, channel)
+    since = cursor(f)
+    with held(f, "events") as event:
+        decision = [{"jid": follower, "subscription": "none"}]
+        o.post(f"/api/{channel}/subscribers/posts/approve", json=decision)
+        (item,) = event()["items"]
+        assert item["change"] == "rejected" and item["subscription"] == "none"
+    post(o, channel, "not for the rejected")
+    assert still_held(f, "posts", since)
+    assert f.get(f"/api/{channel}/content/posts").status_code == 403
+
+
+@pytest.mark.parametrize("how", ["banned", "unfollowed", "pending"])
+def test_access_that_ended_ends_delivery_even_to_a_held_request(
+    stack: Stack, private: Any, how: str
+) -> None:
+    channel, o, f, follower = private
+    request_to_follow(f, channel)
+    if how != "pending":
+        decision = [{"jid": follower, "subscription": "subscribed"}]
+        o.post(f"/api/{channel}/subscribers/posts/approve", json=decision)
+    before = cursor(f)
+    with held(f, "events") as event, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # A posts request held while the follower could still read (or asked to).
+        posts = pool.submit(f.get, f"/api/notifications/posts?since={before}", timeout=4)
+        time.sleep(0.5)
+        if how == "banned":
+            r = o.post(f"/api/{channel}/subscribers/posts", json={follower: "outcast"})
+            assert r.json()[follower] == "outcast"
+        elif how == "unfollowed":
+            f.post("/api/subscribed", json={f"{channel}/posts": "none"})
+        if how != "pending":
+            (item,) = event()["items"]
+            assert item["type"] == "subscription" and item["change"] == how
+        post(o, channel, f"after the follower was {how}")
+        with pytest.raises(httpx.ReadTimeout):
+            posts.result(timeout=6)
+    # Nor by an immediate answer from an old cursor.
+    assert still_held(f, "posts", before)
+
+
+def test_role_changes_reach_the_follower(stack: Stack) -> None:
+    owner, follower = unique("capulet"), unique("romeo")
+    channel = f"verona-{owner.partition('@')[0]}@topics.example.com"
+    with stack.account(owner) as o, stack.account(follower) as f:
+        o.post(f"/api/{channel}")
+        f.post("/api/subscribed", json={f"{channel}/posts": "publisher"})
+        with held(f, "events") as event:
+            o.post(f"/api/{channel}/subscribers/posts", json={follower: "moderator"})
+            (item,) = event()["items"]
+        assert item["change"] == "role_changed" and item["affiliation"] == "moderator"
+        assert f.get(f"/api/{channel}/subscribers/posts").json()[follower] == "moderator"
+        assert (
+            f.post(f"/api/{channel}/subscribers/posts", json={owner: "member"}).status_code == 403
+        )
+
+
+def test_edits_and_deletions_reach_every_reader(stack: Stack, private: Any) -> None:
+    channel, o, f, follower = private
+    request_to_follow(f, channel)
+    o.post(
+        f"/api/{channel}/subscribers/posts/approve",
+        json=[{"jid": follower, "subscription": "subscribed"}],
+    )
+    stranger = unique("tybalt")
+    with stack.account(stranger) as s:
+        created = post(f, channel, "first draft")
+        url = f"/api/{channel}/content/posts/{created['id']}"
+        s_since = cursor(s, "events")
+        assert s.put(url, json={"content": "x"}).status_code == 403
+        with held(o, "events") as to_owner, held(f, "events") as to_author:
+            edited = f.put(url, json={"content": "second draft"})
+            assert edited.status_code == 200
+            for answer in (to_owner(), to_author()):
+                (item,) = answer["items"]
+                assert item["type"] == "post_updated"
+                assert item["post"] == edited.json()
+                assert item["post"]["content"] == "second draft"
+                assert item["post"]["updated"] >= item["post"]["published"]
+        assert o.get(url).json()["content"] == "second draft"
+        with held(f, "events") as to_author:
+            assert o.delete(url).status_code == 204
+            (item,) = to_author()["items"]
+        assert item == {
+            "type": "post_deleted",
+            "cursor": item["cursor"],
+            "id": created["id"],
+            "source": f"{channel}/posts",
+        }
+        assert still_held(s, "events", s_since), "a stranger hears of neither"
+
+
+def test_the_firehose_has_every_open_post_and_no_private_one(stack: Stack, private: Any) -> None:
+    channel, o, _, _ = private
+    open_channel = f"square-{unique('x').partition('@')[0]}@topics.example.com"
+    o.post(f"/api/{open_channel}")
+    with stack.client() as anonymous:
+        since = cursor(anonymous, "firehose")
+        with held(anonymous, "firehose", since) as firehose:
+            post(o, channel, "a private post")
+            public = post(o, open_channel, "a public post")
+            assert firehose()["items"] == [public]
+        page = anonymous.get(f"/api/firehose?since={since}").json()
+        assert page["items"] == [public]
+        assert anonymous.get("/api/firehose", auth=("x@y.z", "wrong password")).status_code == 401
+
+
+def test_history_since_last_online_then_live_misses_nothing(stack: Stack, private: Any) -> None:
+    channel, o, f, follower = private
+    request_to_follow(f, channel)
+    o.post(
+        f"/api/{channel}/subscribers/posts/approve",
+        json=[{"jid": follower, "subscription": "subscribed"}],
+    )
+    last_seen = cursor(f)
+    assert still_held(f, "posts", last_seen)  # a realtime request: f was online here
+    # While f is away: posts and events.
+    first = post(o, channel, "while you were away")
+    o.post(f"/api/{channel}/subscribers/posts", json={follower: "member"})
+    second = post(o, channel, "and this too")
+    history = f.get("/api/notifications/history").json()
+    kinds = [(item["type"], item.get("post", {}).get("id")) for item in history["items"]]
+    assert kinds == [("post", first["id"]), ("subscription", None), ("post", second["id"])]
+    assert [item["cursor"] for item in history["items"]] == sorted(
+        (item["cursor"] for item in history["items"]), key=int
+    )
+    # Coming back: catch up with history, then long-poll from its last: nothing is missed.
+    with held(f, "posts", history["last"]) as live:
+        third = post(o, channel, "live again")
+        assert live()["items"] == [third]
+    explicit = f.get(f"/api/notifications/history?since={last_seen}").json()
+    assert explicit["items"][:3] == history["items"]
+    assert explicit["items"][3]["post"] == third
+
+
+def test_metadata_is_read_by_readers_and_changed_by_the_owner(private: Any) -> None:
+    channel, o, f, follower = private
+    url = f"/api/{channel}/metadata/posts"
+    assert f.get(url).status_code == 403  # private, and not a follower
+    changed = o.post(url, json={"title": "The crypt", "description": "Shh"})
+    assert changed.status_code == 200
+    assert changed.json()["title"] == "The crypt"
+    assert changed.json()["access_model"] == "authorize"
+    request_to_follow(f, channel)
+    o.post(
+        f"/api/{channel}/subscribers/posts/approve",
+        json=[{"jid": follower, "subscription": "subscribed"}],
+    )
+    assert f.get(url).json()["description"] == "Shh"
+    assert f.post(url, json={"title": "mine now"}).status_code == 403
+    assert o.post(url, json={"access_model": "secret"}).status_code == 400
