@@ -158,7 +158,7 @@ def _subscription_notice(source: str, jid: str, role: str | None, change: str) -
     fields = {
         "node": source,
         "jid": jid,
-        "subscription": "subscribed" if role else "none",
+        "subscription": "subscribed" if role and role != Affiliation.OUTCAST else "none",
         "affiliation": role or "none",
         "change": change,
     }

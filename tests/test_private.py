@@ -136,6 +136,7 @@ def test_access_that_ended_ends_delivery_even_to_a_held_request(
         if how != "pending":
             (item,) = event()["items"]
             assert item["type"] == "subscription" and item["change"] == how
+            assert item["subscription"] == "none"
         post(o, channel, f"after the follower was {how}")
         with pytest.raises(httpx.ReadTimeout):
             posts.result(timeout=6)
