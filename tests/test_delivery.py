@@ -24,7 +24,7 @@ import pytest
 
 from app.pushpin import Pushpin
 from tests.conftest import unique
-from tests.support import PASSWORD, ROOT, Background, DelayProxy, Stack, free_ports
+from tests.support import ROOT, Background, DelayProxy, Stack, free_ports
 from tests.test_posts_feed import follow, last, post
 
 SIG_KEY = "a test signing key of more than 32 bytes"
@@ -76,6 +76,10 @@ class Split:
 
     def client(self, user: str) -> httpx.Client:
         return self.origin.client(user)  # base_url: Pushpin (PORT)
+
+    def accounts(self, *users: str) -> None:
+        for user in users:
+            self.origin.account(user).close()
 
     def direct(self, user: str) -> httpx.Client:
         return self.origin.client(user, origin=True)
@@ -140,9 +144,7 @@ def post_in_the_window(split: Split, reader: httpx.Client, since: str, writer: s
 
 def test_race_on_a_channel_with_subscribers(split: Split) -> None:
     racer, writer = unique("juliet"), unique("romeo")
-    with split.origin.client() as anonymous:
-        for user in (racer, writer):
-            anonymous.post("/api/account", json={"username": user, "password": PASSWORD})
+    split.accounts(racer, writer)
     with split.client(racer) as r, split.client(racer) as second:
         follow(r, f"{writer}/posts")
         since = last(r)
@@ -157,9 +159,7 @@ def test_race_on_a_channel_with_subscribers(split: Split) -> None:
 
 def test_race_on_a_channel_without_subscribers(split: Split) -> None:
     racer, writer = unique("juliet"), unique("romeo")
-    with split.origin.client() as anonymous:
-        for user in (racer, writer):
-            anonymous.post("/api/account", json={"username": user, "password": PASSWORD})
+    split.accounts(racer, writer)
     with split.client(racer) as r:
         follow(r, f"{writer}/posts")
         since = last(r)
@@ -173,9 +173,7 @@ def test_a_failed_publish_on_one_node_holds_back_the_later_one_on_another(
     reader, a, b = unique("juliet"), unique("romeo"), unique("mercutio")
     with split_stack(tmp_path, failing_publish=True) as split:
         assert split.failing is not None
-        with split.origin.client() as anonymous:
-            for user in (reader, a, b):
-                anonymous.post("/api/account", json={"username": user, "password": PASSWORD})
+        split.accounts(reader, a, b)
         with split.client(reader) as r, split.direct(a) as wa, split.direct(b) as wb:
             follow(r, f"{a}/posts", f"{b}/posts")
             since = last(r)
@@ -202,9 +200,7 @@ def test_a_failed_publish_on_one_node_holds_back_the_later_one_on_another(
 
 def test_posts_made_while_pushpin_is_down_reach_clients_when_it_is_back(split: Split) -> None:
     reader, writer = unique("juliet"), unique("romeo")
-    with split.origin.client() as anonymous:
-        for user in (reader, writer):
-            anonymous.post("/api/account", json={"username": user, "password": PASSWORD})
+    split.accounts(reader, writer)
     with split.client(reader) as r, split.direct(writer) as w:
         follow(r, f"{writer}/posts")
         since = last(r)
