@@ -283,3 +283,20 @@ def test_hostile_names_never_reach_another_channel(stack: Stack) -> None:
             r = c.post(path, json={"content": "x"})
             assert 400 <= r.status_code < 500, (path, r.status_code)
         assert posts_of(c, user) == []
+
+
+def test_a_refused_cursor_does_not_move_last_online(stack: Stack) -> None:
+    reader, writer = unique("juliet"), unique("romeo")
+    with stack.account(reader) as r, stack.account(writer) as w:
+        follow(r, f"{writer}/posts")
+        start = last(r)
+        assert r.get("/api/notifications/history").json()["last"] == start
+        ahead = str(int(start) + 1_000_000)
+        assert r.get(f"/api/notifications/posts?since={ahead}").status_code == 400
+        created = post(w, writer, "after the refused cursor")
+        assert r.get("/api/notifications/history").json()["items"][-1]["post"] == created
+    # A number Python refuses to parse (over 4,300 digits), straight to the origin (Pushpin
+    # drops so long a request line).
+    with stack.client(writer, origin=True) as direct:
+        huge = {"max": "9" * 5000}
+        assert direct.get(f"/api/{writer}/content/posts", params=huge).status_code == 400

@@ -143,6 +143,11 @@ def query_int(request: Request, name: str, default: int, minimum: int, maximum: 
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isascii() or not raw.isdigit() or not minimum <= int(raw) <= maximum:
+    if (
+        not raw.isascii()
+        or not raw.isdigit()
+        or len(raw) > 18
+        or not minimum <= int(raw) <= maximum
+    ):
         raise BadRequest(f"{name} must be an integer from {minimum} to {maximum}")
     return int(raw)

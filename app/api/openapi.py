@@ -33,6 +33,14 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
+def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": _json(schema)}
+
+
+def _ok(description: str, schema: dict[str, Any], status: int = 200) -> dict[str, Any]:
+    return {str(status): {"description": description, "content": _json(schema)}}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): {"$ref": f"#/components/responses/{status}"} for status in statuses}
 
@@ -47,6 +55,15 @@ def _param(
         "schema": schema,
         "description": description,
         **extra,
+    }
+
+
+def _object(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": False,
     }
 
 
@@ -65,11 +82,54 @@ NODE = _param(
     example="posts",
 )
 POST_ID = _param("id", "path", {"type": "string"}, "A post's id, as in its `id` field.")
+SINCE = _param(
+    "since",
+    "query",
+    {"type": "string", "pattern": r"^[0-9]{1,18}$"},
+    "A cursor, as given in `last`; not ahead of the log.",
+)
+GRIP_SIG = _param(
+    "Grip-Sig",
+    "header",
+    {"type": "string"},
+    "Set by the GRIP proxy (a JWT signed with GRIP_SIG_KEY); clients never send it.",
+)
 
 # The errors every operation that needs a login may answer.
 LOGIN_ERRORS = (401, 429)
 # The errors of reading a JSON request body.
 BODY_ERRORS = (400, 413, 415)
+# The errors of naming a channel's node (or a post of it) that the caller may read.
+NODE_ERRORS = (400, *LOGIN_ERRORS, 403, 404)
+
+
+def _realtime(operation_id: str, summary: str, items: str, login: bool = True) -> dict[str, Any]:
+    """A realtime feed: answered at once, or held by the GRIP proxy (501 to anyone else)."""
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "description": (
+            "Without `since`: the current cursor, at once. With it: what follows it, at once "
+            "(at most 100 items, under 90,000 bytes; `last` is the last one's cursor), or, "
+            "when there is nothing yet, a hold that only the GRIP proxy may keep (a request "
+            "that reached the origin directly gets 501)."
+        ),
+        "parameters": [SINCE, GRIP_SIG],
+        "responses": {
+            "200": {
+                "description": "What follows `since`; to the GRIP proxy, a hold instruction",
+                "content": {
+                    **_json(_ref(items)),
+                    "application/grip-instruct": {"schema": {"type": "object"}},
+                },
+            },
+            **_errors(400, *LOGIN_ERRORS, 501),
+        },
+    }
+    if not login:
+        operation["security"] = [{}, {"basicAuth": []}]  # credentials, if sent, must be good
+    return operation
+
 
 SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -91,7 +151,7 @@ SPEC: dict[str, Any] = {
                 "operationId": "health",
                 "summary": "Liveness and counters",
                 "security": [],
-                "responses": {"200": {"description": "Up", "content": _json(_ref("Health"))}},
+                "responses": _ok("Up", _ref("Health")),
             }
         },
         "/openapi.json": {
@@ -99,12 +159,7 @@ SPEC: dict[str, Any] = {
                 "operationId": "openapi",
                 "summary": "This description",
                 "security": [],
-                "responses": {
-                    "200": {
-                        "description": "The OpenAPI description",
-                        "content": _json({"type": "object"}),
-                    }
-                },
+                "responses": _ok("The OpenAPI description", {"type": "object"}),
             }
         },
         "/api/account": {
@@ -112,87 +167,71 @@ SPEC: dict[str, Any] = {
                 "operationId": "createAccount",
                 "summary": "Create an account and its personal channel (node posts)",
                 "security": [],
-                "requestBody": {"required": True, "content": _json(_ref("NewAccount"))},
+                "requestBody": _body(_ref("NewAccount")),
                 "responses": {
-                    "201": {
-                        "description": "Created",
-                        "content": _json(_ref("Username")),
-                    },
+                    **_ok("Created", _object(["username"], username=_ref("Jid")), 201),
                     **_errors(*BODY_ERRORS, 409),
                 },
             },
             "get": {
                 "operationId": "showAccount",
                 "summary": "The caller's account and API key",
-                "responses": {
-                    "200": {"description": "The caller", "content": _json(_ref("Account"))},
-                    **_errors(*LOGIN_ERRORS),
-                },
+                "responses": {**_ok("The caller", _ref("Account")), **_errors(*LOGIN_ERRORS)},
             },
         },
         "/api/subscribed": {
             "get": {
                 "operationId": "subscriptions",
                 "summary": "The caller's roles, by node (own channel included)",
-                "responses": {
-                    "200": {"description": "Roles", "content": _json(_ref("Roles"))},
-                    **_errors(*LOGIN_ERRORS),
-                },
+                "responses": {**_ok("Roles", _ref("Subscriptions")), **_errors(*LOGIN_ERRORS)},
             },
             "post": {
                 "operationId": "follow",
                 "summary": "Follow (a role, capped at the channel's default) or unfollow (none)",
                 "description": (
-                    "Keys are `channel/node`. All changes apply, or none. The owner cannot "
-                    "unfollow their own channel, nor anyone follow more than MAX_FOLLOWS "
-                    "nodes (409); an outcast cannot follow (403)."
+                    "Keys are `channel/node`. All changes apply, or none. Following a private "
+                    "(authorize) channel leaves you pending until its owner or a moderator "
+                    "approves. The owner cannot unfollow their own channel, nor anyone follow "
+                    "more than MAX_FOLLOWS nodes (409); an outcast cannot follow (403)."
                 ),
-                "requestBody": {"required": True, "content": _json(_ref("Follow"))},
+                "requestBody": _body(_ref("Follow")),
                 "responses": {
-                    "200": {
-                        "description": "The caller's roles after the change",
-                        "content": _json(_ref("Roles")),
-                    },
+                    **_ok("The caller's roles after the change", _ref("Subscriptions")),
                     **_errors(*BODY_ERRORS, *LOGIN_ERRORS, 403, 404, 409),
                 },
             },
         },
         "/api/notifications/posts": {
+            "get": _realtime(
+                "postsFeed", "Posts of the nodes the caller may read, as they come", "PostFeed"
+            )
+        },
+        "/api/notifications/events": {
+            "get": _realtime(
+                "eventsFeed",
+                "Everything else that concerns the caller: follow requests, subscription "
+                "changes, edited and deleted posts",
+                "EventFeed",
+            )
+        },
+        "/api/firehose": {
+            "get": _realtime(
+                "firehose", "Posts of every open channel (no login needed)", "PostFeed", False
+            )
+        },
+        "/api/notifications/history": {
             "get": {
-                "operationId": "postsFeed",
-                "summary": "The realtime feed of posts of the nodes the caller follows",
+                "operationId": "history",
+                "summary": "The caller's posts and events since a cursor, oldest first",
                 "description": (
-                    "Without `since`: the current cursor, at once. With it: the posts after "
-                    "it, at once, or, when there are none, a hold that only the GRIP proxy "
-                    "may keep (a request that reached the origin directly gets 501)."
+                    "Since `since`, or, without it, since the caller was last online (the "
+                    "`since` of their last realtime request); answered at once, never held, "
+                    "paged like the feeds. Posts come as `{type: post, cursor, post}`."
                 ),
-                "parameters": [
-                    _param(
-                        "since",
-                        "query",
-                        {"type": "string", "pattern": r"^[0-9]{1,18}$"},
-                        "A cursor, as given in `last`; not ahead of the log.",
-                    ),
-                    _param(
-                        "Grip-Sig",
-                        "header",
-                        {"type": "string"},
-                        "Set by the GRIP proxy (a JWT signed with GRIP_SIG_KEY); "
-                        "clients never send it.",
-                    ),
-                ],
+                "parameters": [SINCE],
                 "responses": {
-                    "200": {
-                        "description": (
-                            "Posts after `since` (at most 100, under 90,000 bytes); to the "
-                            "GRIP proxy, a hold instruction"
-                        ),
-                        "content": {
-                            **_json(_ref("Feed")),
-                            "application/grip-instruct": {"schema": {"type": "object"}},
-                        },
-                    },
-                    **_errors(400, *LOGIN_ERRORS, 501),
+                    **_ok("What followed", _ref("HistoryFeed")),
+                    **_errors(400, *LOGIN_ERRORS),
                 },
             }
         },
@@ -201,22 +240,63 @@ SPEC: dict[str, Any] = {
                 "operationId": "createChannel",
                 "summary": "Create a topic channel owned by the caller",
                 "parameters": [CHANNEL],
-                "requestBody": {"required": False, "content": _json(_ref("ChannelFields"))},
+                "requestBody": _body(_ref("ChannelFields"), required=False),
                 "responses": {
-                    "201": {
-                        "description": "Created",
-                        "content": _json(
-                            {
-                                "type": "object",
-                                "required": ["channel"],
-                                "properties": {"channel": {"type": "string"}},
-                                "additionalProperties": False,
-                            }
-                        ),
-                    },
+                    **_ok("Created", _object(["channel"], channel=_ref("Jid")), 201),
                     **_errors(*BODY_ERRORS, *LOGIN_ERRORS, 409),
                 },
             }
+        },
+        "/api/{channel}/metadata/{node}": {
+            "parameters": [CHANNEL, NODE],
+            "get": {
+                "operationId": "metadata",
+                "summary": "The channel's metadata (to whoever may read the node)",
+                "responses": {**_ok("Metadata", _ref("Metadata")), **_errors(*NODE_ERRORS)},
+            },
+            "post": {
+                "operationId": "setMetadata",
+                "summary": "Change the channel's metadata (its owner)",
+                "requestBody": _body({"allOf": [_ref("ChannelFields")], "minProperties": 1}),
+                "responses": {
+                    **_ok("The new metadata", _ref("Metadata")),
+                    **_errors(*BODY_ERRORS, *NODE_ERRORS),
+                },
+            },
+        },
+        "/api/{channel}/subscribers/{node}": {
+            "parameters": [CHANNEL, NODE],
+            "get": {
+                "operationId": "subscribers",
+                "summary": "The node's followers and their roles (pending requests aside)",
+                "responses": {**_ok("Roles", _ref("Subscribers")), **_errors(*NODE_ERRORS)},
+            },
+            "post": {
+                "operationId": "setRoles",
+                "summary": "Give roles, ban (outcast) or remove (none) followers (the owner)",
+                "requestBody": _body(_ref("Roles")),
+                "responses": {
+                    **_ok("The followers after the change", _ref("Subscribers")),
+                    **_errors(*BODY_ERRORS, *NODE_ERRORS),
+                },
+            },
+        },
+        "/api/{channel}/subscribers/{node}/approve": {
+            "parameters": [CHANNEL, NODE],
+            "get": {
+                "operationId": "pending",
+                "summary": "Pending follow requests (the owner and moderators)",
+                "responses": {**_ok("Requests", _ref("Pending")), **_errors(*NODE_ERRORS)},
+            },
+            "post": {
+                "operationId": "decide",
+                "summary": "Approve (subscribed) or reject (none) follow requests",
+                "requestBody": _body(_ref("Decisions")),
+                "responses": {
+                    **_ok("The requests still pending", _ref("Pending")),
+                    **_errors(*BODY_ERRORS, *NODE_ERRORS),
+                },
+            },
         },
         "/api/{channel}/content/{node}": {
             "parameters": [CHANNEL, NODE],
@@ -238,17 +318,14 @@ SPEC: dict[str, Any] = {
                     ),
                 ],
                 "responses": {
-                    "200": {
-                        "description": "Posts",
-                        "content": _json({"type": "array", "items": _ref("Post")}),
-                    },
-                    **_errors(400, *LOGIN_ERRORS, 403, 404),
+                    **_ok("Posts", {"type": "array", "items": _ref("Post")}),
+                    **_errors(*NODE_ERRORS),
                 },
             },
             "post": {
                 "operationId": "createPost",
                 "summary": "Post to a node (publisher, moderator or owner)",
-                "requestBody": {"required": True, "content": _json(_ref("NewPost"))},
+                "requestBody": _body(_ref("NewPost")),
                 "responses": {
                     "201": {
                         "description": "Created",
@@ -261,7 +338,7 @@ SPEC: dict[str, Any] = {
                         },
                         "content": _json(_ref("Post")),
                     },
-                    **_errors(*BODY_ERRORS, *LOGIN_ERRORS, 403, 404),
+                    **_errors(*BODY_ERRORS, *NODE_ERRORS),
                 },
             },
         },
@@ -270,18 +347,22 @@ SPEC: dict[str, Any] = {
             "get": {
                 "operationId": "getPost",
                 "summary": "One post",
+                "responses": {**_ok("The post", _ref("Post")), **_errors(*NODE_ERRORS)},
+            },
+            "put": {
+                "operationId": "editPost",
+                "summary": "Change a post's content and media (its author, the owner or a "
+                "moderator)",
+                "requestBody": _body(_ref("PostEdit")),
                 "responses": {
-                    "200": {"description": "The post", "content": _json(_ref("Post"))},
-                    **_errors(400, *LOGIN_ERRORS, 403, 404),
+                    **_ok("The post as changed", _ref("Post")),
+                    **_errors(*BODY_ERRORS, *NODE_ERRORS),
                 },
             },
             "delete": {
                 "operationId": "deletePost",
                 "summary": "Delete a post (its author, the owner or a moderator)",
-                "responses": {
-                    "204": {"description": "Deleted"},
-                    **_errors(400, *LOGIN_ERRORS, 403, 404),
-                },
+                "responses": {"204": {"description": "Deleted"}, **_errors(*NODE_ERRORS)},
             },
         },
     },
@@ -304,7 +385,7 @@ SPEC: dict[str, Any] = {
             },
             "403": {"description": "Not allowed to you", "content": _json(_ref("Error"))},
             "404": {
-                "description": "No such channel, node or post",
+                "description": "No such channel, node, post or account",
                 "content": _json(_ref("Error")),
             },
             "409": {"description": "Conflicts with what exists", "content": _json(_ref("Error"))},
@@ -327,29 +408,22 @@ SPEC: dict[str, Any] = {
             },
         },
         "schemas": {
-            "Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"type": "string"}},
-                "additionalProperties": False,
-            },
-            "Health": {
-                "type": "object",
-                "required": ["status", "last", "requests_in_flight", "published_items"],
-                "properties": {
-                    "status": {"type": "string", "enum": ["ok"]},
-                    "last": _ref("Cursor"),
-                    "requests_in_flight": {"type": "integer", "minimum": 0},
-                    "published_items": {"type": "integer", "minimum": 0},
-                },
-                "additionalProperties": False,
-            },
+            "Error": _object(["error"], error={"type": "string"}),
+            "Health": _object(
+                ["status", "last", "requests_in_flight", "published_items"],
+                status={"type": "string", "enum": ["ok"]},
+                last=_ref("Cursor"),
+                requests_in_flight={"type": "integer", "minimum": 0},
+                published_items={"type": "integer", "minimum": 0},
+            ),
             "Cursor": {
                 "type": "string",
                 "pattern": "^[0-9]+$",
                 "description": "The id of an event in the log",
             },
             "Jid": {"type": "string", "pattern": JID_PATTERN, "maxLength": 255},
+            "Source": {"type": "string", "description": "channel/node"},
+            "Role": {"type": "string", "enum": ROLES},
             "NewAccount": {
                 "type": "object",
                 "required": ["username", "password"],
@@ -359,18 +433,9 @@ SPEC: dict[str, Any] = {
                 },
                 "example": {"username": "juliet@example.com", "password": "balcony123"},
             },
-            "Username": {
-                "type": "object",
-                "required": ["username"],
-                "properties": {"username": {"type": "string"}},
-                "additionalProperties": False,
-            },
-            "Account": {
-                "type": "object",
-                "required": ["username", "api_key"],
-                "properties": {"username": {"type": "string"}, "api_key": {"type": "string"}},
-                "additionalProperties": False,
-            },
+            "Account": _object(
+                ["username", "api_key"], username=_ref("Jid"), api_key={"type": "string"}
+            ),
             "ChannelFields": {
                 "type": "object",
                 "properties": {
@@ -379,21 +444,30 @@ SPEC: dict[str, Any] = {
                     "access_model": {
                         "type": "string",
                         "enum": ["open", "authorize"],
-                        "default": "open",
-                        "description": "authorize is not supported yet (400)",
+                        "description": "authorize: followers wait for approval (default open)",
                     },
                     "default_affiliation": {
                         "type": "string",
                         "enum": ["publisher", "member"],
-                        "default": "publisher",
+                        "description": "The role a follower gets (default publisher)",
                     },
                 },
                 "additionalProperties": False,
+                "example": {"title": "Balcony", "default_affiliation": "member"},
             },
-            "Roles": {
+            "Metadata": _object(
+                ["title", "description", "access_model", "default_affiliation", "owner", "created"],
+                title={"type": "string"},
+                description={"type": "string"},
+                access_model={"type": "string", "enum": ["open", "authorize"]},
+                default_affiliation={"type": "string", "enum": ["publisher", "member"]},
+                owner=_ref("Jid"),
+                created={"type": "string", "format": "date-time"},
+            ),
+            "Subscriptions": {
                 "type": "object",
-                "description": "Role by node, keyed `channel/node`",
-                "additionalProperties": {"type": "string", "enum": ROLES},
+                "description": "Role by node, keyed `channel/node`; pending: awaiting approval",
+                "additionalProperties": {"type": "string", "enum": [*ROLES, "pending"]},
             },
             "Follow": {
                 "type": "object",
@@ -402,73 +476,130 @@ SPEC: dict[str, Any] = {
                 "additionalProperties": {"type": "string", "enum": ["none", *ROLES]},
                 "example": {"romeo@example.com/posts": "publisher"},
             },
-            "Media": {
+            "Subscribers": {
                 "type": "object",
-                "required": ["id", "channel"],
-                "properties": {
-                    "id": {"type": "string", "minLength": 1, "maxLength": 255},
-                    "channel": {"type": "string", "minLength": 1, "maxLength": 255},
+                "description": "Role by follower's JID",
+                "additionalProperties": _ref("Role"),
+            },
+            "Roles": {
+                "type": "object",
+                "description": "New role by follower's JID (none: remove); not the owner's own",
+                "minProperties": 1,
+                "additionalProperties": {
+                    "type": "string",
+                    "enum": ["member", "publisher", "moderator", "outcast", "none"],
                 },
-                "additionalProperties": False,
+                "example": {"romeo@example.com": "moderator"},
+            },
+            "Pending": {
+                "type": "array",
+                "items": _object(
+                    ["jid", "subscription"],
+                    jid=_ref("Jid"),
+                    subscription={"type": "string", "enum": ["pending"]},
+                ),
+            },
+            "Decisions": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["jid", "subscription"],
+                    "properties": {
+                        "jid": _ref("Jid"),
+                        "subscription": {"type": "string", "enum": ["subscribed", "none"]},
+                    },
+                },
+                "example": [{"jid": "romeo@example.com", "subscription": "subscribed"}],
+            },
+            "Media": _object(
+                ["id", "channel"],
+                id={"type": "string", "minLength": 1, "maxLength": 255},
+                channel={"type": "string", "minLength": 1, "maxLength": 255},
+            ),
+            "Content": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 10000,
+                "pattern": r"\S",
+                "description": "Not only whitespace",
+            },
+            "MediaList": {
+                "type": "array",
+                "nullable": True,
+                "maxItems": 20,
+                "items": _ref("Media"),
             },
             "NewPost": {
-                "type": "object",
-                "required": ["content"],
-                "properties": {
-                    "content": {
-                        "type": "string",
-                        "minLength": 1,
-                        "maxLength": 10000,
-                        "pattern": r"\S",
-                        "description": "Not only whitespace",
-                    },
-                    "replyTo": {
+                **_object(
+                    ["content"],
+                    content=_ref("Content"),
+                    replyTo={
                         "type": "string",
                         "nullable": True,
                         "description": "The id of a post of the same node",
                     },
-                    "media": {
-                        "type": "array",
-                        "nullable": True,
-                        "maxItems": 20,
-                        "items": _ref("Media"),
-                    },
-                },
-                "additionalProperties": False,
+                    media=_ref("MediaList"),
+                ),
                 "example": {"content": "But soft, what light through yonder window breaks?"},
             },
-            "Post": {
-                "type": "object",
-                "required": [
-                    "id",
-                    "source",
-                    "author",
-                    "published",
-                    "updated",
-                    "content",
-                    "media",
-                    "replyTo",
+            "PostEdit": _object(["content"], content=_ref("Content"), media=_ref("MediaList")),
+            "Post": _object(
+                ["id", "source", "author", "published", "updated", "content", "media", "replyTo"],
+                id={"type": "string"},
+                source=_ref("Source"),
+                author=_ref("Jid"),
+                published={"type": "string", "format": "date-time"},
+                updated={"type": "string", "format": "date-time"},
+                content={"type": "string"},
+                media={"type": "array", "nullable": True, "items": _ref("Media")},
+                replyTo={"type": "string", "nullable": True},
+            ),
+            "Event": _object(
+                ["type", "cursor"],
+                type={
+                    "type": "string",
+                    "enum": ["follow_request", "subscription", "post_updated", "post_deleted"],
+                },
+                cursor=_ref("Cursor"),
+                # follow_request and subscription
+                node=_ref("Source"),
+                jid=_ref("Jid"),
+                # subscription
+                subscription={"type": "string", "enum": ["subscribed", "none"]},
+                affiliation={"type": "string", "enum": [*ROLES, "none"]},
+                change={
+                    "type": "string",
+                    "enum": ["approved", "rejected", "role_changed", "banned", "unfollowed"],
+                },
+                # post_updated (the post as changed) and post_deleted (id and source)
+                post=_ref("Post"),
+                id={"type": "string"},
+                source=_ref("Source"),
+            ),
+            "HistoryItem": {
+                "description": "An event, or a post as `{type: post, cursor, post}`",
+                "oneOf": [
+                    _ref("Event"),
+                    _object(
+                        ["type", "cursor", "post"],
+                        type={"type": "string", "enum": ["post"]},
+                        cursor=_ref("Cursor"),
+                        post=_ref("Post"),
+                    ),
                 ],
-                "properties": {
-                    "id": {"type": "string"},
-                    "source": {"type": "string", "description": "channel/node"},
-                    "author": {"type": "string"},
-                    "published": {"type": "string", "format": "date-time"},
-                    "updated": {"type": "string", "format": "date-time"},
-                    "content": {"type": "string"},
-                    "media": {"type": "array", "nullable": True, "items": _ref("Media")},
-                    "replyTo": {"type": "string", "nullable": True},
-                },
-                "additionalProperties": False,
             },
-            "Feed": {
-                "type": "object",
-                "required": ["last", "items"],
-                "properties": {
-                    "last": _ref("Cursor"),
-                    "items": {"type": "array", "maxItems": 100, "items": _ref("Post")},
-                },
-                "additionalProperties": False,
+            **{
+                name: _object(
+                    ["last", "items"],
+                    last=_ref("Cursor"),
+                    items={"type": "array", "maxItems": 100, "items": _ref(item)},
+                )
+                for name, item in (
+                    ("PostFeed", "Post"),
+                    ("EventFeed", "Event"),
+                    ("HistoryFeed", "HistoryItem"),
+                )
             },
         },
     },

@@ -419,11 +419,13 @@ class SqliteStore:
             channel = f"{'u' if feed == 'posts' else 'e'}{account_id}"
             visible = _VISIBLE_POSTS if feed == "posts" else _VISIBLE_EVENTS
             params = (jid,)
-            # Where the account was when last online: what /history starts from.
-            self.db.execute(
-                "UPDATE accounts SET last_online = max(last_online, ?) WHERE id = ?",
-                (since, account_id),
-            )
+            # Where the account was when last online: what /history starts from. A cursor
+            # ahead of the log is refused by the caller, and must not move it.
+            if since <= last_id:
+                self.db.execute(
+                    "UPDATE accounts SET last_online = max(last_online, ?) WHERE id = ?",
+                    (since, account_id),
+                )
         items = [
             FeedItem(*r)
             for r in self.db.execute(
