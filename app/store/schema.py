@@ -79,4 +79,21 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE accounts ADD COLUMN last_online INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: Aloha (Zulip-compatible) event queues, which live in the store; posts sent with a
+    # client's local_id, so that a retried send makes one post.
+    """
+    CREATE TABLE queues (
+        id TEXT PRIMARY KEY,
+        jid TEXT NOT NULL,
+        event_types TEXT,  -- JSON list, or NULL for all
+        narrow TEXT NOT NULL,  -- JSON list of [operator, operand]
+        all_public_streams INTEGER NOT NULL,
+        lifespan INTEGER NOT NULL,  -- seconds without a poll before it expires
+        acked INTEGER NOT NULL,  -- events up to this cursor are done with
+        last_poll REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX queues_by_jid ON queues (jid);
+    ALTER TABLE posts ADD COLUMN local_id TEXT;
+    CREATE UNIQUE INDEX posts_by_local_id ON posts (author, local_id) WHERE local_id IS NOT NULL;
+    """,
 ]

@@ -35,6 +35,10 @@ USER_CHANNEL = "'u' || a.id"
 MAY_READ = "affiliation IN ('owner', 'moderator', 'publisher', 'member')"
 PENDING = "pending"
 FIREHOSE = "firehose"  # the Pushpin channel of the posts of every open channel
+# The Aloha queues' channel that follows a delivery d's channel: u5 and e5 give z5.
+_QUEUE_CHANNEL = (
+    f"CASE WHEN d.channel = '{FIREHOSE}' THEN 'z{FIREHOSE}' ELSE 'z' || substr(d.channel, 2) END"
+)
 # What a reader may still see of what was delivered to them (e: the event, ?: the reader).
 _READABLE_NODE = f"e.node_id IN (SELECT node_id FROM subscriptions WHERE jid = ? AND {MAY_READ})"
 _VISIBLE_POSTS = (
@@ -299,12 +303,24 @@ class SqliteStore:
 
     def _deliver(self, event_id: int, recipients_sql: str, params: tuple[Any, ...]) -> None:
         """Deliver an event to the channels ``recipients_sql`` selects (as ``channel``), each
-        chained to the previous event on that channel."""
+        chained to the previous event on that channel; then to the Aloha queues' channels
+        (``z<id>``, and ``zfirehose``) of the accounts it went to, if they have a queue."""
         self.db.execute(
             "INSERT INTO deliveries (event_id, channel, prev_id)"
             " SELECT ?, r.channel, coalesce(h.last_id, 0)"
             f" FROM ({recipients_sql}) r LEFT JOIN channel_heads h ON h.channel = r.channel",
             (event_id, *params),
+        )
+        self.db.execute(
+            "INSERT OR IGNORE INTO deliveries (event_id, channel, prev_id)"
+            f" SELECT ?, {_QUEUE_CHANNEL}, coalesce(h.last_id, 0) FROM deliveries d"
+            f" LEFT JOIN channel_heads h ON h.channel = {_QUEUE_CHANNEL}"
+            " WHERE d.event_id = ? AND substr(d.channel, 1, 1) != 'z' AND ("
+            f"  (d.channel = '{FIREHOSE}' AND EXISTS"
+            "    (SELECT 1 FROM queues WHERE all_public_streams = 1))"
+            "  OR EXISTS (SELECT 1 FROM queues q JOIN accounts a ON a.jid = q.jid"
+            "   WHERE a.id = CAST(substr(d.channel, 2) AS INTEGER)))",
+            (event_id, event_id),
         )
         self.db.execute(
             "INSERT INTO channel_heads (channel, last_id)"
