@@ -73,9 +73,11 @@ class Channels:
         return await self.store.metadata(info.channel)
 
     async def create_post(
-        self, caller: str, channel: str, node: str, fields: Any
-    ) -> tuple[Post, str]:
-        """Create a post; returns it and its JSON, once committed."""
+        self, caller: str, channel: str, node: str, fields: Any, local_id: str | None = None
+    ) -> tuple[Post, str, int]:
+        """Create a post; returns it, its JSON and its cursor, once committed. With a
+        ``local_id`` the caller already sent, the post is not made again: the cursor is the
+        first one's (and the post returned is not stored)."""
         info = await self.node(channel, node)
         access.check_post(info, await self.affiliation(caller, info))
         if not isinstance(fields, dict):
@@ -100,9 +102,9 @@ class Channels:
             reply_to=reply_to,
         )
         payload = post.dumps()
-        await self.store.append_post(info, post.id, caller, payload, now)
+        event_id = await self.store.append_post(info, post.id, caller, payload, now, local_id)
         self._on_commit()
-        return post, payload
+        return post, payload, event_id
 
     async def edit_post(
         self, caller: str, channel: str, node: str, post_id: str, fields: Any

@@ -59,6 +59,7 @@ class Settings:
     proxy_url: str
     hold_timeout: int = 55
     publish_timeout: int = 5
+    queue_lifespan: int = 600
     max_follows: int = 5000
     auth_cache_seconds: int = 60
     cors_origins: list[str] = field(default_factory=list)
@@ -89,6 +90,7 @@ class Settings:
             proxy_url=env.get("PROXY_URL", f"http://127.0.0.1:{port}"),
             hold_timeout=_int(env, "HOLD_TIMEOUT", 55, 5),
             publish_timeout=_int(env, "PUBLISH_TIMEOUT", 5, 1),
+            queue_lifespan=_int(env, "QUEUE_LIFESPAN", 600, 1),
             max_follows=_int(env, "MAX_FOLLOWS", 5000, 1),
             auth_cache_seconds=_int(env, "AUTH_CACHE_SECONDS", 60, 0),
             cors_origins=_list(env, "CORS_ORIGINS"),

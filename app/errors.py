@@ -5,6 +5,7 @@ from __future__ import annotations
 
 class ApiError(Exception):
     status = 400
+    code = "BAD_REQUEST"  # Zulip's name for it, on /api/v1
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -17,6 +18,7 @@ class BadRequest(ApiError):
 
 class Unauthorized(ApiError):
     status = 401
+    code = "UNAUTHORIZED"
 
 
 class Forbidden(ApiError):
@@ -37,6 +39,17 @@ class PayloadTooLarge(ApiError):
 
 class UnsupportedMediaType(ApiError):
     status = 415
+
+
+class UnknownQueue(ApiError):
+    """An Aloha queue that is unknown, expired or someone else's (Zulip's BAD_EVENT_QUEUE_ID)."""
+
+    status = 400
+    code = "BAD_EVENT_QUEUE_ID"
+
+    def __init__(self, queue_id: str) -> None:
+        super().__init__(f"Bad event queue ID: {queue_id}")
+        self.queue_id = queue_id
 
 
 class TooManyRequests(ApiError):

@@ -53,6 +53,17 @@ def hold_response(
     return json.dumps(instruction, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def hint_item(channel: str, item_id: str, prev_id: str) -> dict[str, Any]:
+    """A published item that makes Pushpin re-ask the origin for each request held on
+    ``channel``, where every held request needs an answer of its own."""
+    return {
+        "channel": channel,
+        "id": item_id,
+        "prev-id": prev_id,
+        "formats": {"http-response": {"action": "hint"}},
+    }
+
+
 def response_item(channel: str, item_id: str, prev_id: str, body: str) -> dict[str, Any]:
     """A published item that answers held long-polls on ``channel`` with ``body``."""
     return {

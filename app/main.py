@@ -13,7 +13,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.accounts import Accounts
-from app.api import accounts, content, notifications, openapi, social
+from app.aloha import Aloha
+from app.api import accounts, aloha, content, notifications, openapi, social
 from app.api.common import api_error_handler, http_error_handler
 from app.channels import Channels
 from app.config import Settings
@@ -49,6 +50,11 @@ class CountInFlight:
 ROUTES = [
     Route("/health", accounts.health, methods=["GET"]),
     Route("/openapi.json", openapi.openapi, methods=["GET"]),
+    Route("/api/v1/server_settings", aloha.server_settings, methods=["GET", "POST"]),
+    Route("/api/v1/fetch_api_key", aloha.fetch_api_key, methods=["POST"]),
+    Route("/api/v1/register", aloha.register, methods=["POST"]),
+    Route("/api/v1/events", aloha.events, methods=["GET", "DELETE"]),
+    Route("/api/v1/messages", aloha.messages, methods=["POST"]),
     Route("/api/account", accounts.create_account, methods=["POST"]),
     Route("/api/account", accounts.show_account, methods=["GET"]),
     Route("/api/subscribed", social.subscribed, methods=["GET", "POST"]),
@@ -81,6 +87,7 @@ def create_app(settings: Settings) -> Starlette:
         channels=channels,
         subscriptions=Subscriptions(channels, settings.max_follows, publisher.notify),
         feeds=Feeds(store),
+        aloha=Aloha(store, channels, settings.queue_lifespan),
         cors=cors,
     )
 

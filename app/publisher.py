@@ -23,7 +23,7 @@ import jwt
 from gripcontrol import parse_grip_uri
 
 from app.config import ConfigError
-from app.grip import response_item
+from app.grip import hint_item, response_item
 from app.model import feed_body
 from app.store import Store
 from app.store.base import Delivery, Position
@@ -158,7 +158,10 @@ class Publisher:
 
     async def _send(self, target: Target, batch: list[Delivery]) -> None:
         items = [
-            response_item(
+            # An Aloha queue filters per queue: Pushpin re-asks the origin for each held poll.
+            hint_item(d.channel, str(d.event_id), str(d.prev_id))
+            if d.channel.startswith("z")
+            else response_item(
                 d.channel, str(d.event_id), str(d.prev_id), feed_body(d.event_id, [d.payload])
             )
             for d in batch

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.accounts import Accounts
+from app.aloha import Aloha
 from app.channels import Channels
 from app.config import Settings
 from app.cors import Cors
@@ -22,6 +23,7 @@ class Services:
     accounts: Accounts
     channels: Channels
     subscriptions: Subscriptions
+    aloha: Aloha
     feeds: Feeds
     cors: Cors
     in_flight: int = 0

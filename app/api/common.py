@@ -11,7 +11,14 @@ from starlette.responses import Response
 
 from app import grip
 from app.accounts import REALM
-from app.errors import ApiError, BadRequest, PayloadTooLarge, TooManyRequests, UnsupportedMediaType
+from app.errors import (
+    ApiError,
+    BadRequest,
+    PayloadTooLarge,
+    TooManyRequests,
+    UnknownQueue,
+    UnsupportedMediaType,
+)
 from app.services import Services
 
 MAX_REQUEST_BYTES = 64 * 1024
@@ -127,13 +134,31 @@ async def api_error_handler(request: Request, exc: Exception) -> Response:
     headers = {}
     if isinstance(exc, TooManyRequests):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    if request.url.path.startswith("/api/v1/"):
+        return zulip_error(exc.status, exc.message, exc.code, headers, exc)
     return error_response(exc.status, exc.message, headers)
+
+
+def zulip_error(
+    status: int, message: str, code: str, headers: dict[str, str], exc: Exception | None = None
+) -> JSONResponse:
+    """Errors on /api/v1 as Zulip writes them (its clients read ``code``)."""
+    body: dict[str, Any] = {"result": "error", "msg": message, "code": code}
+    if isinstance(exc, UnknownQueue):
+        body["queue_id"] = exc.queue_id
+    if status == 401:
+        headers = {**headers, "WWW-Authenticate": f'Basic realm="{REALM}"'}
+    return JSONResponse(body, status, headers)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = {404: "no such endpoint", 405: "method not allowed on this endpoint"}
-    response = error_response(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+    text = message.get(exc.status_code, str(exc.detail))
+    if request.url.path.startswith("/api/v1/"):
+        response = zulip_error(exc.status_code, text, "BAD_REQUEST", {})
+    else:
+        response = error_response(exc.status_code, text)
     if exc.headers:
         response.headers.update(exc.headers)
     return response

@@ -37,7 +37,7 @@ async def create_post(request: Request) -> Response:
     jid = await caller(request)
     channel, node = request.path_params["channel"], request.path_params["node"]
     body = await read_json(request)
-    post, payload = await services(request).channels.create_post(jid, channel, node, body)
+    post, payload, _ = await services(request).channels.create_post(jid, channel, node, body)
     location = f"/api/{quote(post.source.rpartition('/')[0])}/content/{node}/{post.id}"
     return RawJSONResponse(payload, 201, headers={"Location": location})
 

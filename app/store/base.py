@@ -73,3 +73,30 @@ class SubscriptionChange(NamedTuple):
     node_id: int
     affiliation: str | None  # None: no longer following
     notices: list[Notice]
+
+
+class Queue(NamedTuple):
+    """An Aloha (Zulip) event queue: a filtered view of its account's deliveries."""
+
+    id: str
+    jid: str
+    event_types: str | None  # JSON
+    narrow: str  # JSON
+    all_public_streams: bool
+    lifespan: int
+    acked: int
+    last_poll: float
+
+
+class QueueEvent(NamedTuple):
+    event_id: int
+    type: str
+    payload: str
+    node_id: int | None
+    message_id: int | None  # the event id of the post it concerns, if any
+
+
+class QueuePoll(NamedTuple):
+    queue: Queue
+    events: list[QueueEvent]
+    heads: list[tuple[str, int]]  # the queue's channels, each with the last id published there

@@ -23,6 +23,9 @@ from app.store.base import (
     NodeInfo,
     Notice,
     Position,
+    Queue,
+    QueueEvent,
+    QueuePoll,
     SubscriptionChange,
 )
 from app.store.schema import MIGRATIONS
@@ -45,10 +48,12 @@ _VISIBLE_POSTS = (
     f"EXISTS (SELECT 1 FROM posts p WHERE p.event_id = e.id AND p.deleted = 0) AND {_READABLE_NODE}"
 )
 _VISIBLE_EVENTS = f"(e.type NOT IN ('post_updated', 'post_deleted') OR {_READABLE_NODE})"
-_OPEN_POSTS = (
-    "EXISTS (SELECT 1 FROM posts p WHERE p.event_id = e.id AND p.deleted = 0)"
-    " AND e.node_id IN (SELECT n.id FROM nodes n JOIN channels c ON c.jid = n.channel"
+_OPEN_NODE = (
+    "e.node_id IN (SELECT n.id FROM nodes n JOIN channels c ON c.jid = n.channel"
     "  WHERE c.access_model = 'open')"
+)
+_OPEN_POSTS = (
+    f"EXISTS (SELECT 1 FROM posts p WHERE p.event_id = e.id AND p.deleted = 0) AND {_OPEN_NODE}"
 )
 
 P = ParamSpec("P")
@@ -361,12 +366,30 @@ class SqliteStore:
         return int(value)
 
     @_in_db_thread
-    def append_post(self, node: NodeInfo, post_id: str, author: str, payload: str, now: str) -> int:
+    def append_post(
+        self,
+        node: NodeInfo,
+        post_id: str,
+        author: str,
+        payload: str,
+        now: str,
+        local_id: str | None = None,
+    ) -> int:
+        """The post's event id; with ``local_id``, the one post that author already sent with
+        it, if any (a retried send)."""
         with self._tx():
+            if local_id is not None:
+                sent = self.db.execute(
+                    "SELECT event_id FROM posts WHERE author = ? AND local_id = ?",
+                    (author, local_id),
+                ).fetchone()
+                if sent:
+                    return int(sent[0])
             event_id = self._append("post", node.id, payload, now)
             self.db.execute(
-                "INSERT INTO posts (id, node_id, event_id, author, body) VALUES (?,?,?,?,?)",
-                (post_id, node.id, event_id, author, payload),
+                "INSERT INTO posts (id, node_id, event_id, author, body, local_id)"
+                " VALUES (?,?,?,?,?,?)",
+                (post_id, node.id, event_id, author, payload, local_id),
             )
             self._deliver(event_id, self._readers("u"), (node.id,))
             if node.access_model == "open":
@@ -487,6 +510,91 @@ class SqliteStore:
             for id_, type_, payload in rows
         ]
         return start, items
+
+    # -- Aloha queues ----------------------------------------------------------------------
+
+    @_in_db_thread
+    def create_queue(self, queue: Queue) -> int:
+        """Store a new queue; it starts at the end of the log (returned), in the same
+        transaction, so that nothing committed after it is missed."""
+        with self._tx():
+            (last,) = self.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+            self.db.execute(
+                "INSERT INTO queues (id, jid, event_types, narrow, all_public_streams, lifespan,"
+                " acked, last_poll) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    queue.id,
+                    queue.jid,
+                    queue.event_types,
+                    queue.narrow,
+                    queue.all_public_streams,
+                    queue.lifespan,
+                    last,
+                    queue.last_poll,
+                ),
+            )
+            return int(last)
+
+    @_in_db_thread
+    def poll_queue(
+        self, queue_id: str, jid: str, ack: int, now: float, limit: int
+    ) -> QueuePoll | None:
+        """Acknowledge up to ``ack`` and read what follows; None for a queue that is unknown,
+        expired or someone else's."""
+        with self._tx():
+            row = self.db.execute(
+                "SELECT id, jid, event_types, narrow, all_public_streams, lifespan, acked,"
+                " last_poll FROM queues WHERE id = ?",
+                (queue_id,),
+            ).fetchone()
+            if row is None or row[1] != jid:
+                return None
+            queue = Queue(*row)
+            if queue.last_poll + queue.lifespan < now:
+                self.db.execute("DELETE FROM queues WHERE id = ?", (queue_id,))
+                return None
+            acked = max(queue.acked, ack)
+            self.db.execute(
+                "UPDATE queues SET acked = ?, last_poll = ? WHERE id = ?", (acked, now, queue_id)
+            )
+            (account_id,) = self.db.execute(
+                "SELECT id FROM accounts WHERE jid = ?", (jid,)
+            ).fetchone()
+            channels = [f"z{account_id}"] + ([f"z{FIREHOSE}"] if queue.all_public_streams else [])
+            marks = ",".join("?" * len(channels))
+            rows = self.db.execute(
+                "SELECT DISTINCT e.id, e.type, e.payload, e.node_id,"
+                "  (SELECT p.event_id FROM posts p WHERE p.id = coalesce("
+                "    json_extract(e.payload, '$.post.id'), json_extract(e.payload, '$.id')))"
+                " FROM deliveries d JOIN events e ON e.id = d.event_id"
+                f" WHERE d.channel IN ({marks}) AND d.event_id > ?"
+                f" AND (e.type IN ('subscription', 'follow_request') OR {_READABLE_NODE}"
+                f"  OR (d.channel = 'z{FIREHOSE}' AND {_OPEN_NODE}))"
+                " ORDER BY e.id LIMIT ?",
+                (*channels, acked, jid, limit),
+            ).fetchall()
+            heads = [(channel, self._head(channel)) for channel in channels]
+            return QueuePoll(queue._replace(acked=acked), [QueueEvent(*r) for r in rows], heads)
+
+    def _head(self, channel: str) -> int:
+        row = self.db.execute(
+            "SELECT last_id FROM channel_heads WHERE channel = ?", (channel,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    @_in_db_thread
+    def skip_queue(self, queue_id: str, to: int) -> None:
+        """Nothing up to ``to`` matches the queue's filters: start its next read after it."""
+        self.db.execute("UPDATE queues SET acked = max(acked, ?) WHERE id = ?", (to, queue_id))
+
+    @_in_db_thread
+    def delete_queue(self, queue_id: str, jid: str) -> bool:
+        cursor = self.db.execute("DELETE FROM queues WHERE id = ? AND jid = ?", (queue_id, jid))
+        return cursor.rowcount > 0
+
+    @_in_db_thread
+    def expire_queues(self, now: float) -> int:
+        return self.db.execute("DELETE FROM queues WHERE last_poll + lifespan < ?", (now,)).rowcount
 
     # -- the publisher's outbox: the log itself ----------------------------------------------
 
