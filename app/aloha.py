@@ -34,10 +34,11 @@ MAX_EVENTS = 100
 
 
 class Aloha:
-    def __init__(self, store: Store, channels: Channels, lifespan: int) -> None:
+    def __init__(self, store: Store, channels: Channels, lifespan: int, hold: int) -> None:
         self.store = store
         self.channels = channels
         self.lifespan = lifespan
+        self.hold = hold  # a poll may be held this long: it counts as polling
 
     async def register(
         self,
@@ -54,7 +55,7 @@ class Aloha:
             if not isinstance(queue_lifespan_secs, int) or queue_lifespan_secs < 1:
                 raise BadRequest("queue_lifespan_secs must be a positive integer")
             lifespan = min(queue_lifespan_secs, self.lifespan)
-        await self.store.expire_queues(time.time())
+        await self.store.expire_queues(time.time(), self.hold)
         queue = Queue(
             id=f"{int(time.time())}:{secrets.token_hex(8)}",
             jid=jid,
@@ -73,7 +74,9 @@ class Aloha:
     ) -> tuple[list[dict[str, Any]], Hold]:
         """The queue's next events (acknowledging up to ``last_event_id``), and how to hold
         when there are none: on its channels, with a heartbeat as the timeout answer."""
-        poll = await self.store.poll_queue(queue_id, jid, last_event_id, time.time(), MAX_EVENTS)
+        poll = await self.store.poll_queue(
+            queue_id, jid, last_event_id, time.time(), MAX_EVENTS, self.hold
+        )
         if poll is None:
             raise UnknownQueue(queue_id)
         queue = poll.queue

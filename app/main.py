@@ -87,7 +87,7 @@ def create_app(settings: Settings) -> Starlette:
         channels=channels,
         subscriptions=Subscriptions(channels, settings.max_follows, publisher.notify),
         feeds=Feeds(store),
-        aloha=Aloha(store, channels, settings.queue_lifespan),
+        aloha=Aloha(store, channels, settings.queue_lifespan, settings.hold_timeout),
         cors=cors,
     )
 

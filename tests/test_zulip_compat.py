@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-import threading
-from typing import Any
+import subprocess
+import sys
+from collections.abc import Iterator
 
+import pytest
 import zulip
 
 from tests.conftest import unique
 from tests.support import Stack
 from tests.test_posts_feed import follow
 
+CLIENTS: list[zulip.Client] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sessions() -> Iterator[None]:
+    yield
+    while CLIENTS:
+        session = CLIENTS.pop().session
+        if session is not None:
+            session.close()
+
 
 def zulip_client(stack: Stack, user: str) -> zulip.Client:
     with stack.account(user) as c:
         key = c.get("/api/account").json()["api_key"]
-    return zulip.Client(email=user, api_key=key, site=stack.url)
+    client = zulip.Client(email=user, api_key=key, site=stack.url)
+    CLIENTS.append(client)
+    return client
 
 
 def test_the_zulip_client_works_unmodified(stack: Stack) -> None:
@@ -47,27 +62,40 @@ def test_the_zulip_client_works_unmodified(stack: Stack) -> None:
     assert gone["queue_id"] == queue["queue_id"]
 
 
+LISTENER = """
+import os, sys, zulip
+client = zulip.Client(email=sys.argv[1], api_key=sys.argv[2], site=sys.argv[3])
+def on_message(message):
+    print(message["content"], flush=True)
+    os._exit(0)
+client.call_on_each_message(on_message)
+"""
+
+
 def test_call_on_each_message_receives_a_sent_message(stack: Stack) -> None:
     reader, writer = unique("juliet"), unique("romeo")
-    client, sender = zulip_client(stack, reader), zulip_client(stack, writer)
-    with stack.client(reader) as r:
+    sender = zulip_client(stack, writer)
+    with stack.account(reader) as r:
         follow(r, f"{writer}/posts")
-    received: list[dict[str, Any]] = []
-    arrived = threading.Event()
-
-    def on_message(message: dict[str, Any]) -> None:
-        received.append(message)
-        arrived.set()
-
-    # call_on_each_message never returns: it runs in a daemon thread for the rest of the run.
-    threading.Thread(target=client.call_on_each_message, args=(on_message,), daemon=True).start()
-    for attempt in range(20):  # until its queue is registered and polling
-        sender.send_message(
-            {"type": "stream", "to": writer, "topic": "posts", "content": f"ping {attempt}"}
-        )
-        if arrived.wait(1.0):
-            break
-    assert received and received[0]["content"].startswith("ping")
+        key = r.get("/api/account").json()["api_key"]
+    # call_on_each_message never returns: it runs in a process of its own, as a bot would.
+    listener = subprocess.Popen(
+        [sys.executable, "-c", LISTENER, reader, key, stack.url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        for attempt in range(20):  # until its queue is registered and polling
+            sender.send_message(
+                {"type": "stream", "to": writer, "topic": "posts", "content": f"ping {attempt}"}
+            )
+            try:
+                out, _ = listener.communicate(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        assert listener.returncode == 0 and out.startswith("ping")
+    finally:
+        listener.kill()
+        listener.wait()
 
 
 def test_bad_event_queue_id_is_zulips(stack: Stack) -> None:

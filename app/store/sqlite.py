@@ -537,10 +537,11 @@ class SqliteStore:
 
     @_in_db_thread
     def poll_queue(
-        self, queue_id: str, jid: str, ack: int, now: float, limit: int
+        self, queue_id: str, jid: str, ack: int, now: float, limit: int, grace: float = 0
     ) -> QueuePoll | None:
         """Acknowledge up to ``ack`` and read what follows; None for a queue that is unknown,
-        expired or someone else's."""
+        expired or someone else's. A queue expires ``lifespan`` seconds after its last poll
+        ended: ``grace`` more than after it began, for a poll may be held that long."""
         with self._tx():
             row = self.db.execute(
                 "SELECT id, jid, event_types, narrow, all_public_streams, lifespan, acked,"
@@ -550,7 +551,7 @@ class SqliteStore:
             if row is None or row[1] != jid:
                 return None
             queue = Queue(*row)
-            if queue.last_poll + queue.lifespan < now:
+            if queue.last_poll + queue.lifespan + grace < now:
                 self.db.execute("DELETE FROM queues WHERE id = ?", (queue_id,))
                 return None
             acked = max(queue.acked, ack)
@@ -593,8 +594,10 @@ class SqliteStore:
         return cursor.rowcount > 0
 
     @_in_db_thread
-    def expire_queues(self, now: float) -> int:
-        return self.db.execute("DELETE FROM queues WHERE last_poll + lifespan < ?", (now,)).rowcount
+    def expire_queues(self, now: float, grace: float = 0) -> int:
+        return self.db.execute(
+            "DELETE FROM queues WHERE last_poll + lifespan + ? < ?", (grace, now)
+        ).rowcount
 
     # -- the publisher's outbox: the log itself ----------------------------------------------
 
