@@ -208,3 +208,35 @@ def test_posts_made_while_pushpin_is_down_reach_clients_when_it_is_back(split: S
         created = [post(w, writer, f"while Pushpin is down {i}") for i in range(3)]
         split.background.call(split.pushpin.start())
         assert r.get(f"/api/notifications/posts?since={since}").json()["items"] == created
+
+
+def test_an_aloha_event_made_while_a_poll_is_on_its_way_is_delivered_once(split: Split) -> None:
+    reader, writer = unique("juliet"), unique("romeo")
+    split.accounts(reader, writer)
+    with split.client(reader) as r:
+        follow(r, f"{writer}/posts")
+        key = r.get("/api/account").json()["api_key"]
+        auth = (reader, key)
+        queue = r.post("/api/v1/register", data={}, auth=auth).json()["queue_id"]
+        split.proxy.delay = 0.7
+        seen = split.proxy.answers
+        with concurrent.futures.ThreadPoolExecutor() as pool, split.direct(writer) as w:
+            params = {"queue_id": queue, "last_event_id": "-1"}
+            held = pool.submit(r.get, "/api/v1/events", params=params, auth=auth)
+            deadline = time.monotonic() + 5
+            while split.proxy.answers == seen:  # the origin has read the queue and answered
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+            created = post(w, writer, "made while the poll was on its way")
+            committed = time.monotonic()
+            events = held.result(timeout=10).json()["events"]
+            elapsed = time.monotonic() - committed
+        split.proxy.delay = 0
+        assert [e["message"]["post"] for e in events] == [created]
+        assert elapsed < 3.0
+        again = r.get(
+            "/api/v1/events",
+            params={**params, "last_event_id": str(events[-1]["id"]), "dont_block": "true"},
+            auth=auth,
+        )
+        assert again.json()["events"] == []  # once
