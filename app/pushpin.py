@@ -74,13 +74,24 @@ class Pushpin:
         handler["push_in_spec"] = "ipc://{rundir}/{ipc_prefix}push-in"
         handler["push_in_sub_specs"] = "ipc://{rundir}/{ipc_prefix}push-in-sub"
         handler["command_spec"] = "ipc://{rundir}/{ipc_prefix}handler-command"
-        (self.rundir / "routes").write_text(f"* {self.origin}\n")
+        (self.rundir / "routes").write_text(self._render_routes())
         path = self.rundir / "pushpin.conf"
         path.unlink(missing_ok=True)
         # It holds the Grip-Sig key: readable by its owner only.
         with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             parser.write(f)
         return path
+
+    def _render_routes(self) -> str:
+        """The shipped routes file (next to the config), each route's target set to ours."""
+        lines = []
+        for line in (self.config.parent / "routes").read_text().splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                condition, target = line.split(None, 1)
+                _, comma, options = target.partition(",")
+                line = f"{condition} {self.origin}{comma}{options}"
+            lines.append(line)
+        return "\n".join(lines) + "\n"
 
     def _render_internal(self) -> Path:
         """Debian's internal.conf expects a system-wide zurl; point it at our own."""

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from app.pushpin import Pushpin
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -45,3 +47,26 @@ def test_compose_runs_official_pushpin_with_the_shipped_config_in_front_of_the_a
     assert app["command"] == ["python", "-m", "app", "--origin-only"]
     assert "data:/data" in app["volumes"] and env["DATA_DIR"] == "/data"
     assert (ROOT / "Dockerfile").exists()
+
+
+def test_the_run_command_routes_the_shipped_routes_to_its_origin(tmp_path: Path) -> None:
+    pushpin = Pushpin(
+        config=ROOT / "pushpin" / "pushpin.conf",
+        rundir=tmp_path,
+        http_port=7999,
+        publish_port=5561,
+        origin="127.0.0.1:18000",
+        sig_key="k" * 32,
+    )
+    config = pushpin.render()
+    routes = [
+        line
+        for line in (tmp_path / "routes").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert routes == ["* 127.0.0.1:18000"]
+    rendered = configparser.ConfigParser(interpolation=None, strict=False)
+    rendered.read(config)
+    assert rendered["proxy"]["routesfile"] == str(tmp_path / "routes")
+    assert rendered["proxy"]["sig_key"] == "k" * 32
+    assert config.stat().st_mode & 0o777 == 0o600  # it holds the key
