@@ -169,11 +169,11 @@ def test_a_post_is_published_only_to_those_who_may_read_it(world: World, stack: 
         created = post(o, world.topic, "who gets this?")
     db_path = stack.data_dir / "buddycloud.sqlite3"
     with sqlite3.connect(db_path) as db:
-        channels = {
+        channels = {  # (z...: Aloha queues' channels, which follow these)
             row[0]
             for row in db.execute(
                 "SELECT d.channel FROM deliveries d JOIN posts p ON p.event_id = d.event_id"
-                " WHERE p.id = ?",
+                " WHERE p.id = ? AND d.channel NOT LIKE 'z%'",
                 (created["id"],),
             )
         }

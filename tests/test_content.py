@@ -289,10 +289,10 @@ def test_a_refused_cursor_does_not_move_last_online(stack: Stack) -> None:
     reader, writer = unique("juliet"), unique("romeo")
     with stack.account(reader) as r, stack.account(writer) as w:
         follow(r, f"{writer}/posts")
-        start = last(r)
-        assert r.get("/api/notifications/history").json()["last"] == start
-        ahead = str(int(start) + 1_000_000)
+        before = r.get("/api/notifications/history").json()["last"]
+        ahead = str(int(last(r)) + 1_000_000)
         assert r.get(f"/api/notifications/posts?since={ahead}").status_code == 400
+        assert r.get("/api/notifications/history").json()["last"] == before
         created = post(w, writer, "after the refused cursor")
         assert r.get("/api/notifications/history").json()["items"][-1]["post"] == created
     # A number Python refuses to parse (over 4,300 digits), straight to the origin (Pushpin
