@@ -13,6 +13,7 @@ import time
 from app.errors import BadRequest, TooManyRequests, Unauthorized
 from app.model import now_iso, parse_jid
 from app.store import Store
+from app.store.base import Account
 from app.throttle import Throttle
 
 # scrypt with n=2**14, r=8: about 16 MiB and tens of milliseconds per check.
@@ -110,17 +111,27 @@ class Accounts:
             self._cache[key] = (jid, now + self._cache_seconds)
         return jid
 
-    async def authenticate_password(self, username: str, password: str) -> str:
-        """Like a Basic login, but only with the password (Zulip's fetch_api_key)."""
-        jid = await self.authenticate(
-            "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode(), ""
+    async def verify_password(self, username: str, password: str, address: str) -> Account:
+        """The account, if ``password`` is its password (not its API key): Zulip's
+        fetch_api_key. Failures are throttled like failed logins."""
+        account_key, address_key = f"{username.lower()}\x00{address}", address
+        wait = max(
+            self._per_account.retry_after(account_key), self._per_address.retry_after(address_key)
         )
-        account = await self.store.get_account(jid)
+        if wait > 0:
+            raise TooManyRequests(f"too many failed logins: try again in {wait:.0f}s", wait)
+        try:
+            account = await self.store.get_account(parse_jid(username))
+        except BadRequest:
+            account = None
         if account is None or not await asyncio.to_thread(
             check_password, password, account.password_hash
         ):
-            raise Unauthorized("invalid credentials: fetch_api_key needs the password")
-        return jid
+            self._per_account.failed(account_key)
+            self._per_address.failed(address_key)
+            raise Unauthorized("invalid credentials: fetch_api_key takes the password")
+        self._per_account.succeeded(account_key)
+        return account
 
     async def _verify(self, username: str, secret: str) -> str | None:
         try:

@@ -49,10 +49,16 @@ class Aloha:
         queue_lifespan_secs: Any = None,
     ) -> dict[str, Any]:
         types = _event_types(event_types)
+        if not isinstance(all_public_streams, bool):
+            raise BadRequest("all_public_streams must be true or false")
         narrowed = _narrow(narrow)
         lifespan = self.lifespan
         if queue_lifespan_secs is not None:
-            if not isinstance(queue_lifespan_secs, int) or queue_lifespan_secs < 1:
+            if (
+                not isinstance(queue_lifespan_secs, int)
+                or isinstance(queue_lifespan_secs, bool)
+                or queue_lifespan_secs < 1
+            ):
                 raise BadRequest("queue_lifespan_secs must be a positive integer")
             lifespan = min(queue_lifespan_secs, self.lifespan)
         await self.store.expire_queues(time.time(), self.hold)
@@ -74,22 +80,29 @@ class Aloha:
     ) -> tuple[list[dict[str, Any]], Hold]:
         """The queue's next events (acknowledging up to ``last_event_id``), and how to hold
         when there are none: on its channels, with a heartbeat as the timeout answer."""
-        poll = await self.store.poll_queue(
-            queue_id, jid, last_event_id, time.time(), MAX_EVENTS, self.hold
-        )
-        if poll is None:
-            raise UnknownQueue(queue_id)
-        queue = poll.queue
-        types = None if queue.event_types is None else set(json.loads(queue.event_types))
-        narrow = [tuple(term) for term in json.loads(queue.narrow)]
-        events = [
-            event
-            for raw in poll.events
-            if (event := _to_zulip(raw)) is not None
-            and (types is None or event["type"] in types)
-            and _matches(event, narrow)
-        ]
-        position = poll.events[-1].event_id if poll.events else queue.acked
+        if not -1 <= last_event_id <= await self.store.last_event_id():
+            raise BadRequest("last_event_id must be an event id given by this server, or -1")
+        while True:
+            poll = await self.store.poll_queue(
+                queue_id, jid, last_event_id, time.time(), MAX_EVENTS, self.hold
+            )
+            if poll is None:
+                raise UnknownQueue(queue_id)
+            queue = poll.queue
+            types = None if queue.event_types is None else set(json.loads(queue.event_types))
+            narrow = [tuple(term) for term in json.loads(queue.narrow)]
+            events = [
+                event
+                for raw in poll.events
+                if (event := _to_zulip(raw)) is not None
+                and (types is None or event["type"] in types)
+                and _matches(event, narrow)
+            ]
+            position = poll.events[-1].event_id if poll.events else queue.acked
+            if events or len(poll.events) < MAX_EVENTS:
+                break
+            # A full page of what this queue filters out: step past it, and read on.
+            await self.store.skip_queue(queue.id, position)
         if poll.events and not events:
             await self.store.skip_queue(queue.id, position)  # none of those is for this queue
         heartbeat = {"type": "heartbeat", "id": position}
@@ -108,7 +121,7 @@ class Aloha:
         if to.startswith("["):  # Zulip clients may send a JSON list of one stream
             try:
                 to = json.loads(to)[0]
-            except (ValueError, IndexError, KeyError, TypeError):
+            except (ValueError, IndexError, KeyError, TypeError, RecursionError):
                 raise BadRequest("to must name one stream") from None
         if not isinstance(to, str):
             raise BadRequest("to must name one stream")
@@ -167,17 +180,20 @@ def _matches(event: dict[str, Any], narrow: list[tuple[str, ...]]) -> bool:
     return all(values[operator].lower() == operand for operator, operand in narrow)
 
 
+def _epoch(iso: str) -> int:
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+
+
 def _to_zulip(raw: QueueEvent) -> dict[str, Any] | None:
     data = json.loads(raw.payload)
     if raw.type == "post":
         stream, _, topic = data["source"].rpartition("/")
-        published = datetime.fromisoformat(data["published"].replace("Z", "+00:00"))
         message = {
             "id": raw.event_id,
             "sender_email": data["author"],
             "sender_full_name": data["author"],
             "content": data["content"],
-            "timestamp": int(published.timestamp()),
+            "timestamp": _epoch(data["published"]),
             "type": "stream",
             "display_recipient": stream,
             "stream_id": raw.node_id,
@@ -199,7 +215,7 @@ def _to_zulip(raw: QueueEvent) -> dict[str, Any] | None:
             "content": post["content"],
             "stream_name": stream,
             "subject": topic,
-            "edit_timestamp": int(time.time()),
+            "edit_timestamp": _epoch(post["updated"]),
         }
     if raw.type == "post_deleted":
         stream, _, topic = data["source"].rpartition("/")

@@ -54,6 +54,7 @@ class UnknownQueue(ApiError):
 
 class TooManyRequests(ApiError):
     status = 429
+    code = "RATE_LIMIT_HIT"
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)

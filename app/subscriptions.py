@@ -61,7 +61,7 @@ class Subscriptions:
             if current is None:
                 return None
             notice = _subscription_notice(source, caller, None, "unfollowed")
-            return SubscriptionChange(caller, info.id, None, [notice])
+            return SubscriptionChange(caller, info.id, None, [notice], current)
         role = Affiliation.parse(role_name)
         if role is None:
             raise BadRequest(
@@ -79,9 +79,9 @@ class Subscriptions:
             request = Notice(
                 "follow_request", {"node": source, "jid": caller}, Recipients("moderators")
             )
-            return SubscriptionChange(caller, info.id, PENDING, [request])
+            return SubscriptionChange(caller, info.id, PENDING, [request], current)
         granted = role if role.rank <= default.rank else default
-        return SubscriptionChange(caller, info.id, granted.value, [])
+        return SubscriptionChange(caller, info.id, granted.value, [], current)
 
     async def subscribers(self, caller: str, channel: str, node: str) -> dict[str, str]:
         info = await self.channels.node(channel, node)
@@ -100,19 +100,23 @@ class Subscriptions:
         pending = set(await self.store.pending(info.id))
         source = node_source(info.channel, info.name)
         changes = []
+        decided: set[str] = set()
         for decision in decisions:
             if not isinstance(decision, dict) or not isinstance(decision.get("jid"), str):
                 raise BadRequest('each decision is {"jid": ..., "subscription": ...}')
             jid = parse_jid(decision["jid"])
             if jid not in pending:
                 raise NotFound(f"{jid} has no pending request for {source}")
+            if jid in decided:
+                raise BadRequest(f"{jid} is decided twice")
+            decided.add(jid)
             if decision.get("subscription") == "subscribed":
                 role = info.default_affiliation
                 notice = _subscription_notice(source, jid, role, "approved")
-                changes.append(SubscriptionChange(jid, info.id, role, [notice]))
+                changes.append(SubscriptionChange(jid, info.id, role, [notice], PENDING))
             elif decision.get("subscription") == "none":
                 notice = _subscription_notice(source, jid, None, "rejected")
-                changes.append(SubscriptionChange(jid, info.id, None, [notice]))
+                changes.append(SubscriptionChange(jid, info.id, None, [notice], PENDING))
             else:
                 raise BadRequest('subscription must be "subscribed" (approve) or "none" (reject)')
         await self.store.apply_subscriptions(changes, now_iso())
@@ -139,11 +143,14 @@ class Subscriptions:
                 if current is None:
                     continue
                 notice = _subscription_notice(source, jid, None, "unfollowed")
-                changes.append(SubscriptionChange(jid, info.id, None, [notice]))
+                changes.append(SubscriptionChange(jid, info.id, None, [notice], current))
             else:
+                if current in (None, PENDING) and role != Affiliation.OUTCAST:
+                    # Nobody is made to follow: roles are for followers (bans are for anyone).
+                    raise Conflict(f"{jid} does not follow {source}: only a ban applies")
                 change = "banned" if role == Affiliation.OUTCAST else "role_changed"
                 notice = _subscription_notice(source, jid, role, change)
-                changes.append(SubscriptionChange(jid, info.id, role, [notice]))
+                changes.append(SubscriptionChange(jid, info.id, role, [notice], current))
         await self.store.apply_subscriptions(changes, now_iso())
         self._on_commit()
         return await self.store.subscribers(info.id)

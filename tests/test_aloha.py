@@ -217,3 +217,28 @@ def test_queues_survive_a_restart_expire_and_send_heartbeats(tmp_path: Path) -> 
         time.sleep(6.5)
         gone = reader.call("GET", "events", queue_id=short_lived, last_event_id=-1)
         assert gone["code"] == "BAD_EVENT_QUEUE_ID"
+
+
+def test_a_match_behind_a_long_filtered_backlog_comes_at_once(stack: Stack) -> None:
+    reader, noisy, quiet = (Aloha(stack, unique(n)) for n in ("juliet", "tybalt", "romeo"))
+    with stack.client(reader.user) as r:
+        follow(r, f"{noisy.user}/posts", f"{quiet.user}/posts")
+    queue = reader.register(narrow=[["sender", quiet.user]])
+    for i in range(105):  # more than one page of what the queue filters out
+        noisy.send(noisy.user, f"noise {i}")
+    quiet.send(quiet.user, "signal")
+    assert [e["message"]["content"] for e in reader.events(queue)] == ["signal"]
+
+
+def test_odd_aloha_parameters_are_400(stack: Stack) -> None:
+    user = Aloha(stack, unique("juliet"))
+    queue = user.register()
+    for last_event_id in (10**12, "99999999999999999999", "true", "-2"):
+        answer = user.call("GET", "events", queue_id=queue, last_event_id=last_event_id)
+        assert answer["result"] == "error" and answer["code"] == "BAD_REQUEST", last_event_id
+    nested = user.call("POST", "messages", type="stream", to="[" * 20000, content="x")
+    assert nested["result"] == "error"
+    for params in ({"queue_lifespan_secs": True}, {"all_public_streams": "yes"}):
+        assert user.call("POST", "register", **params)["result"] == "error"
+    # A queue that did not move: nothing was acknowledged by the refused polls.
+    assert user.events(queue) == []

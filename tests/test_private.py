@@ -68,6 +68,12 @@ def test_a_follow_request_reaches_the_owner_and_moderators(stack: Stack, private
     channel, o, f, follower = private
     moderator = unique("nurse")
     with stack.account(moderator) as m:
+        # Roles are for followers: nobody is made to follow.
+        r = o.post(f"/api/{channel}/subscribers/posts", json={moderator: "moderator"})
+        assert r.status_code == 409
+        request_to_follow(m, channel)
+        decision = [{"jid": moderator, "subscription": "subscribed"}]
+        o.post(f"/api/{channel}/subscribers/posts/approve", json=decision)
         r = o.post(f"/api/{channel}/subscribers/posts", json={moderator: "moderator"})
         assert r.status_code == 200 and r.json()[moderator] == "moderator"
         with held(o, "events") as to_owner, held(m, "events") as to_moderator:
@@ -254,3 +260,20 @@ def test_metadata_is_read_by_readers_and_changed_by_the_owner(private: Any) -> N
     assert f.get(url).json()["description"] == "Shh"
     assert f.post(url, json={"title": "mine now"}).status_code == 403
     assert o.post(url, json={"access_model": "secret"}).status_code == 400
+
+
+def test_one_decision_per_request_and_edits_show_in_immediate_answers(private: Any) -> None:
+    channel, o, f, follower = private
+    request_to_follow(f, channel)
+    twice = [
+        {"jid": follower, "subscription": "subscribed"},
+        {"jid": follower, "subscription": "none"},
+    ]
+    assert o.post(f"/api/{channel}/subscribers/posts/approve", json=twice).status_code == 400
+    assert o.get(f"/api/{channel}/subscribers/posts/approve").json()[0]["jid"] == follower
+    o.post(f"/api/{channel}/subscribers/posts/approve", json=twice[:1])
+    since = cursor(f)
+    created = post(o, channel, "my password is hunter2")
+    o.put(f"/api/{channel}/content/posts/{created['id']}", json={"content": "[redacted]"})
+    (item,) = f.get(f"/api/notifications/posts?since={since}").json()["items"]
+    assert item["content"] == "[redacted]"

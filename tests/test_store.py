@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from app.errors import Conflict
 from app.model import POSTS_NODE
 from app.store import open_store
-from app.store.base import Position
+from app.store.base import Position, SubscriptionChange
 from app.store.schema import MIGRATIONS
 from app.store.sqlite import SqliteStore
 
@@ -92,5 +93,26 @@ def test_an_older_file_migrates_forward_keeping_its_data(
         await upgraded.close()
         with sqlite3.connect(tmp_path / "log.sqlite3") as db:
             assert db.execute("SELECT nickname FROM accounts").fetchone() == ("jules",)
+
+    asyncio.run(scenario())
+
+
+def test_a_change_decided_from_a_stale_role_is_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await _store(tmp_path / "log.sqlite3")
+        await store.create_account("juliet@example.com", "hash", "key", NOW)
+        await store.create_account("romeo@example.com", "hash", "another key", NOW)
+        node = await store.get_node("juliet@example.com", POSTS_NODE)
+        assert node is not None
+        follow = SubscriptionChange("romeo@example.com", node.id, "publisher", [], None)
+        await store.apply_subscriptions([follow], NOW)
+        ban = SubscriptionChange("romeo@example.com", node.id, "outcast", [], "publisher")
+        await store.apply_subscriptions([ban], NOW)
+        # Romeo's own request, decided before the ban, must not undo it.
+        stale = SubscriptionChange("romeo@example.com", node.id, "publisher", [], "publisher")
+        with pytest.raises(Conflict):
+            await store.apply_subscriptions([stale], NOW)
+        assert await store.affiliation("romeo@example.com", node.id) == "outcast"
+        await store.close()
 
     asyncio.run(scenario())

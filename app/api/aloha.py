@@ -12,8 +12,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app import grip
-from app.api.common import JSON_TYPE, MAX_REQUEST_BYTES, JSONResponse, caller, proxied, services
-from app.errors import BadRequest, NotProxied, PayloadTooLarge, Unauthorized
+from app.api.common import (
+    JSON_TYPE,
+    MAX_REQUEST_BYTES,
+    JSONResponse,
+    caller,
+    client_address,
+    proxied,
+    services,
+)
+from app.errors import BadRequest, NotProxied, PayloadTooLarge
 
 ZULIP_VERSION = "9.0"  # what the zulip client reads from server_settings
 FEATURE_LEVEL = 1
@@ -37,12 +45,10 @@ async def server_settings(request: Request) -> Response:
 async def fetch_api_key(request: Request) -> Response:
     fields = await _params(request)
     username, password = fields.get("username", ""), fields.get("password", "")
-    accounts = services(request).accounts
-    jid = await accounts.authenticate_password(username, password)
-    account = await services(request).store.get_account(jid)
-    if account is None:
-        raise Unauthorized("invalid credentials")
-    return success(api_key=account.api_key, email=jid)
+    account = await services(request).accounts.verify_password(
+        username, password, client_address(request)
+    )
+    return success(api_key=account.api_key, email=account.jid)
 
 
 async def register(request: Request) -> Response:
@@ -70,7 +76,7 @@ async def events(request: Request) -> Response:
     last_event_id = _json(fields, "last_event_id")
     if last_event_id is None:
         last_event_id = -1
-    if not isinstance(last_event_id, int):
+    if not isinstance(last_event_id, int) or isinstance(last_event_id, bool):
         raise BadRequest("last_event_id must be an integer")
     found, hold = await aloha.events(jid, fields.get("queue_id", ""), last_event_id)
     if found or _json(fields, "dont_block"):
@@ -96,6 +102,9 @@ async def _params(request: Request) -> dict[str, str]:
     """Query parameters, then form fields (url-encoded) over them."""
     params = dict(request.query_params)
     if request.method in ("POST", "DELETE", "PATCH"):
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+            raise PayloadTooLarge(f"request body over {MAX_REQUEST_BYTES} bytes")
         body = await request.body()
         if len(body) > MAX_REQUEST_BYTES:
             raise PayloadTooLarge(f"request body over {MAX_REQUEST_BYTES} bytes")

@@ -73,6 +73,7 @@ class SubscriptionChange(NamedTuple):
     node_id: int
     affiliation: str | None  # None: no longer following
     notices: list[Notice]
+    was: str | None  # the affiliation it was decided from: if it changed since, no change
 
 
 class Queue(NamedTuple):

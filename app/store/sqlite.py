@@ -49,9 +49,12 @@ _VISIBLE_POSTS = (
 )
 _VISIBLE_EVENTS = f"(e.type NOT IN ('post_updated', 'post_deleted') OR {_READABLE_NODE})"
 _OPEN_NODE = (
-    "e.node_id IN (SELECT n.id FROM nodes n JOIN channels c ON c.jid = n.channel"
-    "  WHERE c.access_model = 'open')"
+    "EXISTS (SELECT 1 FROM nodes n JOIN channels c ON c.jid = n.channel"
+    "  WHERE n.id = e.node_id AND c.access_model = 'open')"
 )
+# What an immediate answer serves for an event: a post as it is now (edited, say), any other
+# event as it was logged. (Published items are the post as it was when committed.)
+_CURRENT = "coalesce(p.body, e.payload)"
 _OPEN_POSTS = (
     f"EXISTS (SELECT 1 FROM posts p WHERE p.event_id = e.id AND p.deleted = 0) AND {_OPEN_NODE}"
 )
@@ -220,10 +223,18 @@ class SqliteStore:
     def apply_subscriptions(
         self, changes: list[SubscriptionChange], now: str, max_follows: int = 0
     ) -> None:
-        """Apply follows, role changes and unfollows, with their events, all or none. With
-        ``max_follows``, no account may end up following more nodes than that."""
+        """Apply follows, role changes and unfollows, with their events, all or none. Each was
+        decided from an affiliation that must still hold (else Conflict: a ban made meanwhile
+        is never undone). With ``max_follows``, no account may end up following more nodes
+        than that (bans do not count)."""
         with self._tx():
             for change in changes:
+                row = self.db.execute(
+                    "SELECT affiliation FROM subscriptions WHERE jid = ? AND node_id = ?",
+                    (change.jid, change.node_id),
+                ).fetchone()
+                if (row[0] if row else None) != change.was:
+                    raise Conflict(f"{change.jid}'s subscription changed meanwhile: try again")
                 if change.affiliation is None:
                     self.db.execute(
                         "DELETE FROM subscriptions WHERE jid = ? AND node_id = ?",
@@ -240,7 +251,8 @@ class SqliteStore:
                     self._notify(change.node_id, notice, now)
             for jid in {c.jid for c in changes} if max_follows else ():
                 (count,) = self.db.execute(
-                    "SELECT count(*) FROM subscriptions WHERE jid = ?", (jid,)
+                    "SELECT count(*) FROM subscriptions WHERE jid = ? AND affiliation != 'outcast'",
+                    (jid,),
                 ).fetchone()
                 if count > max_follows:
                     raise Conflict(
@@ -468,7 +480,8 @@ class SqliteStore:
         items = [
             FeedItem(*r)
             for r in self.db.execute(
-                "SELECT e.id, e.payload FROM deliveries d JOIN events e ON e.id = d.event_id"
+                f"SELECT e.id, {_CURRENT} FROM deliveries d JOIN events e ON e.id = d.event_id"
+                " LEFT JOIN posts p ON p.event_id = e.id"
                 f" WHERE d.channel = ? AND d.event_id > ? AND {visible}"
                 " ORDER BY d.event_id LIMIT ?",
                 (channel, since, *params, limit),
@@ -488,7 +501,8 @@ class SqliteStore:
         ).fetchone()
         start = last_online if since is None else since
         rows = self.db.execute(
-            "SELECT e.id, e.type, e.payload FROM deliveries d JOIN events e ON e.id = d.event_id"
+            f"SELECT e.id, e.type, {_CURRENT} FROM deliveries d"
+            " JOIN events e ON e.id = d.event_id LEFT JOIN posts p ON p.event_id = e.id"
             f" WHERE d.channel IN (?, ?) AND d.event_id > ? AND ("
             f"  (d.channel = ? AND {_VISIBLE_POSTS}) OR (d.channel = ? AND {_VISIBLE_EVENTS}))"
             " ORDER BY d.event_id LIMIT ?",
@@ -564,10 +578,11 @@ class SqliteStore:
             channels = [f"z{account_id}"] + ([f"z{FIREHOSE}"] if queue.all_public_streams else [])
             marks = ",".join("?" * len(channels))
             rows = self.db.execute(
-                "SELECT DISTINCT e.id, e.type, e.payload, e.node_id,"
+                f"SELECT DISTINCT e.id, e.type, {_CURRENT}, e.node_id,"
                 "  (SELECT p.event_id FROM posts p WHERE p.id = coalesce("
                 "    json_extract(e.payload, '$.post.id'), json_extract(e.payload, '$.id')))"
                 " FROM deliveries d JOIN events e ON e.id = d.event_id"
+                " LEFT JOIN posts p ON p.event_id = e.id"
                 f" WHERE d.channel IN ({marks}) AND d.event_id > ?"
                 f" AND (e.type IN ('subscription', 'follow_request') OR {_READABLE_NODE}"
                 f"  OR (d.channel = 'z{FIREHOSE}' AND {_OPEN_NODE}))"
