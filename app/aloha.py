@@ -17,7 +17,7 @@ from typing import Any
 from app.channels import Channels
 from app.errors import BadRequest, UnknownQueue
 from app.feeds import Hold
-from app.model import POSTS_NODE, parse_jid, parse_node
+from app.model import POSTS_NODE, now_iso, parse_jid, parse_node
 from app.store import Store
 from app.store.base import Queue, QueueEvent
 
@@ -110,7 +110,7 @@ class Aloha:
         return events, Hold([(channel, str(head)) for channel, head in poll.heads], body)
 
     async def deregister(self, jid: str, queue_id: str) -> None:
-        if not await self.store.delete_queue(queue_id, jid):
+        if not await self.store.delete_queue(queue_id, jid, now_iso()):
             raise UnknownQueue(queue_id)
 
     async def send_message(self, jid: str, fields: dict[str, str]) -> int:

@@ -242,3 +242,17 @@ def test_odd_aloha_parameters_are_400(stack: Stack) -> None:
         assert user.call("POST", "register", **params)["result"] == "error"
     # A queue that did not move: nothing was acknowledged by the refused polls.
     assert user.events(queue) == []
+
+
+def test_a_poll_held_on_a_queue_that_is_deleted_hears_so_at_once(stack: Stack) -> None:
+    user = Aloha(stack, unique("juliet"))
+    queue, other = user.register(), user.register()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        params = {"queue_id": queue, "last_event_id": -1}
+        held = pool.submit(user.call, "GET", "events", **params)
+        time.sleep(0.7)
+        start = time.monotonic()
+        assert user.call("DELETE", "events", queue_id=queue)["result"] == "success"
+        answer = held.result(timeout=10)
+        assert answer["code"] == "BAD_EVENT_QUEUE_ID" and time.monotonic() - start < 3
+    assert user.events(other) == []  # the user's other queue is untouched

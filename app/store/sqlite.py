@@ -55,6 +55,9 @@ _OPEN_NODE = (
 # What an immediate answer serves for an event: a post as it is now (edited, say), any other
 # event as it was logged. (Published items are the post as it was when committed.)
 _CURRENT = "coalesce(p.body, e.payload)"
+# A queue counts as alive for deliveries this long past its lifespan (a poll may be held).
+QUEUE_GRACE = 300
+_NOW_EPOCH = "((julianday('now') - 2440587.5) * 86400.0)"
 _OPEN_POSTS = (
     f"EXISTS (SELECT 1 FROM posts p WHERE p.event_id = e.id AND p.deleted = 0) AND {_OPEN_NODE}"
 )
@@ -114,6 +117,12 @@ class SqliteStore:
             raise RuntimeError(
                 f"{self.path} has schema version {version}, newer than this server "
                 f"({len(MIGRATIONS)}): upgrade the server"
+            )
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(accounts)")}
+        if version and "id" not in columns:
+            # Migration 1 changed once before any release (accounts.id, publish positions).
+            raise RuntimeError(
+                f"{self.path} was made by a pre-release build of this server: move it away"
             )
         for number in range(version, len(MIGRATIONS)):
             with self._tx():
@@ -336,7 +345,8 @@ class SqliteStore:
             f"  (d.channel = '{FIREHOSE}' AND EXISTS"
             "    (SELECT 1 FROM queues WHERE all_public_streams = 1))"
             "  OR EXISTS (SELECT 1 FROM queues q JOIN accounts a ON a.jid = q.jid"
-            "   WHERE a.id = CAST(substr(d.channel, 2) AS INTEGER)))",
+            "   WHERE a.id = CAST(substr(d.channel, 2) AS INTEGER)"
+            f"   AND q.last_poll + q.lifespan + {QUEUE_GRACE} >= {_NOW_EPOCH}))",
             (event_id, event_id),
         )
         self.db.execute(
@@ -604,9 +614,19 @@ class SqliteStore:
         self.db.execute("UPDATE queues SET acked = max(acked, ?) WHERE id = ?", (to, queue_id))
 
     @_in_db_thread
-    def delete_queue(self, queue_id: str, jid: str) -> bool:
-        cursor = self.db.execute("DELETE FROM queues WHERE id = ? AND jid = ?", (queue_id, jid))
-        return cursor.rowcount > 0
+    def delete_queue(self, queue_id: str, jid: str, now: str) -> bool:
+        """Delete a queue, and wake its account's held polls (a hint on its queue channel), so
+        that one still held on this queue hears BAD_EVENT_QUEUE_ID now, not at its timeout."""
+        with self._tx():
+            deleted = self.db.execute(
+                "DELETE FROM queues WHERE id = ? AND jid = ?", (queue_id, jid)
+            ).rowcount
+            if deleted:
+                event_id = self._append_event("queue_deleted", None, {"queue_id": queue_id}, now)
+                self._deliver(
+                    event_id, "SELECT 'z' || id AS channel FROM accounts WHERE jid = ?", (jid,)
+                )
+            return deleted > 0
 
     @_in_db_thread
     def expire_queues(self, now: float, grace: float = 0) -> int:
