@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import unique
-from tests.support import Stack, running
+from tests.support import PASSWORD, Stack, running
 from tests.test_posts_feed import follow
 
 
@@ -256,3 +256,22 @@ def test_a_poll_held_on_a_queue_that_is_deleted_hears_so_at_once(stack: Stack) -
         answer = held.result(timeout=10)
         assert answer["code"] == "BAD_EVENT_QUEUE_ID" and time.monotonic() - start < 3
     assert user.events(other) == []  # the user's other queue is untouched
+
+
+def test_server_settings_and_fetch_api_key_need_no_login(stack: Stack) -> None:
+    user = unique("juliet")
+    stack.account(user).close()
+    with stack.client() as anonymous:
+        settings = anonymous.get("/api/v1/server_settings").json()
+        assert settings["result"] == "success" and settings["zulip_version"]
+        fetched = anonymous.post(
+            "/api/v1/fetch_api_key", data={"username": user, "password": PASSWORD}
+        ).json()
+        assert fetched == {
+            "result": "success",
+            "msg": "",
+            "api_key": api_key(stack, user),
+            "email": user,
+        }
+        wrong = anonymous.post("/api/v1/fetch_api_key", data={"username": user, "password": "x"})
+        assert wrong.status_code == 401 and wrong.json()["result"] == "error"
