@@ -274,10 +274,12 @@ SPEC: dict[str, Any] = {
             "post": {
                 "operationId": "setRoles",
                 "summary": "Give roles, ban (outcast) or remove (none) followers (the owner)",
+                "description": "Roles are for followers only (409 otherwise); a ban applies to"
+                " anyone. 409 too if a role changed while the request was decided.",
                 "requestBody": _body(_ref("Roles")),
                 "responses": {
                     **_ok("The followers after the change", _ref("Subscribers")),
-                    **_errors(*BODY_ERRORS, *NODE_ERRORS),
+                    **_errors(*BODY_ERRORS, *NODE_ERRORS, 409),
                 },
             },
         },
@@ -294,7 +296,7 @@ SPEC: dict[str, Any] = {
                 "requestBody": _body(_ref("Decisions")),
                 "responses": {
                     **_ok("The requests still pending", _ref("Pending")),
-                    **_errors(*BODY_ERRORS, *NODE_ERRORS),
+                    **_errors(*BODY_ERRORS, *NODE_ERRORS, 409),
                 },
             },
         },
