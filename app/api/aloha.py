@@ -11,17 +11,15 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app import grip
 from app.api.common import (
-    JSON_TYPE,
     MAX_REQUEST_BYTES,
     JSONResponse,
     caller,
     client_address,
-    proxied,
+    held,
     services,
 )
-from app.errors import BadRequest, NotProxied, PayloadTooLarge
+from app.errors import BadRequest, PayloadTooLarge
 
 ZULIP_VERSION = "9.0"  # what the zulip client reads from server_settings
 FEATURE_LEVEL = 1
@@ -81,14 +79,7 @@ async def events(request: Request) -> Response:
     found, hold = await aloha.events(jid, fields.get("queue_id", ""), last_event_id)
     if found or _json(fields, "dont_block"):
         return success(events=found)
-    s = services(request)
-    if not proxied(request):
-        raise NotProxied(s.settings.proxy_url)
-    headers = {"Content-Type": JSON_TYPE, **s.cors.headers_for(request)}
-    return Response(
-        grip.hold_response(hold.channels, s.settings.hold_timeout, hold.body, headers),
-        media_type=grip.INSTRUCT_CONTENT_TYPE,
-    )
+    return held(request, hold)
 
 
 async def messages(request: Request) -> Response:

@@ -14,11 +14,13 @@ from app.accounts import REALM
 from app.errors import (
     ApiError,
     BadRequest,
+    NotProxied,
     PayloadTooLarge,
     TooManyRequests,
     UnknownQueue,
     UnsupportedMediaType,
 )
+from app.feeds import Hold
 from app.services import Services
 
 MAX_REQUEST_BYTES = 64 * 1024
@@ -176,3 +178,19 @@ def query_int(request: Request, name: str, default: int, minimum: int, maximum: 
     ):
         raise BadRequest(f"{name} must be an integer from {minimum} to {maximum}")
     return int(raw)
+
+
+def held(request: Request, hold: Hold) -> Response:
+    """Answer with a GRIP hold, if the request came through our proxy (else 501: only Pushpin
+    may hold a request)."""
+    s = services(request)
+    if not proxied(request):
+        raise NotProxied(s.settings.proxy_url)
+    # The held answer's headers: Pushpin keeps them for the published answer too.
+    headers = {"Content-Type": JSON_TYPE, **s.cors.headers_for(request)}
+    # No Grip-Link: for a held long-poll Pushpin re-sends the client's own request when it
+    # sees a gap, and with a next link Pushpin 1.36 lost held requests (see docs/design.md).
+    return Response(
+        grip.hold_response(hold.channels, s.settings.hold_timeout, hold.body, headers),
+        media_type=grip.INSTRUCT_CONTENT_TYPE,
+    )

@@ -11,9 +11,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app import grip
-from app.api.common import JSON_TYPE, RawJSONResponse, caller, proxied, services
-from app.errors import NotProxied
+from app.api.common import RawJSONResponse, caller, held, services
 from app.feeds import Hold, parse_cursor
 
 
@@ -47,13 +45,4 @@ async def _feed(request: Request, feed: str, jid: str | None) -> Response:
     answer = await s.feeds.since(feed, jid, parse_cursor(raw_since))
     if not isinstance(answer, Hold):
         return RawJSONResponse(answer.body)
-    if not proxied(request):
-        raise NotProxied(s.settings.proxy_url)
-    # The held answer's headers: Pushpin keeps them for the published answer too.
-    headers = {"Content-Type": JSON_TYPE, **s.cors.headers_for(request)}
-    # No Grip-Link: for a held long-poll Pushpin re-sends the client's own request when it
-    # sees a gap, and with a next link Pushpin 1.36 lost held requests (see docs/design.md).
-    return Response(
-        grip.hold_response(answer.channels, s.settings.hold_timeout, answer.body, headers),
-        media_type=grip.INSTRUCT_CONTENT_TYPE,
-    )
+    return held(request, answer)
