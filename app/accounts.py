@@ -92,19 +92,12 @@ class Accounts:
         now = time.monotonic()
         if cached and cached[1] > now:
             return cached[0]
-        # Per account *from one address*: a stranger's guesses do not lock the owner out.
-        account_key, address_key = f"{username.lower()}\x00{address}", address
-        wait = max(
-            self._per_account.retry_after(account_key), self._per_address.retry_after(address_key)
-        )
-        if wait > 0:
-            raise TooManyRequests(f"too many failed logins: try again in {wait:.0f}s", wait)
+        keys = self._throttled(username, address)
         jid = await self._verify(username, secret)
         if jid is None:
-            self._per_account.failed(account_key)
-            self._per_address.failed(address_key)
+            self._failed(keys)
             raise Unauthorized("invalid credentials")
-        self._per_account.succeeded(account_key)
+        self._per_account.succeeded(keys[0])
         if self._cache_seconds:
             if len(self._cache) > 10_000:
                 self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
@@ -114,12 +107,7 @@ class Accounts:
     async def verify_password(self, username: str, password: str, address: str) -> Account:
         """The account, if ``password`` is its password (not its API key): Zulip's
         fetch_api_key. Failures are throttled like failed logins."""
-        account_key, address_key = f"{username.lower()}\x00{address}", address
-        wait = max(
-            self._per_account.retry_after(account_key), self._per_address.retry_after(address_key)
-        )
-        if wait > 0:
-            raise TooManyRequests(f"too many failed logins: try again in {wait:.0f}s", wait)
+        keys = self._throttled(username, address)
         try:
             account = await self.store.get_account(parse_jid(username))
         except BadRequest:
@@ -127,11 +115,25 @@ class Accounts:
         if account is None or not await asyncio.to_thread(
             check_password, password, account.password_hash
         ):
-            self._per_account.failed(account_key)
-            self._per_address.failed(address_key)
+            self._failed(keys)
             raise Unauthorized("invalid credentials: fetch_api_key takes the password")
-        self._per_account.succeeded(account_key)
+        self._per_account.succeeded(keys[0])
         return account
+
+    def _throttled(self, username: str, address: str) -> tuple[str, str]:
+        """The throttle's keys for a login attempt; TooManyRequests past either limit."""
+        # Per account *from one address*: a stranger's guesses do not lock the owner out.
+        account_key, address_key = f"{username.lower()}\x00{address}", address
+        wait = max(
+            self._per_account.retry_after(account_key), self._per_address.retry_after(address_key)
+        )
+        if wait > 0:
+            raise TooManyRequests(f"too many failed logins: try again in {wait:.0f}s", wait)
+        return account_key, address_key
+
+    def _failed(self, keys: tuple[str, str]) -> None:
+        self._per_account.failed(keys[0])
+        self._per_address.failed(keys[1])
 
     async def _verify(self, username: str, secret: str) -> str | None:
         try:

@@ -16,6 +16,7 @@ MAX_CONTENT_CHARS = 10_000
 _FORBIDDEN_IN_JID = re.compile(r"[\s/;,\"'<>\\\x00-\x1f\x7f]")
 _NODE = re.compile(r"[a-z0-9_.-]{1,64}")
 POSTS_NODE = "posts"
+PENDING = "pending"  # a follow request to a private channel, not approved yet
 
 
 def parse_jid(raw: str) -> str:

@@ -14,10 +14,9 @@ from typing import Any
 from app import access
 from app.channels import Channels
 from app.errors import BadRequest, Conflict, Forbidden, NotFound
-from app.model import Affiliation, node_source, now_iso, parse_jid
+from app.model import PENDING, Affiliation, node_source, now_iso, parse_jid
 from app.store.base import NodeInfo, Notice, Recipients, SubscriptionChange
 
-PENDING = "pending"
 ROLES_THE_OWNER_GIVES = ("member", "publisher", "moderator", "outcast", "none")
 
 

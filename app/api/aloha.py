@@ -12,14 +12,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.common import (
-    MAX_REQUEST_BYTES,
     JSONResponse,
     caller,
     client_address,
     held,
+    read_body,
     services,
 )
-from app.errors import BadRequest, PayloadTooLarge
+from app.errors import BadRequest
 
 ZULIP_VERSION = "9.0"  # what the zulip client reads from server_settings
 FEATURE_LEVEL = 1
@@ -93,12 +93,7 @@ async def _params(request: Request) -> dict[str, str]:
     """Query parameters, then form fields (url-encoded) over them."""
     params = dict(request.query_params)
     if request.method in ("POST", "DELETE", "PATCH"):
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
-            raise PayloadTooLarge(f"request body over {MAX_REQUEST_BYTES} bytes")
-        body = await request.body()
-        if len(body) > MAX_REQUEST_BYTES:
-            raise PayloadTooLarge(f"request body over {MAX_REQUEST_BYTES} bytes")
+        body = await read_body(request)
         try:
             params.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
         except UnicodeDecodeError:

@@ -48,11 +48,8 @@ def _dumps(content: Any) -> bytes:
     return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-async def read_json(request: Request) -> Any:
-    """The request's JSON body: 415 unless declared JSON, 413 over 64 KiB, 400 if malformed."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != JSON_TYPE:
-        raise UnsupportedMediaType(f"send the body as {JSON_TYPE}")
+async def read_body(request: Request) -> bytes:
+    """The request's body, refused (413) past 64 KiB without reading more than that."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
         raise PayloadTooLarge(f"request body over {MAX_REQUEST_BYTES} bytes")
@@ -62,8 +59,16 @@ async def read_json(request: Request) -> Any:
         if size > MAX_REQUEST_BYTES:
             raise PayloadTooLarge(f"request body over {MAX_REQUEST_BYTES} bytes")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request) -> Any:
+    """The request's JSON body: 415 unless declared JSON, 413 over 64 KiB, 400 if malformed."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != JSON_TYPE:
+        raise UnsupportedMediaType(f"send the body as {JSON_TYPE}")
     try:
-        value = json.loads(b"".join(chunks).decode("utf-8"))
+        value = json.loads((await read_body(request)).decode("utf-8"))
     except UnicodeDecodeError:
         raise BadRequest("request body is not valid UTF-8") from None
     except RecursionError:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from app.errors import Conflict
+from app.model import PENDING
 from app.store.base import (
     Account,
     Delivery,
@@ -36,7 +37,7 @@ USER_CHANNEL = "'u' || a.id"
 # The followers whose feeds carry a node's posts: an allow-list, so that a role added later
 # (pending, for private channels) sees nothing until it is added here.
 MAY_READ = "affiliation IN ('owner', 'moderator', 'publisher', 'member')"
-PENDING = "pending"
+_MODERATE = "affiliation IN ('owner', 'moderator')"
 FIREHOSE = "firehose"  # the Pushpin channel of the posts of every open channel
 # The Aloha queues' channel that follows a delivery d's channel: u5 and e5 give z5.
 _QUEUE_CHANNEL = (
@@ -356,11 +357,12 @@ class SqliteStore:
             (event_id,),
         )
 
-    def _readers(self, prefix: str) -> str:
-        """SQL for the channels (``prefix`` u: posts, e: events) of whoever may read node ?."""
+    def _followers(self, prefix: str, roles: str) -> str:
+        """SQL for the channels (``prefix`` u: posts, e: events) of node ?'s followers whose
+        affiliation meets ``roles``."""
         return (
             f"SELECT '{prefix}' || a.id AS channel FROM subscriptions s"
-            f" JOIN accounts a ON a.jid = s.jid WHERE s.node_id = ? AND s.{MAY_READ}"
+            f" JOIN accounts a ON a.jid = s.jid WHERE s.node_id = ? AND s.{roles}"
         )
 
     def _notify(self, node_id: int, notice: Notice, now: str) -> int:
@@ -372,14 +374,9 @@ class SqliteStore:
                 (notice.to.jid,),
             )
         elif notice.to.kind == "moderators":
-            self._deliver(
-                event_id,
-                "SELECT 'e' || a.id AS channel FROM subscriptions s JOIN accounts a"
-                " ON a.jid = s.jid WHERE s.node_id = ? AND s.affiliation IN ('owner', 'moderator')",
-                (node_id,),
-            )
+            self._deliver(event_id, self._followers("e", _MODERATE), (node_id,))
         else:
-            self._deliver(event_id, self._readers("e"), (node_id,))
+            self._deliver(event_id, self._followers("e", MAY_READ), (node_id,))
         return event_id
 
     @_in_db_thread
@@ -413,9 +410,10 @@ class SqliteStore:
                 " VALUES (?,?,?,?,?,?)",
                 (post_id, node.id, event_id, author, payload, local_id),
             )
-            self._deliver(event_id, self._readers("u"), (node.id,))
+            recipients = self._followers("u", MAY_READ)
             if node.access_model == "open":
-                self._deliver(event_id, f"SELECT '{FIREHOSE}' AS channel", ())
+                recipients += f" UNION ALL SELECT '{FIREHOSE}'"
+            self._deliver(event_id, recipients, (node.id,))
             return event_id
 
     @_in_db_thread
