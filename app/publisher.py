@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -18,13 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import jwt
 from gripcontrol import parse_grip_uri
 
 from app.config import ConfigError
 from app.grip import hint_item, response_item
 from app.model import feed_body
+from app.publish_client import ClientError, PublishClient
 from app.store import Store
 from app.store.base import Delivery, Position
 
@@ -50,6 +51,7 @@ class Target:
     key: bytes | None = None
     position: Position = field(default_factory=lambda: Position(0, ""))
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    client: PublishClient | None = None
 
     @classmethod
     def parse(cls, url: str) -> Target:
@@ -80,7 +82,8 @@ class Publisher:
     def __init__(self, store: Store, grip_urls: list[str], timeout: float = 5.0) -> None:
         self.store = store
         self.targets = [Target.parse(url) for url in grip_urls]
-        self._client = httpx.AsyncClient(timeout=timeout)
+        for target in self.targets:
+            target.client = PublishClient(target.publish_url, timeout)
         self._tasks: list[asyncio.Task[None]] = []
         self.published = 0  # items accepted by a target, for /health and tests
 
@@ -117,7 +120,9 @@ class Publisher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        await self._client.aclose()
+        for target in self.targets:
+            if target.client is not None:
+                target.client.close()
 
     async def _run(self, target: Target) -> None:
         delay = BACKOFF_FIRST
@@ -166,14 +171,15 @@ class Publisher:
             )
             for d in batch
         ]
+        body = json.dumps({"items": items}, ensure_ascii=False, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", **target.headers()}
+        assert target.client is not None
         try:
-            response = await self._client.post(
-                target.publish_url, json={"items": items}, headers=target.headers()
-            )
-        except httpx.HTTPError as exc:
-            raise PublishError(f"{type(exc).__name__}: {exc}") from exc
-        if response.status_code != 200:
-            raise PublishError(f"HTTP {response.status_code}: {response.text[:200]}")
+            status, answer = await target.client.post(body, headers)
+        except ClientError as exc:
+            raise PublishError(str(exc)) from exc
+        if status != 200:
+            raise PublishError(f"HTTP {status}: {answer[:200].decode(errors='replace')}")
 
 
 def _fit(rows: list[Delivery]) -> list[Delivery]:

@@ -48,6 +48,11 @@ class Pushpin:
         return self.rundir / "pushpin.log"
 
     @property
+    def pid(self) -> int | None:
+        """The runner's process id, while it runs (benchmarks read its processes' memory)."""
+        return self._process.pid if self._process else None
+
+    @property
     def sockets_dir(self) -> Path:
         """Pushpin's own run folder (IPC sockets, pid files): the run folder, unless its path is
         too long for a Unix socket's (108 bytes), then a short one in the temp folder."""

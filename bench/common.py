@@ -1,0 +1,308 @@
+"""What every benchmark case shares: the machine's facts, process CPU and memory readings, a
+keep-alive HTTP client on raw sockets, and a raw Pushpin (the floor every case is held to).
+
+The load generator runs on the same machine as Pushpin and the origin (2 cores here), so it is
+kept cheap: asyncio streams on uvloop, no HTTP library on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from app.pushpin import Pushpin
+from tests.support import ROOT, free_ports
+
+HOST = "127.0.0.1"
+PUSHPIN_CONFIG = ROOT / "pushpin" / "pushpin.conf"
+HOLD_TIMEOUT = 55
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class BenchError(Exception):
+    """The benchmark could not run (as opposed to a run with failed deliveries)."""
+
+
+def machine() -> dict[str, Any]:
+    try:
+        pushpin = subprocess.run(
+            ["pushpin", "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except OSError:
+        pushpin = "unknown"
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown"
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * _PAGE / 2**30, 1),
+        "python": platform.python_version(),
+        "pushpin": pushpin,
+        "load_average": os.getloadavg(),
+    }
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process under ``pid`` (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # it ended while we looked
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tree_rss_bytes(pids: Sequence[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):  # it ended
+            total += rss_bytes(pid)
+    return total
+
+
+# -- numbers ---------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """The p-th percentile (0-100), nearest rank; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection, one request at a time."""
+
+    def __init__(self, port: int, host: str = HOST) -> None:
+        self.host, self.port = host, port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+        timeout: float = 30.0,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send one request (reconnecting if the last answer closed the connection)."""
+        if self._writer is None or self._writer.is_closing():
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), timeout
+            )
+        assert self._reader is not None and self._writer is not None
+        head = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if body or method in ("POST", "PUT"):
+            head.append(f"Content-Length: {len(body)}")
+        self._writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        try:
+            status, answer_headers, answer = await asyncio.wait_for(
+                read_response(self._reader), timeout
+            )
+        except BaseException:
+            self.close()
+            raise
+        if answer_headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, answer_headers, answer
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    if "content-length" in parsed:
+        body = await reader.readexactly(int(parsed["content-length"]))
+    elif parsed.get("transfer-encoding") == "chunked":
+        body = b""
+        while size := int((await reader.readline()).split(b";")[0], 16):
+            body += await reader.readexactly(size)
+            await reader.readline()
+        await reader.readline()
+    else:
+        body = await reader.read()
+    return int(status_line.split()[1]), parsed, body
+
+
+# -- the raw case: Pushpin and an origin that does nothing -----------------------------------
+
+
+class TinyOrigin:
+    """The raw case's origin: holds every ``/hold/CHANNEL?prev=ID`` request on CHANNEL (prev-id
+    ID, default 0), answers anything else (Pushpin's readiness check GETs /health) with a plain
+    200. It does no work per request, so the raw case measures Pushpin alone."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def answer(self, target: str) -> bytes:
+        path, _, query = target.partition("?")
+        if path.startswith("/hold/"):
+            prev = query.removeprefix("prev=") if query.startswith("prev=") else "0"
+            instruct = {
+                "hold": {
+                    "mode": "response",
+                    "channels": [{"name": path.removeprefix("/hold/"), "prev-id": prev}],
+                    "timeout": HOLD_TIMEOUT,
+                },
+                "response": {
+                    "code": 200,
+                    "headers": {"Content-Type": "application/json"},
+                    "body": "{}",
+                },
+            }
+            body, content_type = json.dumps(instruct).encode(), "application/grip-instruct"
+        else:
+            body, content_type = b"ok\n", "text/plain"
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}"
+        return head.encode() + b"\r\n\r\n" + body
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # zurl keeps connections to the origin alive: serve requests until it closes.
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                request_line, *lines = head.rstrip("\r\n").split("\r\n")
+                headers = {}
+                for line in lines:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                if length := int(headers.get("content-length", "0")):
+                    await reader.readexactly(length)
+                self.requests += 1
+                writer.write(self.answer(request_line.split()[1]))
+                await writer.drain()
+                if headers.get("connection", "").lower() == "close":
+                    break
+        except (OSError, EOFError, ValueError):
+            pass  # the connection ended: nothing to answer
+        finally:
+            writer.close()
+
+
+class RawPushpin:
+    """A bare Pushpin, with the shipped config, in front of a ``TinyOrigin`` in this process."""
+
+    def __init__(self, rundir: Path) -> None:
+        self.rundir = rundir
+        self.tiny = TinyOrigin()
+        self.origin_port, self.http_port, self.publish_port = free_ports(3)
+        self._server: asyncio.Server | None = None
+        self._pushpin: Pushpin | None = None
+
+    @property
+    def publish_url(self) -> str:
+        return f"http://{HOST}:{self.publish_port}/publish/"
+
+    def pids(self) -> list[int]:
+        """Pushpin's processes (the runner and what it started)."""
+        if self._pushpin is None or self._pushpin.pid is None:
+            return []
+        return [self._pushpin.pid, *descendants(self._pushpin.pid)]
+
+    async def __aenter__(self) -> RawPushpin:
+        self._server = await asyncio.start_server(self.tiny.handle, HOST, self.origin_port)
+        self._pushpin = Pushpin(
+            config=PUSHPIN_CONFIG,
+            rundir=self.rundir,
+            http_port=self.http_port,
+            publish_port=self.publish_port,
+            origin=f"{HOST}:{self.origin_port}",
+            sig_key="x" * 40,
+        )
+        await self._pushpin.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._pushpin is not None:
+            await self._pushpin.stop()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def publish_body(channel: str, item_id: int, body: bytes) -> bytes:
+    """A raw publish request's body: one item on ``channel``, chained to the item before it."""
+    item = {
+        "channel": channel,
+        "id": str(item_id),
+        "prev-id": str(item_id - 1),
+        "formats": {"http-response": {"body": body.decode()}},
+    }
+    return json.dumps({"items": [item]}).encode()
+
+
+def raise_file_limit(needed: int) -> None:
+    """Each held request is a socket here and in Pushpin (started after this, so it inherits the
+    limit): lift the soft limit to the hard one if ``needed`` sockets need it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed + 1000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
