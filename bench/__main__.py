@@ -1,7 +1,7 @@
-"""``python -m bench [--clients N] [--runs R] [--json PATH]``: the fan-out benchmark."""
+"""``python -m bench``: the benchmark suite (``--help`` for its options)."""
 
 import sys
 
-from bench.fanout import main
+from bench.suite import main
 
 sys.exit(main())

@@ -24,34 +24,35 @@ once the publish has been sent.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import json
-import os
-import platform
-import resource
-import shlex
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvloop
 
-from app.pushpin import Pushpin
-from tests.support import PASSWORD, ROOT, Stack, basic, free_ports, raw_get, running
+from bench.common import (
+    HOLD_TIMEOUT,
+    HOST,
+    BenchError,
+    RawPushpin,
+    descendants,
+    median,
+    ms,
+    raise_file_limit,
+    ratio,
+    rss_bytes,
+    tree_rss_bytes,
+)
+from tests.support import PASSWORD, Stack, basic, raw_get, running
 
-HOST = "127.0.0.1"
-PUSHPIN_CONFIG = ROOT / "pushpin" / "pushpin.conf"
 # Each account costs a slow scrypt hash (about 50 ms) to create; a user may hold many
 # long-polls at once, so a few readers carry all N of them.
 READERS = 20
@@ -64,14 +65,10 @@ MAX_RETRIES = 20
 SETTLE_SECONDS = 2.0
 QUIET_TIMEOUT = 15.0
 DELIVERY_TIMEOUT = 15.0  # far above any expected fan-out time, far below the hold timeout
-HOLD_TIMEOUT = 55
 REQUEST_TIMEOUT = HOLD_TIMEOUT + 15.0
+TARGET_CLIENTS, TARGET_RATIO = 5000, 1.2
 # A stand-in for the raw case's published body, used only if no origin run delivered anything.
 FALLBACK_BODY = b'{"last":"0","items":[' + b'{"content":"' + b"x" * 250 + b'"}]}'
-
-
-class BenchError(Exception):
-    """The benchmark could not run (as opposed to a run with failed deliveries)."""
 
 
 @dataclass
@@ -97,6 +94,9 @@ class RunResult:
     ramp_seconds: float
     quiet: bool  # the origin was idle before the publish, as it should be
     body_bytes: int
+    # resident memory while the N requests were held (the origin process; Pushpin's processes)
+    origin_rss_mb: float | None
+    pushpin_rss_mb: float
     failure_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -207,6 +207,7 @@ def _result(
     quiet: bool,
     measured: tuple[float, float, list[float], Counter[str], bytes | None],
     body_bytes: int,
+    memory: tuple[float | None, float],
 ) -> RunResult:
     _, request_ms, delays, failures, _ = measured
     return RunResult(
@@ -223,89 +224,32 @@ def _result(
         ramp_seconds=ramp,
         quiet=quiet,
         body_bytes=body_bytes,
+        origin_rss_mb=memory[0],
+        pushpin_rss_mb=memory[1],
         failure_reasons=dict(failures),
     )
 
 
-class TinyOrigin:
-    """The raw case's origin: holds every ``/hold/CHANNEL`` request on CHANNEL, answers anything
-    else (Pushpin's readiness check GETs /health) with a plain 200. It does no work per request,
-    so the raw case measures Pushpin alone."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-
-    def answer(self, path: str) -> bytes:
-        if path.startswith("/hold/"):
-            instruct = {
-                "hold": {
-                    "mode": "response",
-                    "channels": [{"name": path.removeprefix("/hold/"), "prev-id": "0"}],
-                    "timeout": HOLD_TIMEOUT,
-                },
-                "response": {
-                    "code": 200,
-                    "headers": {"Content-Type": "application/json"},
-                    "body": "{}",
-                },
-            }
-            body, content_type = json.dumps(instruct).encode(), "application/grip-instruct"
-        else:
-            body, content_type = b"ok\n", "text/plain"
-        head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}"
-        return head.encode() + b"\r\n\r\n" + body
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # zurl keeps connections to the origin alive: serve requests until it closes.
-        try:
-            while True:
-                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-                request_line, *lines = head.rstrip("\r\n").split("\r\n")
-                headers = {}
-                for line in lines:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                if length := int(headers.get("content-length", "0")):
-                    await reader.readexactly(length)
-                self.requests += 1
-                writer.write(self.answer(request_line.split()[1]))
-                await writer.drain()
-                if headers.get("connection", "").lower() == "close":
-                    break
-        except (OSError, EOFError, ValueError):
-            pass  # the connection ended: nothing to answer
-        finally:
-            writer.close()
-
-
 class Bench:
     def __init__(self, stack: Stack, writer: str, readers: list[str], rundir: Path) -> None:
-        self.stack, self.writer, self.readers, self.rundir = stack, writer, readers, rundir
-        self.tiny = TinyOrigin()
-        self.origin_port, self.http_port, self.publish_port = free_ports(3)
+        self.stack, self.writer, self.readers = stack, writer, readers
+        self.raw = RawPushpin(rundir)
         self.body: bytes | None = None  # an origin answer: the raw case publishes the same bytes
 
-    async def run(self, clients: int, runs: int, echo: Callable[[str], None]) -> list[RunResult]:
-        server = await asyncio.start_server(self.tiny.handle, HOST, self.origin_port)
-        pushpin = Pushpin(
-            config=PUSHPIN_CONFIG,
-            rundir=self.rundir,
-            http_port=self.http_port,
-            publish_port=self.publish_port,
-            origin=f"{HOST}:{self.origin_port}",
-            sig_key="x" * 40,
-        )
+    async def run(
+        self, sizes: list[int], runs: int, echo: Callable[[str], None]
+    ) -> list[RunResult]:
         results = []
-        try:
-            await pushpin.start()
-            async with (
-                httpx.AsyncClient(base_url=self.stack.url, auth=(self.writer, PASSWORD)) as w,
-                httpx.AsyncClient(base_url=self.stack.origin_url) as origin,
-                httpx.AsyncClient() as publisher,
-            ):
-                # Open the connections (and fill the origin's login cache) before any timing.
-                assert (await w.get("/api/subscribed")).status_code == 200
-                assert (await publisher.post(self._publish_url, json={"items": []})).is_success
+        async with (
+            self.raw,
+            httpx.AsyncClient(base_url=self.stack.url, auth=(self.writer, PASSWORD)) as w,
+            httpx.AsyncClient(base_url=self.stack.origin_url) as origin,
+            httpx.AsyncClient() as publisher,
+        ):
+            # Open the connections (and fill the origin's login cache) before any timing.
+            assert (await w.get("/api/subscribed")).status_code == 200
+            assert (await publisher.post(self.raw.publish_url, json={"items": []})).is_success
+            for clients in sizes:
                 for run in range(1, runs + 1):
                     for case in ("origin", "raw"):
                         if case == "origin":
@@ -314,15 +258,12 @@ class Bench:
                             result = await self._raw_run(run, clients, publisher, echo)
                         results.append(result)
                         echo(_run_line(result, runs))
-        finally:
-            await pushpin.stop()
-            server.close()
-            await server.wait_closed()
         return results
 
-    @property
-    def _publish_url(self) -> str:
-        return f"http://{HOST}:{self.publish_port}/publish/"
+    def _origin_memory(self) -> tuple[float | None, float]:
+        assert self.stack.process is not None
+        pid = self.stack.process.pid
+        return rss_bytes(pid) / 2**20, tree_rss_bytes(descendants(pid)) / 2**20
 
     async def _origin_run(
         self,
@@ -347,6 +288,7 @@ class Bench:
             return health["requests_in_flight"] == 0  # type: ignore[no-any-return]
 
         quiet = await holds.settle(idle)
+        memory = self._origin_memory()
 
         async def publish() -> Callable[[bytes], bool]:
             r = await w.post(
@@ -359,23 +301,25 @@ class Bench:
 
         measured = await holds.measure(publish)
         self.body = self.body or measured[4]
-        return _result("origin", run, clients, holds, ramp, quiet, measured, len(self.body or b""))
+        size = len(self.body or b"")
+        return _result("origin", run, clients, holds, ramp, quiet, measured, size, memory)
 
     async def _raw_run(
         self, run: int, clients: int, publisher: httpx.AsyncClient, echo: Callable[[str], None]
     ) -> RunResult:
         # A new channel each run: Pushpin drops a (channel, id) pair it saw in the last 60 s.
-        channel = f"bench{run}"
-        holds = Holds(self.http_port, lambda i: (f"/hold/{channel}", {}))
+        channel = f"bench{clients}-{run}"
+        holds = Holds(self.raw.http_port, lambda i: (f"/hold/{channel}", {}))
         ramp = await holds.open(clients, echo, f"raw run {run}")
 
         async def idle() -> bool:
             # The tiny origin answers at once; Pushpin is done when it stops re-requesting.
-            before = self.tiny.requests
+            before = self.raw.tiny.requests
             await asyncio.sleep(0.5)
-            return self.tiny.requests == before
+            return self.raw.tiny.requests == before
 
         quiet = await holds.settle(idle)
+        memory = (None, tree_rss_bytes(self.raw.pids()) / 2**20)
         body = self.body or FALLBACK_BODY
         item = {
             "channel": channel,
@@ -385,13 +329,13 @@ class Bench:
         }
 
         async def publish() -> Callable[[bytes], bool]:
-            r = await publisher.post(self._publish_url, json={"items": [item]})
+            r = await publisher.post(self.raw.publish_url, json={"items": [item]})
             if r.status_code != 200:
                 raise BenchError(f"the publish failed: HTTP {r.status_code} {r.text}")
             return lambda answer: answer == body
 
         measured = await holds.measure(publish)
-        return _result("raw", run, clients, holds, ramp, quiet, measured, len(body))
+        return _result("raw", run, clients, holds, ramp, quiet, measured, len(body), memory)
 
 
 def _run_line(r: RunResult, runs: int) -> str:
@@ -414,9 +358,14 @@ def _run_line(r: RunResult, runs: int) -> str:
     return line
 
 
-def _median(results: list[RunResult], case: str) -> float | None:
-    times = [r.last_ms for r in results if r.case == case and r.last_ms is not None]
-    return statistics.median(times) if times else None
+def _median(results: list[RunResult], case: str, clients: int, what: str) -> float | None:
+    return median(
+        [
+            value
+            for r in results
+            if r.case == case and r.clients == clients and (value := getattr(r, what)) is not None
+        ]
+    )
 
 
 def _setup(stack: Stack, readers: int) -> tuple[str, list[str]]:
@@ -432,95 +381,68 @@ def _setup(stack: Stack, readers: int) -> tuple[str, list[str]]:
     return writer, names
 
 
-def _raise_file_limit(clients: int) -> None:
-    """Each held request is a socket here and in Pushpin (started after this, so it inherits the
-    limit): lift the soft limit to the hard one if N needs it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < clients + 1000:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def run(clients: int, runs: int, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the benchmark; return the summary, every run's numbers under ``results``."""
-    if clients < 1 or runs < 1:
+def run(
+    sizes: list[int], runs: int, workdir: Path, *, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Fan-out to each number of clients in ``sizes``, ``runs`` times, origin and raw."""
+    if min(sizes) < 1 or runs < 1:
         raise ValueError("clients and runs must be at least 1")
-    _raise_file_limit(clients)
-    echo(f"fan-out of one post to {clients} held long-polls, {runs} run(s) of each case")
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp,
-        running(Path(tmp) / "data") as stack,
-    ):
-        writer, readers = _setup(stack, min(READERS, clients))
-        bench = Bench(stack, writer, readers, Path(tmp) / "raw-pushpin")
-        results = uvloop.run(bench.run(clients, runs, echo))
-    origin_ms, raw_ms = _median(results, "origin"), _median(results, "raw")
-    ratio = origin_ms / raw_ms if origin_ms is not None and raw_ms else None
-    origin_failures = sum(r.failures for r in results if r.case == "origin")
-    raw_failures = sum(r.failures for r in results if r.case == "raw")
-    summary: dict[str, Any] = {
-        "clients": clients,
-        "runs": runs,
-        "origin_median_ms": origin_ms,
-        "raw_median_ms": raw_ms,
-        "ratio": ratio,
-        "failures": origin_failures + raw_failures,
-        "origin_failures": origin_failures,
-        "raw_failures": raw_failures,
+    raise_file_limit(max(sizes))
+    echo(f"fan-out of one post to {', '.join(map(str, sizes))} held long-polls, {runs} run(s)")
+    with running(workdir / "data") as stack:
+        writer, readers = _setup(stack, min(READERS, min(sizes)))
+        bench = Bench(stack, writer, readers, workdir / "raw-pushpin")
+        results = uvloop.run(bench.run(sizes, runs, echo))
+    rows = []
+    for clients in sizes:
+        origin_ms = _median(results, "origin", clients, "last_ms")
+        raw_ms = _median(results, "raw", clients, "last_ms")
+        row = {
+            "clients": clients,
+            "users": len(readers),
+            "runs": runs,
+            "origin_ms": origin_ms,
+            "raw_ms": raw_ms,
+            "ratio": ratio(origin_ms, raw_ms),
+            "origin_failures": sum(
+                r.failures for r in results if r.case == "origin" and r.clients == clients
+            ),
+            "raw_failures": sum(
+                r.failures for r in results if r.case == "raw" and r.clients == clients
+            ),
+            "origin_rss_mb": _median(results, "origin", clients, "origin_rss_mb"),
+            "pushpin_rss_mb": _median(results, "origin", clients, "pushpin_rss_mb"),
+            "raw_pushpin_rss_mb": _median(results, "raw", clients, "pushpin_rss_mb"),
+        }
+        rows.append(row)
+        r = row["ratio"]
+        echo(
+            f"fan-out to {clients}: median of {runs}: origin {ms(origin_ms)}, raw Pushpin "
+            f"{ms(raw_ms)}, ratio {'n/a' if r is None else f'{r:.2f}'}, failures "
+            f"{row['origin_failures']} (raw {row['raw_failures']}); memory while held: "
+            f"origin {_mb(row['origin_rss_mb'])}, Pushpin {_mb(row['pushpin_rss_mb'])} "
+            f"(raw Pushpin {_mb(row['raw_pushpin_rss_mb'])})"
+        )
+    return {
+        "summary": {"sizes": rows},
+        "targets": _targets(rows),
         "results": [asdict(r) for r in results],
     }
-    echo(
-        f"summary: {clients} clients, median of {runs}: origin {_ms(origin_ms)}, "
-        f"raw Pushpin {_ms(raw_ms)}, ratio {'n/a' if ratio is None else f'{ratio:.2f}'}, "
-        f"failures {summary['failures']} (origin {origin_failures}, raw {raw_failures})"
-    )
-    return summary
 
 
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f} ms"
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} MB"
 
 
-def _machine() -> dict[str, Any]:
-    try:
-        pushpin = subprocess.run(
-            ["pushpin", "--version"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except OSError:
-        pushpin = "unknown"
-    return {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "pushpin": pushpin,
-        "load_average": os.getloadavg(),
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench",
-        description="Time one post's fan-out to N long-polls held by Pushpin, through the "
-        "origin and on a raw Pushpin. Exits with 1 if any delivery failed.",
-    )
-    parser.add_argument("--clients", type=int, default=1000, help="held long-polls (1000)")
-    parser.add_argument("--runs", type=int, default=3, help="runs of each case (3)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write the raw results here")
-    args = parser.parse_args(argv)
-    if args.clients < 1 or args.runs < 1:
-        parser.error("--clients and --runs must be at least 1")
-    date = datetime.now(UTC).isoformat(timespec="seconds")
-    machine = _machine()  # before the run: the load average is the machine's, not ours
-    summary = run(args.clients, args.runs)
-    if args.json:
-        record = {
-            "date": date,
-            "command": shlex.join(sys.orig_argv),
-            "machine": machine,
-            "pushpin_config": str(PUSHPIN_CONFIG.relative_to(ROOT)),
-            **summary,
+def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The target is for 5,000 clients; a smaller run (the smoke test) is judged at its size."""
+    row = next((r for r in rows if r["clients"] == TARGET_CLIENTS), rows[-1])
+    r = row["ratio"]
+    return [
+        {
+            "target": f"fan-out to {row['clients']:,} within {TARGET_RATIO} x raw Pushpin",
+            "measured": f"{ms(row['origin_ms'])} vs raw {ms(row['raw_ms'])}: "
+            f"{'n/a' if r is None else f'{r:.2f} x'}, {row['origin_failures']} failed",
+            "met": r is not None and r <= TARGET_RATIO and not row["origin_failures"],
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
-    return 1 if summary["failures"] else 0
+    ]

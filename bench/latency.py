@@ -40,6 +40,7 @@ from tests.support import PASSWORD, Stack, basic, running
 
 # Long enough for Pushpin to hold the request (and for its 25 ms batching window to close).
 HOLD_PAUSE = 0.08
+SETTLE_SECONDS = 1.5
 WARMUP = 5  # samples of each case not counted: the first holds on a channel are re-requested
 TARGET_P50_MS = 2.0  # origin p50 within this of raw Pushpin's
 
@@ -150,6 +151,11 @@ class Latency:
                     publish_raw,
                 )
                 self._keep(found, "raw", n, delay, request_ms, failure)
+                if n == 0:
+                    # About 1 s after a channel's first hold, Pushpin asks the origin again for
+                    # each request held on it; the raw case's origin has no store to answer a
+                    # publish that lands then from. Let that pass.
+                    await asyncio.sleep(SETTLE_SECONDS)
                 if (n + 1) % max(1, total // 4) == 0 or n + 1 == total:
                     echo(f"  latency: {n + 1}/{total} samples of each case")
             for conn in (poll, post, raw_poll, raw_publish):

@@ -482,8 +482,8 @@ class SqliteStore:
             # ahead of the log is refused by the caller, and must not move it.
             if since <= last_id:
                 self.db.execute(
-                    "UPDATE accounts SET last_online = max(last_online, ?) WHERE id = ?",
-                    (since, account_id),
+                    "UPDATE accounts SET last_online = ? WHERE id = ? AND last_online < ?",
+                    (since, account_id, since),
                 )
         items = [
             FeedItem(*r)

@@ -1,0 +1,153 @@
+"""The benchmark suite: every case in one run, each writing its raw results as JSON, then the
+results table in docs/performance.md made from that JSON.
+
+    python -m bench                    # everything, full size (about 10 minutes here)
+    python -m bench --only latency     # some cases
+    python -m bench --quick            # a small version of each (CI's smoke test)
+    python -m bench report             # only remake docs/performance.md from the JSON
+
+The cases run one after another, never side by side: they share the machine with the servers
+they measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import fanout, holdcost, latency, report, throughput
+from bench.common import machine
+from tests.support import ROOT
+
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    title: str
+    full: dict[str, Any]
+    quick: dict[str, Any]
+    run: Callable[..., dict[str, Any]]
+
+
+CASES = [
+    Case(
+        "fanout",
+        "Fan-out of one post to N held long-polls (and memory while they are held)",
+        {"sizes": [1000, 5000, 10000], "runs": 3},
+        {"sizes": [50], "runs": 1},
+        fanout.run,
+    ),
+    Case(
+        "holdcost",
+        "Origin CPU per request that ends in a hold, by nodes followed",
+        {"requests": 3000},
+        {"requests": 200, "nodes": 100},
+        holdcost.run,
+    ),
+    Case(
+        "throughput",
+        "Posts per second over 100 channels, one long-poll per channel",
+        {"channels": 100, "rate": 1000.0, "seconds": 10.0},
+        {"channels": 10, "rate": 100.0, "seconds": 2.0},
+        throughput.run,
+    ),
+    Case(
+        "latency",
+        "One client: from the POST to its delivery",
+        {"samples": 200},
+        {"samples": 20},
+        latency.run,
+    ),
+]
+NAMES = [case.name for case in CASES]
+
+
+def run_case(
+    case: Case, quick: bool, out: Path, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run one case; write and return its record (params, summary, targets, raw results)."""
+    params = case.quick if quick else case.full
+    record: dict[str, Any] = {
+        "case": case.name,
+        "title": case.title,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "-m", "bench", *sys.argv[1:]]),
+        "quick": quick,
+        "machine": machine(),  # before the run: the load average is the machine's, not ours
+        "params": params,
+    }
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"bench-{case.name}-") as tmp:
+        record |= case.run(**params, workdir=Path(tmp), echo=echo)
+    record["seconds"] = round(time.monotonic() - started, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{case.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def failures(record: dict[str, Any]) -> int:
+    """Deliveries that went wrong in a case (lost, duplicated, failed): never acceptable."""
+    summary = record["summary"]
+    if record["case"] == "fanout":
+        return sum(int(row["origin_failures"] + row["raw_failures"]) for row in summary["sizes"])
+    if record["case"] == "throughput":
+        errors = sum(summary["post_errors"].values())
+        return int(summary["lost"] + summary["duplicates"] + summary["misrouted"] + errors)
+    if record["case"] == "latency":
+        return int(summary["failures"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Run the benchmark suite against the origin and a raw Pushpin; write each "
+        "case's raw results as JSON and the results table (docs/performance.md). Exits with 1 "
+        "if a delivery failed (a target missed is reported, not an error).",
+    )
+    parser.add_argument("what", nargs="?", choices=["run", "report"], default="run")
+    parser.add_argument("--only", help=f"comma-separated cases: {','.join(NAMES)}")
+    parser.add_argument("--quick", action="store_true", help="a small version of each case")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"folder for the JSON ({RESULTS.relative_to(ROOT)}; --quick: a temporary one)",
+    )
+    parser.add_argument("--docs", type=Path, default=report.DOCS, help="the results table to write")
+    args = parser.parse_args(argv)
+    out = args.out or RESULTS
+    if args.what == "report":
+        report.write(out, args.docs)
+        print(f"wrote {args.docs}")
+        return 0
+    chosen = args.only.split(",") if args.only else NAMES
+    if unknown := set(chosen) - set(NAMES):
+        parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
+    if args.quick and not args.out:
+        out = Path(tempfile.mkdtemp(prefix="bench-quick-"))
+    failed = 0
+    for case in CASES:
+        if case.name in chosen:
+            print(f"== {case.name}: {case.title}", flush=True)
+            record = run_case(case, args.quick, out)
+            failed += failures(record)
+            for target in record["targets"]:
+                verdict = "met" if target["met"] else "MISSED"
+                print(f"   target {verdict}: {target['target']}: {target['measured']}")
+    if not args.quick:
+        report.write(out, args.docs)
+        print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} and {args.docs}")
+    else:
+        print(f"wrote {out}")
+    return 1 if failed else 0
