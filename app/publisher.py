@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -85,6 +86,7 @@ class Publisher:
         for target in self.targets:
             target.client = PublishClient(target.publish_url, timeout)
         self._tasks: list[asyncio.Task[None]] = []
+        self._progress = asyncio.Event()  # set (and replaced) after each accepted publish
         self.published = 0  # items accepted by a target, for /health and tests
 
     async def start(self) -> None:
@@ -103,6 +105,24 @@ class Publisher:
         """Called after a commit: there is something new in the log."""
         for target in self.targets:
             target.wake.set()
+
+    async def published_through(self, channels: Sequence[tuple[str, str]], timeout: float) -> bool:
+        """Wait until every target has accepted the item with id ``prev`` on each ``(channel,
+        prev)``; False if that took longer than ``timeout``.
+
+        A hold's prev-id must be the id Pushpin last saw on the channel: when they differ,
+        Pushpin 1.36 asks the origin again, and in that retry it can lose the request for a
+        minute (shared/notes/pushpin.md). A hold made while the publisher is behind would
+        differ, so it waits for the publisher first (a few ms, under load).
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not all(_past(t.position, c, int(p)) for t in self.targets for c, p in channels):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
+        return True
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every target has published the whole log; False on timeout."""
@@ -158,6 +178,8 @@ class Publisher:
             await self._send(target, batch)
             target.position = Position(batch[-1].event_id, batch[-1].channel)
             self.published += len(batch)
+            self._progress.set()
+            self._progress = asyncio.Event()
             await self.store.save_publish_position(target.label, target.position)
         return len(batch)
 
@@ -180,6 +202,11 @@ class Publisher:
             raise PublishError(str(exc)) from exc
         if status != 200:
             raise PublishError(f"HTTP {status}: {answer[:200].decode(errors='replace')}")
+
+
+def _past(position: Position, channel: str, item_id: int) -> bool:
+    """Has a target at ``position`` published item ``item_id`` of ``channel``? (0: nothing.)"""
+    return item_id == 0 or (position.event_id, position.channel) >= (item_id, channel)
 
 
 def _fit(rows: list[Delivery]) -> list[Delivery]:

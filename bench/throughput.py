@@ -146,6 +146,7 @@ class Throughput:
         total = int(rate * seconds)
         echo(f"  throughput: {len(self.readers)} long-polls held; posting {total} posts")
         cpu_before = {pid: _cpu(pid) for pid in pids}
+        client_before = time.process_time()
         start = time.perf_counter() + 0.05
         numbers = itertools.count()
         writers = [
@@ -158,6 +159,7 @@ class Throughput:
             await asyncio.sleep(0.05)
         busy = time.perf_counter() - start
         cpu = {pid: (_cpu(pid) - cpu_before[pid]) / busy for pid in pids}
+        cpu[0] = (time.process_time() - client_before) / busy  # this process: the clients
         self.stopping = True
         for task in readers:
             task.cancel()
@@ -245,6 +247,7 @@ def run(
         summary = uvloop.run(bench.run(rate, seconds, [origin_pid, *pushpin], echo))
     cpu = summary.pop("cpu_cores")
     summary["origin_cpu_cores"] = cpu.get(origin_pid, 0.0)
+    summary["client_cpu_cores"] = cpu.pop(0)
     summary["pushpin_cpu_cores"] = sum(v for pid, v in cpu.items() if pid != origin_pid)
     s = summary
     echo(
@@ -252,7 +255,8 @@ def run(
         f"{s['delivered_per_second']:.0f}/s delivered ({s['delivered']}/{s['stored']}, "
         f"{s['lost']} lost, {s['duplicates']} duplicated); POST to delivery p50 "
         f"{ms(s['delivery_p50_ms'])}, p99 {ms(s['delivery_p99_ms'])}; CPU: origin "
-        f"{s['origin_cpu_cores']:.2f} cores, Pushpin {s['pushpin_cpu_cores']:.2f}"
+        f"{s['origin_cpu_cores']:.2f} cores, Pushpin {s['pushpin_cpu_cores']:.2f}, "
+        f"clients {s['client_cpu_cores']:.2f}"
     )
     if s["post_errors"] or s["poll_errors"]:
         echo(f"  errors: posts {s['post_errors']}, polls {s['poll_errors']}")

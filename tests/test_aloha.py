@@ -200,7 +200,9 @@ def test_unknown_foreign_and_deleted_queues_are_bad_event_queue_id(stack: Stack)
 
 
 def test_queues_survive_a_restart_expire_and_send_heartbeats(tmp_path: Path) -> None:
-    env = {"HOLD_TIMEOUT": "5", "QUEUE_LIFESPAN": "1"}
+    # Lifespan 3 s: time enough for the restart after the heartbeat (Pushpin asks again for a
+    # new hold about 1 s after it began, so the heartbeat comes about 6 s after the poll).
+    env = {"HOLD_TIMEOUT": "5", "QUEUE_LIFESPAN": "3"}
     with running(tmp_path, **env) as stack:
         reader = Aloha(stack, unique("juliet"))
         queue = reader.register()
@@ -213,8 +215,8 @@ def test_queues_survive_a_restart_expire_and_send_heartbeats(tmp_path: Path) -> 
     with running(tmp_path, **first_env) as again:
         reader = Aloha(again, reader.user, create=False)
         assert reader.events(queue, heartbeat["id"]) == []  # the queue is still there
-        # 1 s of lifespan after its last poll ended (a poll may be held 5 s): gone.
-        time.sleep(6.5)
+        # 3 s of lifespan after its last poll ended (a poll may be held 5 s): gone.
+        time.sleep(max(0.0, start + 8.5 - time.monotonic()))
         gone = reader.call("GET", "events", queue_id=short_lived, last_event_id=-1)
         assert gone["code"] == "BAD_EVENT_QUEUE_ID"
 

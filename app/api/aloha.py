@@ -79,7 +79,7 @@ async def events(request: Request) -> Response:
     found, hold = await aloha.events(jid, fields.get("queue_id", ""), last_event_id)
     if found or _json(fields, "dont_block"):
         return success(events=found)
-    return held(request, hold)
+    return await held(request, hold)
 
 
 async def messages(request: Request) -> Response:

@@ -25,6 +25,9 @@ from app.services import Services
 
 MAX_REQUEST_BYTES = 64 * 1024
 JSON_TYPE = "application/json"
+# How long a hold waits for the publisher to catch up (if it cannot, Pushpin is probably down:
+# hold anyway, as Pushpin will ask again when it sees the gap).
+PUBLISHED_WAIT_SECONDS = 2.0
 
 
 def services(request: Request) -> Services:
@@ -185,12 +188,13 @@ def query_int(request: Request, name: str, default: int, minimum: int, maximum: 
     return int(raw)
 
 
-def held(request: Request, hold: Hold) -> Response:
+async def held(request: Request, hold: Hold) -> Response:
     """Answer with a GRIP hold, if the request came through our proxy (else 501: only Pushpin
-    may hold a request)."""
+    may hold a request), once what the hold's prev-ids name has been published."""
     s = services(request)
     if not proxied(request):
         raise NotProxied(s.settings.proxy_url)
+    await s.publisher.published_through(hold.channels, PUBLISHED_WAIT_SECONDS)
     # The held answer's headers: Pushpin keeps them for the published answer too.
     headers = {"Content-Type": JSON_TYPE, **s.cors.headers_for(request)}
     # No Grip-Link: for a held long-poll Pushpin re-sends the client's own request when it
