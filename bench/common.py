@@ -8,6 +8,7 @@ kept cheap: asyncio streams on uvloop, no HTTP library on the hot path.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import os
@@ -15,6 +16,7 @@ import platform
 import statistics
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -193,35 +195,65 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
 # -- the raw case: Pushpin and an origin that does nothing -----------------------------------
 
 
+@dataclass
+class Feed:
+    """One channel of the raw case's origin: its items in id order, and how far they have been
+    published (a hold's prev-id must be what Pushpin last saw, as the origin does)."""
+
+    ids: list[int] = field(default_factory=list)
+    bodies: list[str] = field(default_factory=list)
+    published: int = 0
+
+
 class TinyOrigin:
-    """The raw case's origin: holds every ``/hold/CHANNEL?prev=ID`` request on CHANNEL (prev-id
-    ID, default 0), answers anything else (Pushpin's readiness check GETs /health) with a plain
-    200. It does no work per request, so the raw case measures Pushpin alone."""
+    """The raw case's origin, doing next to no work per request:
+
+    - ``/hold/CHANNEL?prev=ID``: hold on CHANNEL with prev-id ID (default 0);
+    - ``/feed/CHANNEL?since=ID``: the items after ID from memory at once (as JSON ``{"last",
+      "items"}``), or else a hold on CHANNEL: a long-poll feed, like the origin's, for items
+      the benchmark adds with ``append`` and publishes itself;
+    - anything else (Pushpin's readiness check GETs /health): a plain 200.
+    """
 
     def __init__(self) -> None:
         self.requests = 0
+        self.feeds: dict[str, Feed] = {}
+        self._published = asyncio.Event()
 
-    def answer(self, target: str) -> bytes:
+    def append(self, channel: str, item_id: int, item: str) -> int:
+        """Add an item; the id of the channel's item before it (0 for none)."""
+        feed = self.feeds.setdefault(channel, Feed())
+        prev = feed.ids[-1] if feed.ids else 0
+        feed.ids.append(item_id)
+        feed.bodies.append(item)
+        return prev
+
+    def mark_published(self, channel: str, item_id: int) -> None:
+        feed = self.feeds[channel]
+        feed.published = max(feed.published, item_id)
+        self._published.set()
+        self._published = asyncio.Event()
+
+    async def answer(self, target: str) -> bytes:
         path, _, query = target.partition("?")
+        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        if path.startswith("/feed/"):
+            channel = path.removeprefix("/feed/")
+            feed = self.feeds.setdefault(channel, Feed())
+            first = bisect.bisect_right(feed.ids, int(params.get("since", "0")))
+            if first < len(feed.ids):
+                bodies = feed.bodies[first : first + 100]
+                last = feed.ids[first + len(bodies) - 1]
+                body = f'{{"last":"{last}","items":[{",".join(bodies)}]}}'.encode()
+                return _http(body, "application/json")
+            head = feed.ids[-1] if feed.ids else 0
+            while feed.published < head:
+                await self._published.wait()
+            return _http(_hold(channel, str(head), '{"items":[]}'), "application/grip-instruct")
         if path.startswith("/hold/"):
-            prev = query.removeprefix("prev=") if query.startswith("prev=") else "0"
-            instruct = {
-                "hold": {
-                    "mode": "response",
-                    "channels": [{"name": path.removeprefix("/hold/"), "prev-id": prev}],
-                    "timeout": HOLD_TIMEOUT,
-                },
-                "response": {
-                    "code": 200,
-                    "headers": {"Content-Type": "application/json"},
-                    "body": "{}",
-                },
-            }
-            body, content_type = json.dumps(instruct).encode(), "application/grip-instruct"
-        else:
-            body, content_type = b"ok\n", "text/plain"
-        head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}"
-        return head.encode() + b"\r\n\r\n" + body
+            hold = _hold(path.removeprefix("/hold/"), params.get("prev", "0"), "{}")
+            return _http(hold, "application/grip-instruct")
+        return _http(b"ok\n", "text/plain")
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # zurl keeps connections to the origin alive: serve requests until it closes.
@@ -236,7 +268,7 @@ class TinyOrigin:
                 if length := int(headers.get("content-length", "0")):
                     await reader.readexactly(length)
                 self.requests += 1
-                writer.write(self.answer(request_line.split()[1]))
+                writer.write(await self.answer(request_line.split()[1]))
                 await writer.drain()
                 if headers.get("connection", "").lower() == "close":
                     break
@@ -244,6 +276,23 @@ class TinyOrigin:
             pass  # the connection ended: nothing to answer
         finally:
             writer.close()
+
+
+def _hold(channel: str, prev: str, body: str) -> bytes:
+    instruct = {
+        "hold": {
+            "mode": "response",
+            "channels": [{"name": channel, "prev-id": prev}],
+            "timeout": HOLD_TIMEOUT,
+        },
+        "response": {"code": 200, "headers": {"Content-Type": "application/json"}, "body": body},
+    }
+    return json.dumps(instruct).encode()
+
+
+def _http(body: bytes, content_type: str) -> bytes:
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}"
+    return head.encode() + b"\r\n\r\n" + body
 
 
 class RawPushpin:

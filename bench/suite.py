@@ -102,8 +102,11 @@ def failures(record: dict[str, Any]) -> int:
     if record["case"] == "fanout":
         return sum(int(row["origin_failures"] + row["raw_failures"]) for row in summary["sizes"])
     if record["case"] == "throughput":
-        errors = sum(summary["post_errors"].values())
-        return int(summary["lost"] + summary["duplicates"] + summary["misrouted"] + errors)
+        return sum(
+            int(row["lost"] + row["duplicates"] + row["misrouted"])
+            + sum(row["post_errors"].values())
+            for row in summary["cases"]
+        )
     if record["case"] == "latency":
         return int(summary["failures"])
     return 0

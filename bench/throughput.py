@@ -1,16 +1,28 @@
-"""Throughput: writers post over many channels while one client per channel long-polls it.
+"""Throughput: posts over many channels while one client per channel long-polls it.
 
-The run command (Pushpin and the origin). One writer account owns C channels (100); C reader
-accounts each follow one of them and long-poll ``GET /api/notifications/posts?since=CURSOR``
-through Pushpin, asking again with the new cursor after each answer, as any client does.
-Writers (keep-alive connections through Pushpin) POST at an offered rate (1,000 posts per
-second), post k to channel k mod C, on a fixed schedule: a writer that falls behind sends at
-once, so the rate achieved is what the server sustained.
+Readers: C reader accounts (100) each follow one of C channels and long-poll ``GET
+/api/notifications/posts?since=CURSOR`` through Pushpin, asking again with the new cursor after
+each answer, as any client does. Posts come at an offered rate (1,000 a second), post k to
+channel k mod C, on a fixed schedule: what falls behind goes out at once, so the rate achieved is
+what the server sustained. Three cases, one after another:
 
-Measured: posts stored per second (201 answers over the writing time), posts delivered per
-second (to the reader that follows the channel, over the time from the first POST to the last
-delivery), and from each POST's start to its delivery, p50 and p99. Every post must arrive
-exactly once: lost and duplicated posts are counted.
+origin
+    The run command (Pushpin and the origin). Writers (keep-alive connections) POST through
+    Pushpin, as a client of the shipped setup does.
+origin, POSTs direct
+    The same, but the writers POST straight to the origin's port (as a backend next to the
+    origin may): Pushpin then only carries the long-polls.
+raw
+    A bare Pushpin in front of an origin that keeps each channel's items in memory and answers
+    the same long-polls from there or holds them; the benchmark itself adds the items and
+    publishes them straight to Pushpin, batched every few ms. No HTTP request per post, no
+    store: what Pushpin alone sustains with these long-polls on this machine, the floor.
+
+Measured: posts stored per second (201 answers, or items added, over the posting time), posts
+delivered per second (to the reader of the post's channel, from the first post to the last
+delivery), and from each post's start to its delivery, p50 and p99; CPU of the origin, of
+Pushpin's processes and of this process (the clients). Every post must arrive exactly once:
+lost, duplicated and misrouted posts are counted.
 """
 
 from __future__ import annotations
@@ -27,15 +39,27 @@ from typing import Any
 
 import uvloop
 
-from bench.common import BenchError, Conn, cpu_seconds, descendants, median, ms, percentile
+from bench.common import (
+    BenchError,
+    Conn,
+    RawPushpin,
+    cpu_seconds,
+    descendants,
+    median,
+    ms,
+    percentile,
+)
 from tests.support import PASSWORD, Stack, basic, running
 
 WRITERS = 25  # connections posting at once
-DRAIN_SECONDS = 10.0  # after the last POST, how long deliveries may take to arrive
+RAW_TICK = 0.005  # the raw case publishes what is due every 5 ms, in one request
+DRAIN_SECONDS = 10.0  # after the last post, how long deliveries may take to arrive
 SETTLE_SECONDS = 2.0  # Pushpin re-requests new holds about 1 s after a channel's first one
 TARGET_RATE = 1000.0  # posts per second
 TARGET_P99_MS = 250.0
 WRITER = "writer@bench.example"
+CASES = ("origin", "direct", "raw")
+LABELS = {"origin": "origin", "direct": "origin, POSTs direct", "raw": "raw Pushpin"}
 
 
 def _channel(i: int) -> str:
@@ -44,8 +68,8 @@ def _channel(i: int) -> str:
 
 @dataclass
 class Tally:
-    sent: dict[int, float] = field(default_factory=dict)  # post number: when its POST started
-    stored: dict[int, float] = field(default_factory=dict)  # post number: when the 201 came
+    sent: dict[int, float] = field(default_factory=dict)  # post number: when it was sent
+    stored: dict[int, float] = field(default_factory=dict)  # post number: when it was stored
     arrived: dict[int, float] = field(default_factory=dict)  # post number: first delivery
     post_ms: list[float] = field(default_factory=list)
     duplicates: int = 0
@@ -54,28 +78,35 @@ class Tally:
     poll_errors: dict[str, int] = field(default_factory=dict)
     polls: int = 0
 
-    def error(self, kind: dict[str, int], what: str) -> None:
+    @staticmethod
+    def error(kind: dict[str, int], what: str) -> None:
         kind[what] = kind.get(what, 0) + 1
 
 
-class Throughput:
-    def __init__(self, stack: Stack, readers: list[str], direct: bool) -> None:
-        self.stack, self.readers = stack, readers
-        self.port = int(stack.env["PORT"])
-        # Writers POST through Pushpin, or (direct) straight to the origin's own port.
-        self.post_port = int(stack.env["ORIGIN_PORT" if direct else "PORT"])
+class Run:
+    """One case: readers long-polling ``poll_port``, posts made by ``_post_all``."""
+
+    def __init__(self, case: str, channels: int, poll_port: int) -> None:
+        self.case, self.channels, self.poll_port = case, channels, poll_port
         self.tally = Tally()
         self.stopping = False
 
+    def poll(self, index: int, since: str) -> tuple[str, dict[str, str]]:
+        raise NotImplementedError
+
+    async def first_cursor(self) -> str:
+        return "0"
+
+    async def post_all(self, total: int, start: float, rate: float) -> None:
+        raise NotImplementedError
+
     async def _reader(self, index: int, since: str) -> None:
-        conn = Conn(self.port)
-        auth = {"Authorization": basic(self.readers[index])}
+        conn = Conn(self.poll_port)
         tally = self.tally
         while not self.stopping:
+            path, headers = self.poll(index, since)
             try:
-                status, _, body = await conn.request(
-                    "GET", f"/api/notifications/posts?since={since}", auth, timeout=70
-                )
+                status, _, body = await conn.request("GET", path, headers, timeout=70)
             except (OSError, EOFError, ValueError) as exc:
                 tally.error(tally.poll_errors, type(exc).__name__)
                 await asyncio.sleep(0.05)
@@ -89,7 +120,7 @@ class Throughput:
             answer = json.loads(body)
             for item in answer["items"]:
                 number = int(item["content"].removeprefix("tp "))
-                if number % len(self.readers) != index:
+                if number % self.channels != index:
                     tally.misrouted += 1
                 elif number in tally.arrived:
                     tally.duplicates += 1
@@ -98,83 +129,46 @@ class Throughput:
             since = answer["last"]
         conn.close()
 
-    async def _writer(
-        self, numbers: itertools.count[int], total: int, start: float, rate: float
-    ) -> None:
-        conn = Conn(self.post_port)
-        headers = {"Authorization": basic(WRITER, PASSWORD), "Content-Type": "application/json"}
-        channels = len(self.readers)
-        tally = self.tally
-        while (number := next(numbers)) < total:
-            due = start + number / rate
-            if (wait := due - time.perf_counter()) > 0:
-                await asyncio.sleep(wait)
-            body = json.dumps({"content": f"tp {number}"}).encode()
-            path = f"/api/{_channel(number % channels)}/content/posts"
-            t0 = time.perf_counter()
-            tally.sent[number] = t0
-            try:
-                status, _, _ = await conn.request("POST", path, headers, body)
-            except (OSError, EOFError, ValueError) as exc:
-                tally.error(tally.post_errors, type(exc).__name__)
-                continue
-            t1 = time.perf_counter()
-            tally.post_ms.append((t1 - t0) * 1000)
-            if status == 201:
-                tally.stored[number] = t1
-            else:
-                tally.error(tally.post_errors, f"HTTP {status}")
-        conn.close()
-
     async def run(
         self, rate: float, seconds: float, pids: list[int], echo: Callable[[str], None]
     ) -> dict[str, Any]:
-        cursor = Conn(self.port)
-        status, _, body = await cursor.request(
-            "GET", "/api/notifications/posts", {"Authorization": basic(self.readers[0])}
-        )
-        cursor.close()
-        if status != 200:
-            raise BenchError(f"cannot read the cursor: HTTP {status}")
-        since = json.loads(body)["last"]
+        since = await self.first_cursor()
         readers = []
-        for index in range(len(self.readers)):
+        for index in range(self.channels):
             readers.append(asyncio.create_task(self._reader(index, since)))
             if index % 20 == 19:
                 await asyncio.sleep(0.05)  # Pushpin refuses bursts of new connections
         await asyncio.sleep(SETTLE_SECONDS)
         total = int(rate * seconds)
-        echo(f"  throughput: {len(self.readers)} long-polls held; posting {total} posts")
+        echo(f"  {LABELS[self.case]}: {self.channels} long-polls held; {total} posts")
         cpu_before = {pid: _cpu(pid) for pid in pids}
         client_before = time.process_time()
         start = time.perf_counter() + 0.05
-        numbers = itertools.count()
-        writers = [
-            asyncio.create_task(self._writer(numbers, total, start, rate)) for _ in range(WRITERS)
-        ]
-        await asyncio.gather(*writers)
+        await self.post_all(total, start, rate)
         written = time.perf_counter()
         deadline = written + DRAIN_SECONDS
         while len(self.tally.arrived) < len(self.tally.stored) and time.perf_counter() < deadline:
             await asyncio.sleep(0.05)
         busy = time.perf_counter() - start
         cpu = {pid: (_cpu(pid) - cpu_before[pid]) / busy for pid in pids}
-        cpu[0] = (time.process_time() - client_before) / busy  # this process: the clients
+        client_cpu = (time.process_time() - client_before) / busy
         self.stopping = True
         for task in readers:
             task.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
-        return self._summary(rate, seconds, start, written, cpu)
+        return self._summary(rate, seconds, start, written) | {
+            "cpu": cpu,
+            "client_cpu_cores": client_cpu,
+        }
 
-    def _summary(
-        self, rate: float, seconds: float, start: float, written: float, cpu: dict[int, float]
-    ) -> dict[str, Any]:
+    def _summary(self, rate: float, seconds: float, start: float, written: float) -> dict[str, Any]:
         t = self.tally
         delays = [(t.arrived[n] - t.sent[n]) * 1000 for n in t.arrived if n in t.sent]
         last_arrival = max(t.arrived.values(), default=start)
         last_stored = max(t.stored.values(), default=start)
         return {
-            "channels": len(self.readers),
+            "case": self.case,
+            "channels": self.channels,
             "offered_rate": rate,
             "seconds": seconds,
             "posts": len(t.sent),
@@ -194,8 +188,105 @@ class Throughput:
             "post_errors": t.post_errors,
             "poll_errors": t.poll_errors,
             "writing_seconds": written - start,
-            "cpu_cores": cpu,
         }
+
+
+class OriginRun(Run):
+    def __init__(self, stack: Stack, readers: list[str], direct: bool) -> None:
+        super().__init__("direct" if direct else "origin", len(readers), int(stack.env["PORT"]))
+        self.readers = readers
+        self.auth = [{"Authorization": basic(reader)} for reader in readers]
+        # Writers POST through Pushpin, or (direct) straight to the origin's own port.
+        self.post_port = int(stack.env["ORIGIN_PORT" if direct else "PORT"])
+
+    def poll(self, index: int, since: str) -> tuple[str, dict[str, str]]:
+        return f"/api/notifications/posts?since={since}", self.auth[index]
+
+    async def first_cursor(self) -> str:
+        conn = Conn(self.poll_port)
+        status, _, body = await conn.request("GET", "/api/notifications/posts", self.auth[0])
+        conn.close()
+        if status != 200:
+            raise BenchError(f"cannot read the cursor: HTTP {status}")
+        return str(json.loads(body)["last"])
+
+    async def post_all(self, total: int, start: float, rate: float) -> None:
+        numbers = itertools.count()
+        await asyncio.gather(*(self._writer(numbers, total, start, rate) for _ in range(WRITERS)))
+
+    async def _writer(
+        self, numbers: itertools.count[int], total: int, start: float, rate: float
+    ) -> None:
+        conn = Conn(self.post_port)
+        headers = {"Authorization": basic(WRITER, PASSWORD), "Content-Type": "application/json"}
+        tally = self.tally
+        while (number := next(numbers)) < total:
+            due = start + number / rate
+            if (wait := due - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            body = json.dumps({"content": f"tp {number}"}).encode()
+            path = f"/api/{_channel(number % self.channels)}/content/posts"
+            t0 = time.perf_counter()
+            tally.sent[number] = t0
+            try:
+                status, _, _ = await conn.request("POST", path, headers, body)
+            except (OSError, EOFError, ValueError) as exc:
+                tally.error(tally.post_errors, type(exc).__name__)
+                continue
+            t1 = time.perf_counter()
+            tally.post_ms.append((t1 - t0) * 1000)
+            if status == 201:
+                tally.stored[number] = t1
+            else:
+                tally.error(tally.post_errors, f"HTTP {status}")
+        conn.close()
+
+
+class RawRun(Run):
+    def __init__(self, raw: RawPushpin, channels: int) -> None:
+        super().__init__("raw", channels, raw.http_port)
+        self.raw = raw
+
+    def poll(self, index: int, since: str) -> tuple[str, dict[str, str]]:
+        return f"/feed/raw{index}?since={since}", {}
+
+    async def post_all(self, total: int, start: float, rate: float) -> None:
+        """Add what is due to the raw origin's memory, then publish it in one request."""
+        conn = Conn(self.raw.publish_port)
+        tiny, tally = self.raw.tiny, self.tally
+        number = 0
+        while number < total:
+            now = time.perf_counter()
+            due = min(total, max(number, int((now - start) * rate) + 1))
+            items: list[dict[str, Any]] = []
+            for n in range(number, due):
+                channel = f"raw{n % self.channels}"
+                body = json.dumps({"content": f"tp {n}"})
+                prev = tiny.append(channel, n + 1, body)
+                tally.sent[n] = tally.stored[n] = now
+                answer = f'{{"last":"{n + 1}","items":[{body}]}}'
+                items.append(
+                    {
+                        "channel": channel,
+                        "id": str(n + 1),
+                        "prev-id": str(prev),
+                        "formats": {"http-response": {"body": answer}},
+                    }
+                )
+            if items:
+                status, _, answer_body = await conn.request(
+                    "POST",
+                    "/publish/",
+                    {"Content-Type": "application/json"},
+                    json.dumps({"items": items}).encode(),
+                )
+                if status != 200:
+                    raise BenchError(f"the publish failed: HTTP {status} {answer_body[:200]!r}")
+                for item in items:
+                    tiny.mark_published(item["channel"], int(item["id"]))
+                number = due
+            await asyncio.sleep(RAW_TICK)
+        conn.close()
 
 
 def _cpu(pid: int) -> float:
@@ -225,58 +316,83 @@ def _setup(stack: Stack, channels: int) -> list[str]:
         return list(pool.map(reader, range(channels)))
 
 
+def _line(s: dict[str, Any]) -> str:
+    line = (
+        f"{LABELS[s['case']]}: {s['stored_per_second']:.0f} posts/s stored, "
+        f"{s['delivered_per_second']:.0f}/s delivered ({s['delivered']}/{s['stored']}, "
+        f"{s['lost']} lost, {s['duplicates']} duplicated); post to delivery p50 "
+        f"{ms(s['delivery_p50_ms'])}, p99 {ms(s['delivery_p99_ms'])}; CPU: "
+    )
+    if s["case"] != "raw":
+        line += f"origin {s['origin_cpu_cores']:.2f} cores, "
+    line += f"Pushpin {s['pushpin_cpu_cores']:.2f}, clients {s['client_cpu_cores']:.2f}"
+    if s["post_errors"] or s["poll_errors"]:
+        line += f"; errors: posts {s['post_errors']}, polls {s['poll_errors']}"
+    return line
+
+
 def run(
     channels: int,
     rate: float,
     seconds: float,
     workdir: Path,
     *,
-    direct: bool = False,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     echo(
         f"throughput: {rate:.0f} posts/s offered for {seconds:.0f} s over {channels} channels, "
         f"one long-poll per channel"
     )
+    rows = []
     with running(workdir / "data") as stack:
         readers = _setup(stack, channels)
         assert stack.process is not None
         origin_pid = stack.process.pid
-        pushpin = descendants(origin_pid)
-        bench = Throughput(stack, readers, direct)
-        summary = uvloop.run(bench.run(rate, seconds, [origin_pid, *pushpin], echo))
-    cpu = summary.pop("cpu_cores")
-    summary["origin_cpu_cores"] = cpu.get(origin_pid, 0.0)
-    summary["client_cpu_cores"] = cpu.pop(0)
-    summary["pushpin_cpu_cores"] = sum(v for pid, v in cpu.items() if pid != origin_pid)
-    s = summary
-    echo(
-        f"throughput: {s['stored_per_second']:.0f} posts/s stored, "
-        f"{s['delivered_per_second']:.0f}/s delivered ({s['delivered']}/{s['stored']}, "
-        f"{s['lost']} lost, {s['duplicates']} duplicated); POST to delivery p50 "
-        f"{ms(s['delivery_p50_ms'])}, p99 {ms(s['delivery_p99_ms'])}; CPU: origin "
-        f"{s['origin_cpu_cores']:.2f} cores, Pushpin {s['pushpin_cpu_cores']:.2f}, "
-        f"clients {s['client_cpu_cores']:.2f}"
-    )
-    if s["post_errors"] or s["poll_errors"]:
-        echo(f"  errors: posts {s['post_errors']}, polls {s['poll_errors']}")
-    p99 = s["delivery_p99_ms"]
-    rate_met = s["stored_per_second"] >= 0.98 * TARGET_RATE and s["delivered_per_second"] >= (
-        0.98 * TARGET_RATE
-    )
-    exact = not s["lost"] and not s["duplicates"] and not s["misrouted"]
-    targets = [
-        {
-            "target": f"at least {TARGET_RATE:.0f} posts/s stored and delivered",
-            "measured": f"{s['stored_per_second']:.0f}/s stored, "
-            f"{s['delivered_per_second']:.0f}/s delivered, {s['lost']} lost, "
-            f"{s['duplicates']} duplicated",
-            "met": rate_met and exact,
-        },
-        {
-            "target": f"p99 POST to delivery under {TARGET_P99_MS:.0f} ms",
-            "measured": f"p99 {ms(p99)} (p50 {ms(s['delivery_p50_ms'])})",
-            "met": p99 is not None and p99 < TARGET_P99_MS,
-        },
-    ]
-    return {"summary": summary, "targets": targets}
+        pids = [origin_pid, *descendants(origin_pid)]
+        for direct in (False, True):
+            case = OriginRun(stack, readers, direct)
+            row = uvloop.run(case.run(rate, seconds, pids, echo))
+            cpu = row.pop("cpu")
+            row["origin_cpu_cores"] = cpu.pop(origin_pid)
+            row["pushpin_cpu_cores"] = sum(cpu.values())
+            rows.append(row)
+            echo(_line(row))
+
+    async def raw_case() -> dict[str, Any]:
+        async with RawPushpin(workdir / "raw-pushpin") as raw:
+            row = await RawRun(raw, channels).run(rate, seconds, raw.pids(), echo)
+        row["pushpin_cpu_cores"] = sum(row.pop("cpu").values())
+        return row
+
+    rows.append(uvloop.run(raw_case()))
+    echo(_line(rows[-1]))
+    return {"summary": {"cases": rows}, "targets": _targets(rows)}
+
+
+def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    raw = next(r for r in rows if r["case"] == "raw")
+    targets = []
+    for s in rows:
+        if s["case"] == "raw":
+            continue
+        label = LABELS[s["case"]]
+        exact = not s["lost"] and not s["duplicates"] and not s["misrouted"]
+        rate_met = min(s["stored_per_second"], s["delivered_per_second"]) >= 0.98 * TARGET_RATE
+        p99 = s["delivery_p99_ms"]
+        targets += [
+            {
+                "target": f"{label}: at least {TARGET_RATE:,.0f} posts/s stored and delivered",
+                "measured": f"{s['stored_per_second']:,.0f}/s stored, "
+                f"{s['delivered_per_second']:,.0f}/s delivered, {s['lost']} lost, "
+                f"{s['duplicates']} duplicated (raw Pushpin: "
+                f"{raw['delivered_per_second']:,.0f}/s delivered)",
+                "met": rate_met and exact,
+            },
+            {
+                "target": f"{label}: p99 post to delivery under {TARGET_P99_MS:.0f} ms",
+                "measured": f"p99 {ms(p99)}, p50 {ms(s['delivery_p50_ms'])} (raw Pushpin: p99 "
+                f"{ms(raw['delivery_p99_ms'])})",
+                "met": p99 is not None and p99 < TARGET_P99_MS,
+            },
+        ]
+    return targets
