@@ -100,25 +100,29 @@ def _holdcost(r: dict[str, Any]) -> list[str]:
 
 
 def _throughput(r: dict[str, Any]) -> list[str]:
-    s = r["summary"]
-    rows = [
-        ("channels (one reader long-polling each)", f"{s['channels']}"),
-        ("offered", f"{s['offered_rate']:,.0f} posts/s for {s['seconds']:.0f} s"),
-        ("stored", f"{s['stored_per_second']:,.0f} posts/s ({s['stored']:,} posts)"),
-        ("delivered", f"{s['delivered_per_second']:,.0f} posts/s ({s['delivered']:,} posts)"),
-        ("lost, duplicated", f"{s['lost']}, {s['duplicates']}"),
-        (
-            "POST to delivery",
-            f"p50 {_n(s['delivery_p50_ms'])} ms, p99 {_n(s['delivery_p99_ms'])} ms",
-        ),
-        ("POST answered", f"p50 {_n(s['post_p50_ms'])} ms, p99 {_n(s['post_p99_ms'])} ms"),
-        ("long-poll requests", f"{s['polls']:,}"),
-        (
-            "CPU while running",
-            f"origin {s['origin_cpu_cores']:.2f} cores, Pushpin {s['pushpin_cpu_cores']:.2f}",
-        ),
+    labels = {"origin": "origin", "direct": "origin, POSTs direct", "raw": "raw Pushpin"}
+    lines = [
+        "| case | stored | delivered | lost, duplicated | post to delivery p50, p99 "
+        "| POST answered p50 | CPU: origin, Pushpin, clients |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    return ["| | |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
+    for s in r["summary"]["cases"]:
+        origin_cpu = s.get("origin_cpu_cores")
+        lines.append(
+            f"| {labels[s['case']]} | {s['stored_per_second']:,.0f}/s "
+            f"| {s['delivered_per_second']:,.0f}/s | {s['lost']}, {s['duplicates']} "
+            f"| {_n(s['delivery_p50_ms'])}, {_n(s['delivery_p99_ms'])} ms "
+            f"| {_n(s['post_p50_ms'])} ms "
+            f"| {_n(origin_cpu, 2)}, {s['pushpin_cpu_cores']:.2f}, "
+            f"{s['client_cpu_cores']:.2f} cores |"
+        )
+    p = r["params"]
+    lines += [
+        "",
+        f"{p['rate']:,.0f} posts/s offered for {p['seconds']:.0f} s over {p['channels']} "
+        "channels, one reader long-polling each. CPU in cores while posting and delivering.",
+    ]
+    return lines
 
 
 def _latency(r: dict[str, Any]) -> list[str]:
