@@ -108,7 +108,11 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(CountInFlight, services=services), cors.middleware()],
+        # CORS only where browser origins are configured: it wraps every answer otherwise.
+        middleware=[
+            Middleware(CountInFlight, services=services),
+            *([cors.middleware()] if settings.cors_origins else []),
+        ],
         exception_handlers={ApiError: api_error_handler, HTTPException: http_error_handler},
         lifespan=lifespan,
     )

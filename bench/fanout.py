@@ -284,7 +284,11 @@ class Bench:
 
         async def idle() -> bool:
             # Pushpin, not the origin, must be holding the requests.
-            health = (await origin.get("/health")).json()
+            try:
+                health = (await origin.get("/health", timeout=30)).json()
+            except httpx.HTTPError as exc:
+                echo(f"  origin run {run}: /health did not answer ({type(exc).__name__})")
+                return False
             return health["requests_in_flight"] == 0  # type: ignore[no-any-return]
 
         quiet = await holds.settle(idle)
