@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -384,8 +385,11 @@ def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "target": f"{label}: at least {TARGET_RATE:,.0f} posts/s stored and delivered",
                 "measured": f"{s['stored_per_second']:,.0f}/s stored, "
                 f"{s['delivered_per_second']:,.0f}/s delivered, {s['lost']} lost, "
-                f"{s['duplicates']} duplicated (raw Pushpin: "
-                f"{raw['delivered_per_second']:,.0f}/s delivered)",
+                f"{s['duplicates']} duplicated; CPU: origin {s['origin_cpu_cores']:.2f}, "
+                f"Pushpin {s['pushpin_cpu_cores']:.2f}, clients {s['client_cpu_cores']:.2f} "
+                f"cores of {os.cpu_count()} (raw Pushpin: "
+                f"{raw['delivered_per_second']:,.0f}/s delivered with Pushpin at "
+                f"{raw['pushpin_cpu_cores']:.2f} cores)",
                 "met": rate_met and exact,
             },
             {
