@@ -127,17 +127,25 @@ def _throughput(r: dict[str, Any]) -> list[str]:
 
 def _latency(r: dict[str, Any]) -> list[str]:
     s = r["summary"]
-    return [
-        "| | p50 | p99 |",
-        "|---|---:|---:|",
-        f"| origin: POST to delivery | {_n(s['origin_p50_ms'], 2)} ms "
-        f"| {_n(s['origin_p99_ms'], 2)} ms |",
-        f"| raw Pushpin: publish to delivery | {_n(s['raw_p50_ms'], 2)} ms "
-        f"| {_n(s['raw_p99_ms'], 2)} ms |",
-        f"| the POST's own answer | {_n(s['post_request_p50_ms'], 2)} ms | |",
+    rows = [
+        ("POST through Pushpin, to delivery", "origin"),
+        ("POST direct to the origin, to delivery", "direct"),
+        ("raw Pushpin: publish to delivery", "raw"),
+    ]
+    lines = ["| | p50 | p99 | request answered p50 |", "|---|---:|---:|---:|"]
+    for label, case in rows:
+        request = s["publish_request_p50_ms"] if case == "raw" else s[f"{case}_post_request_p50_ms"]
+        lines.append(
+            f"| {label} | {_n(s[f'{case}_p50_ms'], 2)} ms | {_n(s[f'{case}_p99_ms'], 2)} ms "
+            f"| {_n(request, 2)} ms |"
+        )
+    lines += [
+        f"| Pushpin's proxy hop: a GET to an origin that answers at once "
+        f"| {_n(s['proxy_hop_p50_ms'], 2)} ms | | |",
         "",
         f"{s['samples']} samples of each, alternating; {s['failures']} failed.",
     ]
+    return lines
 
 
 TABLES = {

@@ -127,12 +127,18 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help=f"folder for the JSON ({RESULTS.relative_to(ROOT)}; --quick: a temporary one)",
     )
-    parser.add_argument("--docs", type=Path, default=report.DOCS, help="the results table to write")
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        help="the results table to write (docs/performance.md when the JSON goes to "
+        f"{RESULTS.relative_to(ROOT)})",
+    )
     args = parser.parse_args(argv)
     out = args.out or RESULTS
+    docs = args.docs or (report.DOCS if out.resolve() == RESULTS else None)
     if args.what == "report":
-        report.write(out, args.docs)
-        print(f"wrote {args.docs}")
+        report.write(out, docs or report.DOCS)
+        print(f"wrote {docs or report.DOCS}")
         return 0
     chosen = args.only.split(",") if args.only else NAMES
     if unknown := set(chosen) - set(NAMES):
@@ -148,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             for target in record["targets"]:
                 verdict = "met" if target["met"] else "MISSED"
                 print(f"   target {verdict}: {target['target']}: {target['measured']}")
-    if not args.quick:
-        report.write(out, args.docs)
-        print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} and {args.docs}")
+    if docs and not args.quick:
+        report.write(out, docs)
+        print(f"wrote {out} and {docs}")
     else:
         print(f"wrote {out}")
     return 1 if failed else 0
