@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from app.pushpin import Pushpin
-from tests.support import ROOT, free_ports
+from tests.support import ROOT, free_ports, read_response
 
 HOST = "127.0.0.1"
 PUSHPIN_CONFIG = ROOT / "pushpin" / "pushpin.conf"
@@ -170,26 +170,6 @@ class Conn:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
-    parsed = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        parsed[name.strip().lower()] = value.strip()
-    if "content-length" in parsed:
-        body = await reader.readexactly(int(parsed["content-length"]))
-    elif parsed.get("transfer-encoding") == "chunked":
-        body = b""
-        while size := int((await reader.readline()).split(b";")[0], 16):
-            body += await reader.readexactly(size)
-            await reader.readline()
-        await reader.readline()
-    else:
-        body = await reader.read()
-    return int(status_line.split()[1]), parsed, body
 
 
 # -- the raw case: Pushpin and an origin that does nothing -----------------------------------

@@ -151,12 +151,12 @@ async def raw_get(
         lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        return await asyncio.wait_for(_read_response(reader), timeout)
+        return await asyncio.wait_for(read_response(reader), timeout)
     finally:
         writer.close()
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
     parsed = {}
@@ -170,6 +170,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
         while size := int((await reader.readline()).split(b";")[0], 16):
             body += await reader.readexactly(size)
             await reader.readline()
+        await reader.readline()  # the empty line after the last chunk
     else:
         body = await reader.read()
     return int(status_line.split()[1]), parsed, body

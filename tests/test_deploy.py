@@ -20,7 +20,9 @@ def shipped_pushpin() -> configparser.ConfigParser:
 
 def test_shipped_config_is_tuned_for_fan_out() -> None:
     conf = shipped_pushpin()
-    assert int(conf["handler"]["message_rate"]) >= 10_000
+    # 0: no delivery rate limit. Pushpin's limiter restarts its 25 ms timer on each publish and
+    # stalled deliveries under a steady stream of them (docs/performance.md).
+    assert int(conf["handler"]["message_rate"]) == 0
     assert "zurl" in conf["runner"]["services"]
 
 
