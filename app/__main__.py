@@ -31,6 +31,9 @@ class OriginServer(uvicorn.Server):
         yield  # signals are handled by serve() below, which also stops Pushpin
 
 
+BACKLOG = 16384
+
+
 async def serve(settings: Settings, with_pushpin: bool = True) -> int:
     app = create_app(settings)
     server = OriginServer(
@@ -43,6 +46,11 @@ async def serve(settings: Settings, with_pushpin: bool = True) -> int:
             log_level=settings.log_level,
             access_log=settings.log_level == "debug",
             lifespan="on",
+            # About 1 s after a channel's first subscriber, Pushpin asks the origin again for
+            # every request held on it, through a connection each: thousands at once. With
+            # uvicorn's default (2048) the kernel's queue overflowed and Pushpin answered some
+            # clients 500. Linux caps this at net.core.somaxconn (4096 here).
+            backlog=BACKLOG,
         )
     )
     pushpin = Pushpin(
