@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import signal
 import tempfile
 import time
@@ -25,8 +24,6 @@ import httpx
 log = logging.getLogger("app.pushpin")
 
 DEBIAN_INTERNAL_CONF = Path("/usr/lib/pushpin/internal.conf")
-# zurl's requests in flight to the origin (Debian's template: 2,000); see _render_runner_templates
-ZURL_MAX_OPEN_REQUESTS = 50000
 _PROCESS_NAMES = ("pushpin", "condure", "zurl", "m2adapter", "mongrel2")
 
 
@@ -69,7 +66,6 @@ class Pushpin:
         if not parser.read(self.config):
             raise PushpinError(f"cannot read Pushpin config {self.config}")
         parser["global"]["include"] = str(self._render_internal())
-        parser["global"]["libdir"] = str(self._render_runner_templates())
         self.sockets_dir.mkdir(parents=True, exist_ok=True)
         parser["global"]["rundir"] = str(self.sockets_dir)
         parser["runner"]["http_port"] = str(self.http_port)
@@ -109,26 +105,6 @@ class Pushpin:
         path = self.rundir / "internal.conf"
         path.write_text(text)
         return path
-
-    def _render_runner_templates(self) -> Path:
-        """Pushpin's runner writes zurl's config from a template in its lib folder; Debian's
-        caps zurl at 2,000 requests in flight to the origin. About 1 s after a channel's first
-        subscriber, and when a publish shows a gap, Pushpin asks the origin again for each
-        request held on it, thousands at once: past the cap, clients got 500s (364 of 5,000 in
-        one fan-out run, 4 with the cap raised). This run's copy of the templates raises it.
-        (Raising zurl's queues, in_hwm and out_hwm, as well made it worse: 469 failed.)"""
-        runner = self.rundir / "lib" / "runner"
-        runner.mkdir(parents=True, exist_ok=True)
-        for template in (DEBIAN_INTERNAL_CONF.parent / "runner").glob("*.template"):
-            text = template.read_text()
-            if template.name == "zurl.conf.template":
-                text = re.sub(
-                    r"(?m)^max_open_requests=\d+$",
-                    f"max_open_requests={ZURL_MAX_OPEN_REQUESTS}",
-                    text,
-                )
-            (runner / template.name).write_text(text)
-        return runner.parent
 
     def kill_stale(self) -> None:
         """Kill what a previous run left behind in this run folder (after a SIGKILL, Pushpin's

@@ -67,7 +67,6 @@ QUIET_TIMEOUT = 15.0
 DELIVERY_TIMEOUT = 15.0  # far above any expected fan-out time, far below the hold timeout
 REQUEST_TIMEOUT = HOLD_TIMEOUT + 15.0
 TARGET_CLIENTS, TARGET_RATIO = 5000, 1.2
-COOLDOWN_SECONDS = 2.0
 # A stand-in for the raw case's published body, used only if no origin run delivered anything.
 FALLBACK_BODY = b'{"last":"0","items":[' + b'{"content":"' + b"x" * 250 + b'"}]}'
 
@@ -268,9 +267,6 @@ class Bench:
                             result = await self._raw_run(run, clients, publisher, echo)
                         results.append(result)
                         echo(_run_line(result, runs))
-                        # Let the closed connections go (TIME_WAIT, Pushpin's own cleanup)
-                        # before the next N are opened.
-                        await asyncio.sleep(COOLDOWN_SECONDS + clients / 2000)
         return results
 
     def _origin_memory(self) -> tuple[float | None, float]:
