@@ -74,12 +74,15 @@ def _why(records: dict[str, dict[str, Any]]) -> list[str]:
         )
         out += [
             f"- **Fan-out.** Not all runs delivered to every held request: {runs}. The raw "
-            "case, same load generator and same Pushpin config, lost none. It starts with the "
-            "third run of 5,000 on the same Pushpin: while the requests are opened, Pushpin "
+            "case, same load generator and same Pushpin config, lost none. In the runs here it "
+            "started with the third run of 5,000 on the same Pushpin: while the requests are "
+            "opened, Pushpin "
             "answers thousands of them 502 (counted as retried), the origin stays busy for "
             "15 s and more, the post takes seconds to go through Pushpin, and then held "
-            "requests are answered 500 or not at all. The cause is not found yet; the first two "
-            "runs of each size, and every 1,000-client run, deliver to all.",
+            "requests are answered 500 or not at all; the runs after it are worse off. The "
+            "cause is not found yet (the origin's listen backlog, zurl's cap on requests in "
+            "flight and a pause between runs were tried: none helped). Every run before the "
+            "first failure delivered to all.",
         ]
     throughput = records.get("throughput")
     if throughput and not all(t["met"] for t in throughput["targets"]):
