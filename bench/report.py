@@ -82,7 +82,11 @@ def _why(records: dict[str, dict[str, Any]]) -> list[str]:
             "requests are answered 500 or not at all; the runs after it are worse off. The "
             "cause is not found yet (the origin's listen backlog, zurl's cap on requests in "
             "flight and a pause between runs were tried: none helped). Every run before the "
-            "first failure delivered to all.",
+            "first failure delivered to all. A lead, from a separate run watched with `ss`: "
+            "before the failing runs the machine held 25,000 to 30,000 sockets in TIME-WAIT "
+            "(the ephemeral port range has 28,232 ports) and about 1,500 half-closed "
+            "connection pairs (CLOSE-WAIT and FIN-WAIT-2), where the raw case's origin, which "
+            "answers at once, keeps few connections open.",
         ]
     throughput = records.get("throughput")
     if throughput and not all(t["met"] for t in throughput["targets"]):
