@@ -32,6 +32,7 @@ class OriginServer(uvicorn.Server):
 
 
 BACKLOG = 16384
+KEEP_ALIVE_SECONDS = 300
 
 
 async def serve(settings: Settings, with_pushpin: bool = True) -> int:
@@ -51,6 +52,11 @@ async def serve(settings: Settings, with_pushpin: bool = True) -> int:
             # uvicorn's default (2048) the kernel's queue overflowed and Pushpin answered some
             # clients 500. Linux caps this at net.core.somaxconn (4096 here).
             backlog=BACKLOG,
+            # Pushpin's zurl keeps its connections to the origin in a pool and did not notice
+            # when uvicorn closed an idle one (after its default 5 s): ~1,000 sat in CLOSE-WAIT
+            # in zurl, and held requests then failed (500, or no answer). Idle connections stay
+            # open longer than zurl keeps them.
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
     )
     pushpin = Pushpin(

@@ -37,6 +37,12 @@ NOTES = """\
 - `client_maxconn=50000`: condure's connection limit (its default, 10,000, is what the
   10,000-client fan-out needs with nothing to spare).
 - `log_level=1`: at 2, Pushpin writes a line per request and per publish.
+- The origin keeps idle keep-alive connections for 300 s (uvicorn's default is 5 s): Pushpin's
+  zurl pools its connections to the origin and did not notice the ones the origin closed; up to
+  1,100 sat in CLOSE-WAIT in zurl, and from the third 5,000-client fan-out on, held requests got
+  500s or no answer (5,001 of 5,000 failed in one run). With 300 s, none in 3 runs of 3. The
+  listen backlog is 16,384 (Linux caps it at `net.core.somaxconn`): Pushpin re-asks the origin
+  for thousands of held requests at once.
 - The origin runs on uvicorn with httptools and uvloop (`app/__main__.py`): with the default
   h11 parser and asyncio loop, the same Starlette app served a fan-out about 2.5 times slower
   (`shared/notes/pushpin.md`). No access log unless `LOG_LEVEL=debug`.
@@ -79,14 +85,11 @@ def _why(records: dict[str, dict[str, Any]]) -> list[str]:
             "opened, Pushpin "
             "answers thousands of them 502 (counted as retried), the origin stays busy for "
             "15 s and more, the post takes seconds to go through Pushpin, and then held "
-            "requests are answered 500 or not at all; the runs after it are worse off. The "
-            "cause is not found yet (the origin's listen backlog, zurl's cap on requests in "
-            "flight and a pause between runs were tried: none helped). Every run before the "
-            "first failure delivered to all. A lead, from a separate run watched with `ss`: "
-            "before the failing runs the machine held 25,000 to 30,000 sockets in TIME-WAIT "
-            "(the ephemeral port range has 28,232 ports) and about 1,500 half-closed "
-            "connection pairs (CLOSE-WAIT and FIN-WAIT-2), where the raw case's origin, which "
-            "answers at once, keeps few connections open.",
+            "requests are answered 500 or not at all. This was zurl's pool of connections to "
+            "the origin, which kept connections the origin had closed (up to 1,100 in "
+            "CLOSE-WAIT), until the origin kept idle connections open for 300 s (see below); "
+            "if it shows again, that is the first thing to look at (`ss -tanp state "
+            "close-wait`).",
         ]
     throughput = records.get("throughput")
     if throughput and not all(t["met"] for t in throughput["targets"]):
