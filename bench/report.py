@@ -79,7 +79,8 @@ def _why(records: dict[str, dict[str, Any]]) -> list[str]:
             for r in failed
         )
         out += [
-            f"- **Fan-out.** Not all runs delivered to every held request: {runs}. The raw "
+            f"- **Fan-out.** Runs that failed deliveries, or found the origin still busy when "
+            f"the post was made (then the time to the last delivery is seconds): {runs}. The raw "
             "case, same load generator and same Pushpin config, lost none. In the runs here it "
             "started with the third run of 5,000 on the same Pushpin: while the requests are "
             "opened, Pushpin "
