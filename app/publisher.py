@@ -57,6 +57,7 @@ class Target:
     client: PublishClient | None = None
     saved: Position = field(default_factory=lambda: Position(0, ""))  # as the store has it
     saved_at: float = 0.0
+    failing: bool = False  # its last publish failed
 
     @classmethod
     def parse(cls, url: str) -> Target:
@@ -116,11 +117,14 @@ class Publisher:
 
         A hold's prev-id must be the id Pushpin last saw on the channel: when they differ,
         Pushpin 1.36 asks the origin again, and in that retry it can lose the request for a
-        minute (shared/notes/pushpin.md). A hold made while the publisher is behind would
-        differ, so it waits for the publisher first (a few ms, under load).
+        minute (docs/design.md). A hold made while the publisher is behind would differ, so it
+        waits for the publisher first (a few ms, under load). A target whose last publish
+        failed is not waited for: it is down, and the hold would only be late.
         """
         deadline = asyncio.get_running_loop().time() + timeout
-        while not all(_past(t.position, c, int(p)) for t in self.targets for c, p in channels):
+        while not all(
+            _past(t.position, c, int(p)) for t in self.targets if not t.failing for c, p in channels
+        ):
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return False
@@ -145,7 +149,10 @@ class Publisher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         for target in self.targets:
-            await self._save(target, now=math.inf)
+            try:
+                await self._save(target, now=math.inf)
+            except Exception:
+                log.exception("could not save the position of %s", target.label)
         for target in self.targets:
             if target.client is not None:
                 target.client.close()
@@ -159,6 +166,7 @@ class Publisher:
             except Exception as exc:
                 # Whatever failed (the target, the store), nothing later goes out before the
                 # same batch has: retry it, ever more patiently. This task must not die.
+                target.failing = True
                 if isinstance(exc, PublishError):
                     log.warning(
                         "publish after %s to %s failed: %s; retrying in %.2fs",
@@ -173,6 +181,7 @@ class Publisher:
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             delay = BACKOFF_FIRST
+            target.failing = False
             if not sent:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(target.wake.wait(), POLL_SECONDS)
