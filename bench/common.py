@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 from collections.abc import Sequence
@@ -330,8 +331,6 @@ def publish_body(channel: str, item_id: int, body: bytes) -> bytes:
 def raise_file_limit(needed: int) -> None:
     """Each held request is a socket here and in Pushpin (started after this, so it inherits the
     limit): lift the soft limit to the hard one if ``needed`` sockets need it."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed + 1000:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

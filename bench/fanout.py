@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import statistics
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -227,7 +226,7 @@ def _result(
         failures=sum(failures.values()),
         last_ms=max(delays) if delays else None,
         first_ms=min(delays) if delays else None,
-        median_ms=statistics.median(delays) if delays else None,
+        median_ms=median(delays),
         request_ms=request_ms,
         retried=holds.retried,
         ramp_seconds=ramp,

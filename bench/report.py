@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.throughput import LABELS as THROUGHPUT_LABELS
 from tests.support import ROOT
 
 DOCS = ROOT / "docs" / "performance.md"
@@ -193,7 +194,6 @@ def _holdcost(r: dict[str, Any]) -> list[str]:
 
 
 def _throughput(r: dict[str, Any]) -> list[str]:
-    labels = {"origin": "origin", "direct": "origin, POSTs direct", "raw": "raw Pushpin"}
     lines = [
         "| case | stored | delivered | lost, duplicated | post to delivery p50, p99 "
         "| POST answered p50 | POSTs refused | CPU: origin, Pushpin, clients |",
@@ -202,7 +202,7 @@ def _throughput(r: dict[str, Any]) -> list[str]:
     for s in r["summary"]["cases"]:
         origin_cpu = s.get("origin_cpu_cores")
         lines.append(
-            f"| {labels[s['case']]} | {s['stored_per_second']:,.0f}/s "
+            f"| {THROUGHPUT_LABELS[s['case']]} | {s['stored_per_second']:,.0f}/s "
             f"| {s['delivered_per_second']:,.0f}/s | {s['lost']}, {s['duplicates']} "
             f"| {_n(s['delivery_p50_ms'])}, {_n(s['delivery_p99_ms'])} ms "
             f"| {_n(s['post_p50_ms'], 1, ' ms')} "
