@@ -7,6 +7,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 
@@ -16,6 +17,8 @@ from app.store import Store
 from app.store.base import Account
 from app.throttle import Throttle
 
+log = logging.getLogger(__name__)
+
 # scrypt with n=2**14, r=8: about 16 MiB and tens of milliseconds per check.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 MIN_PASSWORD_CHARS = 8
@@ -24,6 +27,8 @@ REALM = "buddycloud"
 # Failed logins allowed per minute, for one account from one address and for one address in
 # all, before 429.
 FAILURES_PER_ACCOUNT, FAILURES_PER_ADDRESS, FAILURE_WINDOW = 10, 30, 60.0
+# In the last quarter of a cached login's life, a request starts checking it again.
+REFRESH_AHEAD = 0.25
 
 
 def hash_password(password: str) -> str:
@@ -62,6 +67,9 @@ class Accounts:
         self._cache_seconds = cache_seconds
         # keyed hash of "user:secret" -> (jid, expiry); never the plain password
         self._cache: dict[bytes, tuple[str, float]] = {}
+        # the check running for a key: every request with those credentials waits for it
+        self._checking: dict[bytes, asyncio.Task[str | None]] = {}
+        self.slow_checks = 0  # password hashes computed (logging in with an API key is cheap)
         self._per_account = Throttle(FAILURES_PER_ACCOUNT, FAILURE_WINDOW)
         self._per_address = Throttle(FAILURES_PER_ADDRESS, FAILURE_WINDOW)
 
@@ -91,14 +99,42 @@ class Accounts:
         cached = self._cache.get(key)
         now = time.monotonic()
         if cached and cached[1] > now:
+            if cached[1] - now < self._cache_seconds * REFRESH_AHEAD:
+                # A user who keeps asking never waits for the hash: check again in the
+                # background while the cached answer still holds.
+                self._check(key, username, secret)
             return cached[0]
         keys = self._throttled(username, address)
-        jid = await self._verify(username, secret)
+        # One slow check per credentials at a time: when the cache expires under a user with
+        # thousands of long-polls, each must not start its own (50 ms of CPU apiece).
+        jid = await asyncio.shield(self._check(key, username, secret))
         if jid is None:
             self._failed(keys)
             raise Unauthorized("invalid credentials")
         self._per_account.succeeded(keys[0])
-        if self._cache_seconds:
+        return jid
+
+    def _check(self, key: bytes, username: str, secret: str) -> asyncio.Task[str | None]:
+        """The running check of these credentials, or a new one, which caches what it finds."""
+        task = self._checking.get(key)
+        if task is None:
+            task = asyncio.create_task(self._verify_and_cache(key, username, secret))
+            self._checking[key] = task
+            task.add_done_callback(lambda done: self._checked(key, done))
+        return task
+
+    def _checked(self, key: bytes, task: asyncio.Task[str | None]) -> None:
+        self._checking.pop(key, None)
+        # A background check has no caller to raise to; the next request checks again.
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("checking credentials failed: %r", exc)
+
+    async def _verify_and_cache(self, key: bytes, username: str, secret: str) -> str | None:
+        jid = await self._verify(username, secret)
+        if jid is None:
+            self._cache.pop(key, None)  # a background check found them no longer valid
+        elif self._cache_seconds:
+            now = time.monotonic()
             if len(self._cache) > 10_000:
                 self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
             self._cache[key] = (jid, now + self._cache_seconds)
@@ -145,6 +181,7 @@ class Accounts:
             return None
         if hmac.compare_digest(secret.encode(), account.api_key.encode()):
             return jid
+        self.slow_checks += 1
         ok = await asyncio.to_thread(check_password, secret, account.password_hash)
         return jid if ok else None
 

@@ -41,6 +41,7 @@ class CountInFlight:
             await self.app(scope, receive, send)
             return
         self.services.in_flight += 1
+        self.services.requests += 1
         try:
             await self.app(scope, receive, send)
         finally:

@@ -27,3 +27,4 @@ class Services:
     feeds: Feeds
     cors: Cors
     in_flight: int = 0
+    requests: int = 0  # handled since start

@@ -99,3 +99,47 @@ def test_cached_credentials_expire(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_many_requests_with_the_same_credentials_share_one_slow_check(tmp_path: Path) -> None:
+    # A user holding hundreds of long-polls when the cache expires: each request used to hash
+    # the password itself, hundreds of 50 ms hashes at once.
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "db.sqlite3")
+        await store.open()
+        accounts = Accounts(store, secret_key="s" * 32, cache_seconds=60)
+        jid = await accounts.create("juliet@example.com", PASSWORD)
+        header = basic(jid, PASSWORD)
+        assert (
+            await asyncio.gather(*(accounts.authenticate(header) for _ in range(200)))
+            == [jid] * 200
+        )
+        assert accounts.slow_checks == 1
+        wrong = basic(jid, PASSWORD + "!")
+        answers = await asyncio.gather(
+            *(accounts.authenticate(wrong) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(a, Unauthorized) for a in answers)
+        assert accounts.slow_checks == 2
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_busy_user_is_checked_again_before_the_cache_expires(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "db.sqlite3")
+        await store.open()
+        accounts = Accounts(store, secret_key="s" * 32, cache_seconds=2)
+        jid = await accounts.create("juliet@example.com", PASSWORD)
+        header = basic(jid, PASSWORD)
+        await accounts.authenticate(header)
+        await asyncio.sleep(1.7)  # in the cached login's last quarter
+        assert await accounts.authenticate(header) == jid  # from the cache, a check started
+        await asyncio.sleep(0.6)  # past the first expiry; the background check renewed it
+        assert accounts.slow_checks == 2
+        assert await accounts.authenticate(header) == jid
+        assert accounts.slow_checks == 2
+        await store.close()
+
+    asyncio.run(scenario())

@@ -200,6 +200,7 @@ def test_pushpin_not_the_origin_holds_the_connections(stack: Stack) -> None:
             health = (await origin.get("/health")).json()
         assert not any(p.done() for p in polls)
         assert health["requests_in_flight"] == 0, health
+        assert health["requests"] >= n, health  # each was asked of the origin, then held
         with stack.client(writer) as client:
             await asyncio.to_thread(post, client, writer, "to all my fans")
         return await asyncio.wait_for(asyncio.gather(*polls), 10)

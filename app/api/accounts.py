@@ -34,6 +34,7 @@ async def health(request: Request) -> Response:
             "last": str(await s.store.last_event_id()),
             # requests being handled right now, this one excluded: holds live in Pushpin
             "requests_in_flight": s.in_flight - 1,
+            "requests": s.requests,  # handled since start, this one included
             "published_items": s.publisher.published,
         }
     )
