@@ -32,7 +32,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,26 +338,32 @@ def run(
     seconds: float,
     workdir: Path,
     *,
+    sweep: Sequence[float] = (),
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    """The three cases at ``rate``; then POSTs direct at each lower rate of ``sweep``, to find
+    what the origin sustains within the p99 target."""
     echo(
         f"throughput: {rate:.0f} posts/s offered for {seconds:.0f} s over {channels} channels, "
         f"one long-poll per channel"
     )
-    rows = []
+    rows, swept = [], []
     with running(workdir / "data") as stack:
         readers = _setup(stack, channels)
         assert stack.process is not None
         origin_pid = stack.process.pid
         pids = [origin_pid, *descendants(origin_pid)]
-        for direct in (False, True):
-            case = OriginRun(stack, readers, direct)
-            row = uvloop.run(case.run(rate, seconds, pids, echo))
+
+        def origin_case(direct: bool, offered: float) -> dict[str, Any]:
+            row = uvloop.run(OriginRun(stack, readers, direct).run(offered, seconds, pids, echo))
             cpu = row.pop("cpu")
             row["origin_cpu_cores"] = cpu.pop(origin_pid)
             row["pushpin_cpu_cores"] = sum(cpu.values())
-            rows.append(row)
-            echo(_line(row))
+            echo(f"{_line(row)} (offered {offered:,.0f}/s)")
+            return row
+
+        rows = [origin_case(direct, rate) for direct in (False, True)]
+        swept = [origin_case(True, offered) for offered in sweep]
 
     async def raw_case() -> dict[str, Any]:
         async with RawPushpin(workdir / "raw-pushpin") as raw:
@@ -367,7 +373,20 @@ def run(
 
     rows.append(uvloop.run(raw_case()))
     echo(_line(rows[-1]))
-    return {"summary": {"cases": rows}, "targets": _targets(rows)}
+    return {"summary": {"cases": rows, "sweep": swept}, "targets": _targets(rows)}
+
+
+def within_target(s: dict[str, Any]) -> bool:
+    """Did a case sustain its offered rate, every post delivered once, p99 under target?"""
+    p99 = s["delivery_p99_ms"]
+    return (
+        min(s["stored_per_second"], s["delivered_per_second"]) >= 0.98 * s["offered_rate"]
+        and not s["lost"]
+        and not s["duplicates"]
+        and not s["misrouted"]
+        and p99 is not None
+        and p99 < TARGET_P99_MS
+    )
 
 
 def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
