@@ -61,7 +61,8 @@ class Settings:
     publish_timeout: int = 5
     queue_lifespan: int = 600
     max_follows: int = 5000
-    auth_cache_seconds: int = 60
+    # A password check is a 50 ms scrypt hash: once an hour per active user, not every minute.
+    auth_cache_seconds: int = 3600
     cors_origins: list[str] = field(default_factory=list)
     log_level: str = "info"
     pushpin_bin: str = "pushpin"
@@ -92,7 +93,7 @@ class Settings:
             publish_timeout=_int(env, "PUBLISH_TIMEOUT", 5, 1),
             queue_lifespan=_int(env, "QUEUE_LIFESPAN", 600, 1),
             max_follows=_int(env, "MAX_FOLLOWS", 5000, 1),
-            auth_cache_seconds=_int(env, "AUTH_CACHE_SECONDS", 60, 0),
+            auth_cache_seconds=_int(env, "AUTH_CACHE_SECONDS", 3600, 0),
             cors_origins=_list(env, "CORS_ORIGINS"),
             log_level=env.get("LOG_LEVEL", "info").lower(),
             pushpin_bin=env.get("PUSHPIN_BIN", "pushpin"),

@@ -8,8 +8,9 @@ itself is left out, as this case is about the origin. Several keep-alive connect
 requests back to back.
 
 Measured: the origin process's CPU time (all threads) over the requests, divided by their
-number, and requests per second. For scale, the same for ``GET /health``: the cost of the
-origin's HTTP stack alone.
+number, and requests per second. For scale, the same for ``GET /health`` (the cost of the
+origin's HTTP stack alone) and for a post (``POST /api/NODE/content/posts`` straight to the
+origin: stored, and published to Pushpin by the origin's publisher, whose CPU is counted too).
 """
 
 from __future__ import annotations
@@ -69,21 +70,29 @@ async def _load(
     port: int, path: str, headers: Callable[[], dict[str, str]], requests: int, pid: int
 ) -> dict[str, float]:
     """Send ``requests`` requests over CONNECTIONS connections; the origin's CPU per request
-    and the requests per second."""
+    and the requests per second. A path under /content/ is POSTed a post."""
     remaining = requests
     failures: list[str] = []
+    post = "/content/" in path
+    method, body = ("POST", json.dumps({"content": "a post"}).encode()) if post else ("GET", b"")
+    expected = (
+        (201, "application/json")
+        if post
+        else (200, "application/json")
+        if path == "/health"
+        else (200, "application/grip-instruct")
+    )
 
     async def worker() -> None:
         nonlocal remaining
         conn = Conn(port)
         while remaining > 0:
             remaining -= 1
-            status, answer_headers, _ = await conn.request("GET", path, headers())
-            if status != 200 or answer_headers.get("content-type") != expected:
+            status, answer_headers, _ = await conn.request(method, path, headers(), body)
+            if (status, answer_headers.get("content-type")) != expected:
                 failures.append(f"HTTP {status} {answer_headers.get('content-type')}")
         conn.close()
 
-    expected = "application/json" if path == "/health" else "application/grip-instruct"
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
     cpu1, t1 = cpu_seconds(pid), time.perf_counter()
@@ -104,7 +113,7 @@ async def _measure(
     def signed(user: str | None) -> Callable[[], dict[str, str]]:
         auth = {"Authorization": basic(user)} if user else {}
         token = jwt.encode({"iss": "pushpin", "exp": int(time.time()) + 3600}, SIG_KEY, "HS256")
-        return lambda: {**auth, "Grip-Sig": token}
+        return lambda: {**auth, "Grip-Sig": token, "Content-Type": "application/json"}
 
     conn = Conn(port)
     status, _, body = await conn.request("GET", "/health")
@@ -118,6 +127,8 @@ async def _measure(
         (f"hold, {count} follows", count, f"/api/notifications/posts?since={last}", reader)
         for count, reader in zip(FOLLOWS, readers, strict=False)
     ]
+    # Last: its posts move the readers' feeds on.
+    cases.append(("POST a post (stored, published)", 0, f"/api/{_node(0)}/content/posts", OWNER))
     for label, follows, path, user in cases:
         await _load(port, path, signed(user), max(50, requests // 10), pid)  # warm up
         numbers = await _load(port, path, signed(user), requests, pid)
@@ -137,7 +148,7 @@ def run(
         readers = _setup(stack, nodes)
         assert stack.process is not None
         rows = uvloop.run(_measure(stack, readers, requests, stack.process.pid, echo))
-    holds = [r for r in rows if r["follows"]]
+    holds = [r for r in rows if r["case"].startswith("hold")]
     worst = max(holds, key=lambda r: r["follows"])
     targets = [
         {

@@ -120,6 +120,18 @@ def _why(records: dict[str, dict[str, Any]]) -> list[str]:
             + direct["origin_cpu_cores"] / max(direct["stored_per_second"], 1) * rate
             + direct["client_cpu_cores"]
         )
+        parts = ""
+        holdcost = records.get("holdcost")
+        if holdcost:
+            by_case = {c["case"]: c["cpu_ms_per_request"] for c in holdcost["summary"]["cases"]}
+            post = next((v for k, v in by_case.items() if k.startswith("POST")), None)
+            hold = by_case.get("hold, 1 follows")
+            if post is not None and hold is not None:
+                parts = (
+                    f" Measured alone (hold cost case), a post costs the origin {post:.2f} ms "
+                    f"of CPU and its reader's next long-poll {hold:.2f} ms: at "
+                    f"{rate:,.0f} posts/s that is {(post + hold) * rate / 1000:.2f} cores."
+                )
         out += [
             f"- **Throughput.** Everything shares {cpus} cores. The raw case, with no POST at "
             f"all, shows Pushpin alone needs {raw['pushpin_cpu_cores']:.2f} cores to carry "
@@ -130,7 +142,7 @@ def _why(records: dict[str, dict[str, Any]]) -> list[str]:
             f"the clients), with the kernel's loopback TCP on top: the {cpus} cores are "
             f"saturated, and past saturation deliveries queue, which is what the p99 shows. "
             f"Through Pushpin each POST also crosses Pushpin's proxy, and Pushpin's CPU bounds "
-            f"the rate. Lost or duplicated posts in these cases: {wrong}.",
+            f"the rate. Lost or duplicated posts in these cases: {wrong}.{parts}",
         ]
         swept = throughput["summary"].get("sweep", [])
         if swept:
@@ -214,7 +226,8 @@ def _holdcost(r: dict[str, Any]) -> list[str]:
     lines.append("")
     lines.append(
         f"{r['params']['requests']:,} requests each, straight to the origin with Pushpin's "
-        "Grip-Sig, over 8 keep-alive connections. `GET /health` is the origin's HTTP stack alone."
+        "Grip-Sig, over 8 keep-alive connections. `GET /health` is the origin's HTTP stack alone; "
+        "the POST is a post stored and published (the publisher's CPU counted), for scale."
     )
     return lines
 
