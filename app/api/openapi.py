@@ -412,10 +412,15 @@ SPEC: dict[str, Any] = {
         "schemas": {
             "Error": _object(["error"], error={"type": "string"}),
             "Health": _object(
-                ["status", "last", "requests_in_flight", "published_items"],
+                ["status", "last", "requests_in_flight", "requests", "published_items"],
                 status={"type": "string", "enum": ["ok"]},
                 last=_ref("Cursor"),
                 requests_in_flight={"type": "integer", "minimum": 0},
+                requests={
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "HTTP requests handled since start, this one included",
+                },
                 published_items={"type": "integer", "minimum": 0},
             ),
             "Cursor": {
