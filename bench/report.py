@@ -127,10 +127,13 @@ def _why(records: dict[str, dict[str, Any]]) -> list[str]:
             post = next((v for k, v in by_case.items() if k.startswith("POST")), None)
             hold = by_case.get("hold, 1 follows")
             if post is not None and hold is not None:
+                left = cpus - raw["pushpin_cpu_cores"] - raw["client_cpu_cores"]
                 parts = (
                     f" Measured alone (hold cost case), a post costs the origin {post:.2f} ms "
                     f"of CPU and its reader's next long-poll {hold:.2f} ms: at "
-                    f"{rate:,.0f} posts/s that is {(post + hold) * rate / 1000:.2f} cores."
+                    f"{rate:,.0f} posts/s that is {(post + hold) * rate / 1000:.2f} cores. "
+                    f"What the raw case leaves of the {cpus} cores at that rate "
+                    f"({left:.2f}) would allow {max(left, 0) / rate * 1000:.2f} ms per post."
                 )
         out += [
             f"- **Throughput.** Everything shares {cpus} cores. The raw case, with no POST at "
