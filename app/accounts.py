@@ -7,6 +7,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import itertools
 import logging
 import secrets
 import time
@@ -29,6 +30,7 @@ REALM = "buddycloud"
 FAILURES_PER_ACCOUNT, FAILURES_PER_ADDRESS, FAILURE_WINDOW = 10, 30, 60.0
 # In the last quarter of a cached login's life, a request starts checking it again.
 REFRESH_AHEAD = 0.25
+MAX_CACHED_LOGINS = 100_000  # about 20 MB
 
 
 def hash_password(password: str) -> str:
@@ -61,10 +63,16 @@ def _unb64(text: str) -> bytes:
 
 
 class Accounts:
-    def __init__(self, store: Store, secret_key: str, cache_seconds: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        secret_key: str,
+        cache_seconds: int,
+        max_cached: int = MAX_CACHED_LOGINS,
+    ) -> None:
         self.store = store
         self._secret = secret_key.encode()
-        self._cache_seconds = cache_seconds
+        self._cache_seconds, self._max_cached = cache_seconds, max_cached
         # keyed hash of "user:secret" -> (jid, expiry); never the plain password
         self._cache: dict[bytes, tuple[str, float]] = {}
         # the check running for a key: every request with those credentials waits for it
@@ -134,11 +142,17 @@ class Accounts:
         if jid is None:
             self._cache.pop(key, None)  # a background check found them no longer valid
         elif self._cache_seconds:
-            now = time.monotonic()
-            if len(self._cache) > 10_000:
-                self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
-            self._cache[key] = (jid, now + self._cache_seconds)
+            self._remember(key, jid)
         return jid
+
+    def _remember(self, key: bytes, jid: str) -> None:
+        # Re-inserted last, so that the dict stays in the order of expiry; when full, the
+        # quarter that expires first goes (those users pay one more hash).
+        self._cache.pop(key, None)
+        if len(self._cache) >= self._max_cached:
+            for old in list(itertools.islice(self._cache, max(1, self._max_cached // 4))):
+                del self._cache[old]
+        self._cache[key] = (jid, time.monotonic() + self._cache_seconds)
 
     async def verify_password(self, username: str, password: str, address: str) -> Account:
         """The account, if ``password`` is its password (not its API key): Zulip's

@@ -22,12 +22,14 @@ PASSWORD = "a long enough password"
 
 
 @contextlib.asynccontextmanager
-async def accounts_on(tmp_path: Path, cache_seconds: int) -> AsyncIterator[Accounts]:
+async def accounts_on(
+    tmp_path: Path, cache_seconds: int, **options: int
+) -> AsyncIterator[Accounts]:
     """Accounts on a real SQLite store in ``tmp_path``."""
     store = SqliteStore(tmp_path / "db.sqlite3")
     await store.open()
     try:
-        yield Accounts(store, secret_key="s" * 32, cache_seconds=cache_seconds)
+        yield Accounts(store, secret_key="s" * 32, cache_seconds=cache_seconds, **options)
     finally:
         await store.close()
 
@@ -135,5 +137,21 @@ def test_a_busy_user_is_checked_again_before_the_cache_expires(tmp_path: Path) -
             assert accounts.slow_checks == 2
             assert await accounts.authenticate(header) == jid
             assert accounts.slow_checks == 2
+
+    asyncio.run(scenario())
+
+
+def test_the_login_cache_is_bounded_and_keeps_the_latest(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with accounts_on(tmp_path, cache_seconds=3600, max_cached=4) as accounts:
+            users = [await accounts.create(f"user{i}@example.com", PASSWORD) for i in range(6)]
+            for user in users:
+                await accounts.authenticate(basic(user, PASSWORD))
+            assert accounts.slow_checks == 6
+            for user in users[-3:]:  # still cached
+                await accounts.authenticate(basic(user, PASSWORD))
+            assert accounts.slow_checks == 6
+            await accounts.authenticate(basic(users[0], PASSWORD))  # dropped for the newer
+            assert accounts.slow_checks == 7
 
     asyncio.run(scenario())
