@@ -19,6 +19,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,31 +67,39 @@ def _setup(stack: Stack, nodes: int) -> list[str]:
     return readers
 
 
+@dataclass
+class Kind:
+    """One kind of request the case sends, and the answer it must get."""
+
+    label: str
+    follows: int  # nodes the user follows (0: not a hold)
+    path: str
+    user: str | None
+    content_type: str
+    method: str = "GET"
+    body: bytes = b""
+    status: int = 200
+
+
 async def _load(
-    port: int, path: str, headers: Callable[[], dict[str, str]], requests: int, pid: int
+    port: int, kind: Kind, headers: Callable[[], dict[str, str]], requests: int, pid: int
 ) -> dict[str, float]:
     """Send ``requests`` requests over CONNECTIONS connections; the origin's CPU per request
-    and the requests per second. A path under /content/ is POSTed a post."""
+    and the requests per second."""
     remaining = requests
     failures: list[str] = []
-    post = "/content/" in path
-    method, body = ("POST", json.dumps({"content": "a post"}).encode()) if post else ("GET", b"")
-    expected = (
-        (201, "application/json")
-        if post
-        else (200, "application/json")
-        if path == "/health"
-        else (200, "application/grip-instruct")
-    )
 
     async def worker() -> None:
         nonlocal remaining
         conn = Conn(port)
         while remaining > 0:
             remaining -= 1
-            status, answer_headers, _ = await conn.request(method, path, headers(), body)
-            if (status, answer_headers.get("content-type")) != expected:
-                failures.append(f"HTTP {status} {answer_headers.get('content-type')}")
+            status, answer_headers, _ = await conn.request(
+                kind.method, kind.path, headers(), kind.body
+            )
+            content_type = answer_headers.get("content-type")
+            if (status, content_type) != (kind.status, kind.content_type):
+                failures.append(f"HTTP {status} {content_type}")
         conn.close()
 
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
@@ -121,22 +130,34 @@ async def _measure(
     if status != 200:
         raise BenchError(f"/health: HTTP {status}")
     last = json.loads(body)["last"]
-    rows = []
-    cases: list[tuple[str, int, str, str | None]] = [("GET /health", 0, "/health", None)]
-    cases += [
-        (f"hold, {count} follows", count, f"/api/notifications/posts?since={last}", reader)
+    since = f"/api/notifications/posts?since={last}"
+    kinds = [Kind("GET /health", 0, "/health", None, "application/json")]
+    kinds += [
+        Kind(f"hold, {count} follows", count, since, reader, "application/grip-instruct")
         for count, reader in zip(FOLLOWS, readers, strict=False)
     ]
     # Last: its posts move the readers' feeds on.
-    cases.append(("POST a post (stored, published)", 0, f"/api/{_node(0)}/content/posts", OWNER))
-    for label, follows, path, user in cases:
-        await _load(port, path, signed(user), max(50, requests // 10), pid)  # warm up
-        numbers = await _load(port, path, signed(user), requests, pid)
+    kinds.append(
+        Kind(
+            "POST a post (stored, published)",
+            0,
+            f"/api/{_node(0)}/content/posts",
+            OWNER,
+            "application/json",
+            method="POST",
+            body=json.dumps({"content": "a post"}).encode(),
+            status=201,
+        )
+    )
+    rows = []
+    for kind in kinds:
+        await _load(port, kind, signed(kind.user), max(50, requests // 10), pid)  # warm up
+        numbers = await _load(port, kind, signed(kind.user), requests, pid)
         echo(
-            f"  {label}: {numbers['cpu_ms_per_request']:.3f} ms of origin CPU per request, "
+            f"  {kind.label}: {numbers['cpu_ms_per_request']:.3f} ms of origin CPU per request, "
             f"{numbers['requests_per_second']:.0f} requests/s"
         )
-        rows.append({"case": label, "follows": follows, "requests": requests, **numbers})
+        rows.append({"case": kind.label, "follows": kind.follows, "requests": requests, **numbers})
     return rows
 
 
