@@ -140,7 +140,7 @@ class Accounts:
     async def _verify_and_cache(self, key: bytes, username: str, secret: str) -> str | None:
         jid = await self._verify(username, secret)
         if jid is None:
-            self._cache.pop(key, None)  # a background check found them no longer valid
+            self._cache.pop(key, None)  # cached, and a background check found them invalid
         elif self._cache_seconds:
             self._remember(key, jid)
         return jid

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from app.pushpin import Pushpin
-from tests.support import ROOT, free_ports, read_response
+from tests.support import ROOT, Stack, free_ports, read_response
 
 HOST = "127.0.0.1"
 PUSHPIN_CONFIG = ROOT / "pushpin" / "pushpin.conf"
@@ -124,6 +124,22 @@ def ms(value: float | None) -> str:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+# -- accounts --------------------------------------------------------------------------------
+
+
+def followers(stack: Stack, readers: int) -> tuple[str, list[str]]:
+    """One writer, and ``readers`` readers who follow the writer's channel."""
+    writer = "writer@bench.example"
+    stack.account(writer).close()
+    names = [f"reader{i}@bench.example" for i in range(readers)]
+    for name in names:
+        with stack.account(name) as client:
+            r = client.post("/api/subscribed", json={f"{writer}/posts": "publisher"})
+            if r.status_code != 200:
+                raise BenchError(f"{name} cannot follow {writer}: HTTP {r.status_code} {r.text}")
+    return writer, names
 
 
 # -- HTTP ------------------------------------------------------------------------------------

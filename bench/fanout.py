@@ -43,6 +43,7 @@ from bench.common import (
     BenchError,
     RawPushpin,
     descendants,
+    followers,
     median,
     ms,
     raise_file_limit,
@@ -382,19 +383,6 @@ def _median(results: list[RunResult], case: str, clients: int, what: str) -> flo
     )
 
 
-def _setup(stack: Stack, readers: int) -> tuple[str, list[str]]:
-    """One writer and a few readers that follow the writer's channel."""
-    writer = "writer@bench.example"
-    stack.account(writer).close()
-    names = [f"reader{i}@bench.example" for i in range(readers)]
-    for name in names:
-        with stack.account(name) as client:
-            r = client.post("/api/subscribed", json={f"{writer}/posts": "publisher"})
-            if r.status_code != 200:
-                raise BenchError(f"{name} cannot follow {writer}: HTTP {r.status_code} {r.text}")
-    return writer, names
-
-
 def run(
     sizes: list[int], runs: int, workdir: Path, *, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -404,7 +392,7 @@ def run(
     raise_file_limit(max(sizes))
     echo(f"fan-out of one post to {', '.join(map(str, sizes))} held long-polls, {runs} run(s)")
     with running(workdir / "data") as stack:
-        writer, readers = _setup(stack, min(READERS, min(sizes)))
+        writer, readers = followers(stack, min(READERS, min(sizes)))
         bench = Bench(stack, writer, readers, workdir / "raw-pushpin")
         results = uvloop.run(bench.run(sizes, runs, echo))
     rows = []

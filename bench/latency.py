@@ -35,6 +35,7 @@ from bench.common import (
     BenchError,
     Conn,
     RawPushpin,
+    followers,
     median,
     ms,
     percentile,
@@ -60,7 +61,7 @@ async def _timed(awaitable: Awaitable[Answer]) -> tuple[int, bytes, float]:
 
 
 async def _sample(
-    hold: Callable[[], Awaitable[tuple[int, dict[str, str], bytes]]],
+    hold: Callable[[], Awaitable[Answer]],
     publish: Callable[[], Awaitable[Callable[[bytes], bool]]],
 ) -> tuple[float | None, float, str, bytes]:
     """Hold one request, publish, return (delay in ms or None, publish request ms, failure,
@@ -216,13 +217,8 @@ def _items(body: bytes) -> list[dict[str, Any]]:
 def run(samples: int, workdir: Path, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure ``samples`` deliveries of each case; return the summary and every sample."""
     echo(f"latency: one client, {samples} samples of each case ({WARMUP} warm-up not counted)")
-    writer, reader = "writer@bench.example", "reader@bench.example"
     with running(workdir / "data") as stack:
-        stack.account(writer).close()
-        with stack.account(reader) as client:
-            r = client.post("/api/subscribed", json={f"{writer}/posts": "publisher"})
-            if r.status_code != 200:
-                raise BenchError(f"{reader} cannot follow {writer}: HTTP {r.status_code}")
+        writer, (reader,) = followers(stack, 1)
         latency = Latency(stack, writer, reader, workdir / "raw-pushpin")
         found = uvloop.run(latency.run(samples, echo))
     raw = [s["delay_ms"] for s in found["raw"]]
