@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from app import access
@@ -28,9 +27,8 @@ MAX_LIST = 100
 
 
 class Channels:
-    def __init__(self, store: Store, on_commit: Callable[[], None]) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self._on_commit = on_commit
 
     async def create(self, owner: str, channel: str, fields: dict[str, Any]) -> str:
         jid = parse_jid(channel)
@@ -103,7 +101,6 @@ class Channels:
         )
         payload = post.dumps()
         event_id = await self.store.append_post(info, post.id, caller, payload, now, local_id)
-        self._on_commit()
         return post, payload, event_id
 
     async def edit_post(
@@ -125,7 +122,6 @@ class Channels:
         payload = json.dumps(post, ensure_ascii=False, separators=(",", ":"))
         notice = Notice("post_updated", {"post": post}, Recipients("readers"))
         await self.store.update_post(info.id, post_id, payload, notice, now)
-        self._on_commit()
         return payload
 
     async def list_posts(
@@ -147,7 +143,6 @@ class Channels:
         source = node_source(info.channel, info.name)
         notice = Notice("post_deleted", {"id": post_id, "source": source}, Recipients("readers"))
         await self.store.delete_post(info.id, post_id, notice, now_iso())
-        self._on_commit()
 
     async def _existing_post(
         self, caller: str, channel: str, node: str, post_id: str

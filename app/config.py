@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -45,6 +45,36 @@ def _secret(path: Path, nbytes: int) -> str:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one user (or one client address) may hold or do; past a limit the answer is 429
+    (a rate) or 409 (a count). Each is a setting, listed with its default in the README."""
+
+    max_follows: int = 5000  # nodes followed, own channel included (bans do not count)
+    max_channels: int = 100  # topic channels a user owns, besides their own
+    max_queues: int = 100  # Aloha queues alive at once
+    max_pending: int = 100  # follow requests waiting for approval
+    follows_per_minute: int = 60  # follow, unfollow and role requests a user makes
+    posts_per_minute: int = 120  # posts, edits and deletes
+    max_narrow_terms: int = 16  # in one Aloha narrow, each operand at most 255 characters
+    max_held_per_user: int = 1000  # long-polls held for one user at once
+    max_held_per_address: int = 5000  # long-polls held for one client address at once
+    accounts_per_hour: int = 20  # accounts created from one address
+    login_failures_per_account: int = 10  # a minute, per (account, address): slow hashes
+    login_failures_per_address: int = 30  # a minute, per address, for existing accounts
+    unknown_logins_per_address: int = 30  # a minute, per address, for accounts that do not exist
+    hashes_at_once_per_address: int = 4  # slow hashes one address may have running
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> Limits:
+        values = {
+            name: _int(env, name.upper(), default, 1)
+            for name, default in ((f.name, f.default) for f in fields(cls))
+            if isinstance(default, int)
+        }
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     database_url: str
@@ -60,7 +90,10 @@ class Settings:
     hold_timeout: int = 55
     publish_timeout: int = 5
     queue_lifespan: int = 600
-    max_follows: int = 5000
+    limits: Limits = field(default_factory=Limits)
+    # /health answers 503 when events wait and no target has accepted any for this long
+    health_publish_seconds: int = 30
+    idempotency_seconds: int = 86_400  # how long a post's Idempotency-Key or local_id holds
     # A password check is a 50 ms scrypt hash: once an hour per active user, not every minute.
     auth_cache_seconds: int = 3600
     cors_origins: list[str] = field(default_factory=list)
@@ -92,7 +125,9 @@ class Settings:
             hold_timeout=_int(env, "HOLD_TIMEOUT", 55, 5),
             publish_timeout=_int(env, "PUBLISH_TIMEOUT", 5, 1),
             queue_lifespan=_int(env, "QUEUE_LIFESPAN", 600, 1),
-            max_follows=_int(env, "MAX_FOLLOWS", 5000, 1),
+            limits=Limits.from_env(env),
+            health_publish_seconds=_int(env, "HEALTH_PUBLISH_SECONDS", 30, 1),
+            idempotency_seconds=_int(env, "IDEMPOTENCY_SECONDS", 86_400, 1),
             auth_cache_seconds=_int(env, "AUTH_CACHE_SECONDS", 3600, 0),
             cors_origins=_list(env, "CORS_ORIGINS"),
             log_level=env.get("LOG_LEVEL", "info").lower(),

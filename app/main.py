@@ -79,14 +79,15 @@ def create_app(settings: Settings) -> Starlette:
     store = open_store(settings.database_url)
     publisher = Publisher(store, settings.grip_urls, settings.publish_timeout)
     cors = Cors(settings.cors_origins)
-    channels = Channels(store, publisher.notify)
+    store.on_commit = publisher.notify
+    channels = Channels(store)
     services = Services(
         settings=settings,
         store=store,
         publisher=publisher,
         accounts=Accounts(store, settings.secret_key, settings.auth_cache_seconds),
         channels=channels,
-        subscriptions=Subscriptions(channels, settings.max_follows, publisher.notify),
+        subscriptions=Subscriptions(channels, settings.limits),
         feeds=Feeds(store),
         aloha=Aloha(store, channels, settings.queue_lifespan, settings.hold_timeout),
         cors=cors,

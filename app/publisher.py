@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,10 +39,25 @@ BATCH_BYTES = 800_000  # Pushpin's push_in_http_max_body_size is 1,000,000
 SAVE_SECONDS = 0.2  # how often, at most, a target's position is saved
 POLL_SECONDS = 1.0  # also picks up commits made by another process on the same store
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 5.0
+LAG_COUNT_MAX = 100_000  # /health counts a target's backlog up to this
+
+
+@dataclass(frozen=True)
+class TargetLag:
+    target: str
+    failing: bool  # its last publish failed
+    lag_items: int  # deliveries not yet accepted (counted up to LAG_COUNT_MAX)
+    lag_seconds: float  # age of the oldest of them
+    stalled: bool
+    passed_over: int
 
 
 class PublishError(Exception):
-    pass
+    """A publish request failed: retried, with backoff, before anything later is sent."""
+
+
+class TooLarge(PublishError):
+    """The target refused a publish request as too large (HTTP 413, or Pushpin's 400)."""
 
 
 @dataclass
@@ -58,6 +74,8 @@ class Target:
     saved: Position = field(default_factory=lambda: Position(0, ""))  # as the store has it
     saved_at: float = 0.0
     failing: bool = False  # its last publish failed
+    accepted_at: float = field(default_factory=time.monotonic)  # its last accepted publish
+    passed_over: int = 0  # items it refused alone as too large, sent as hints instead
 
     @classmethod
     def parse(cls, url: str) -> Target:
@@ -132,6 +150,27 @@ class Publisher:
                 await asyncio.wait_for(self._progress.wait(), remaining)
         return True
 
+    async def lag(self, stalled_after: float) -> list[TargetLag]:
+        """Where each target stands: what waits for it, since when, and whether it is stalled
+        (events wait and it has accepted nothing for ``stalled_after`` seconds)."""
+        now, wall = time.monotonic(), time.time()
+        lags = []
+        for target in self.targets:
+            items, oldest = await self.store.backlog(target.position, LAG_COUNT_MAX)
+            seconds = 0.0 if oldest is None else max(0.0, wall - _epoch(oldest))
+            idle = now - target.accepted_at
+            lags.append(
+                TargetLag(
+                    target=target.label,
+                    failing=target.failing,
+                    lag_items=items,
+                    lag_seconds=round(seconds, 3),
+                    stalled=items > 0 and idle > stalled_after,
+                    passed_over=target.passed_over,
+                )
+            )
+        return lags
+
     async def drain(self, timeout: float) -> bool:
         """Wait until every target has published the whole log; False on timeout."""
         deadline = time.monotonic() + timeout
@@ -188,15 +227,50 @@ class Publisher:
 
     async def _publish_next(self, target: Target) -> int:
         """Publish the next batch after the target's position; the number of items sent."""
-        batch = _fit(await self.store.deliveries_after(target.position, BATCH_ROWS))
-        if batch:
-            await self._send(target, batch)
-            target.position = Position(batch[-1].event_id, batch[-1].channel)
-            self.published += len(batch)
-            self._progress.set()
-            self._progress = asyncio.Event()
+        rows = await self.store.deliveries_after(target.position, BATCH_ROWS)
+        items = [_encode(_item(row)) for row in rows]
+        count = _fit(items)
+        if count:
+            await self._publish(target, rows[:count], items[:count])
         await self._save(target)  # when idle too: what was published lately is saved within 1 s
-        return len(batch)
+        return count
+
+    async def _publish(self, target: Target, rows: list[Delivery], items: list[bytes]) -> None:
+        """Send ``items`` (encoded ``rows``) and move the target past them. A request refused
+        as too large is split in two, down to single items; an item refused alone goes out
+        as a hint instead (Pushpin then asks the origin, which answers from the log), or, if
+        even that is refused, not at all: the next item's prev-id shows Pushpin the gap, and
+        the origin answers from the log again. Any other failure raises, to be retried."""
+        try:
+            await self._send(target, items)
+        except TooLarge as exc:
+            if len(rows) > 1:
+                half = len(rows) // 2
+                await self._publish(target, rows[:half], items[:half])
+                await self._publish(target, rows[half:], items[half:])
+                return
+            row = rows[0]
+            log.warning(
+                "%s refused item %d on %s (%d bytes) as too large (%s): sending a hint instead",
+                target.label,
+                row.event_id,
+                row.channel,
+                len(items[0]),
+                exc,
+            )
+            target.passed_over += 1
+            try:
+                await self._send(target, [_encode(_hint(row))])
+            except TooLarge:
+                log.error("%s refused even the hint for item %d", target.label, row.event_id)
+        self._accepted(target, rows)
+
+    def _accepted(self, target: Target, rows: list[Delivery]) -> None:
+        target.position = Position(rows[-1].event_id, rows[-1].channel)
+        target.accepted_at = time.monotonic()
+        self.published += len(rows)
+        self._progress.set()
+        self._progress = asyncio.Event()
 
     async def _save(self, target: Target, now: float | None = None) -> None:
         """Save the target's position, at most every SAVE_SECONDS (a commit per publish doubled
@@ -208,25 +282,43 @@ class Publisher:
             await self.store.save_publish_position(target.label, target.position)
             target.saved, target.saved_at = target.position, now
 
-    async def _send(self, target: Target, batch: list[Delivery]) -> None:
-        items = [
-            # An Aloha queue filters per queue: Pushpin re-asks the origin for each held poll.
-            hint_item(d.channel, str(d.event_id), str(d.prev_id))
-            if d.channel.startswith("z")
-            else response_item(
-                d.channel, str(d.event_id), str(d.prev_id), feed_body(d.event_id, [d.payload])
-            )
-            for d in batch
-        ]
-        body = json.dumps({"items": items}, ensure_ascii=False, separators=(",", ":")).encode()
+    async def _send(self, target: Target, items: list[bytes]) -> None:
+        body = b'{"items":[' + b",".join(items) + b"]}"
         headers = {"Content-Type": "application/json", **target.headers()}
         assert target.client is not None
         try:
             status, answer = await target.client.post(body, headers)
         except ClientError as exc:
             raise PublishError(str(exc)) from exc
-        if status != 200:
-            raise PublishError(f"HTTP {status}: {answer[:200].decode(errors='replace')}")
+        if status == 200:
+            return
+        reason = f"HTTP {status}: {answer[:200].decode(errors='replace')}"
+        # Pushpin answers 400 "Request body too large" (others 413). A 400 for anything else
+        # in our items is treated the same way: splitting finds the item, which is passed over.
+        # Anything else (401, 403, 429, 5xx) says nothing about the items: retry them.
+        if status in (400, 413):
+            raise TooLarge(reason)
+        raise PublishError(reason)
+
+
+def _item(row: Delivery) -> dict[str, Any]:
+    # An Aloha queue filters per queue: Pushpin re-asks the origin for each held poll.
+    if row.channel.startswith("z"):
+        return _hint(row)
+    body = feed_body(row.event_id, [row.payload])
+    return response_item(row.channel, str(row.event_id), str(row.prev_id), body)
+
+
+def _hint(row: Delivery) -> dict[str, Any]:
+    return hint_item(row.channel, str(row.event_id), str(row.prev_id))
+
+
+def _encode(item: dict[str, Any]) -> bytes:
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def _past(position: Position, channel: str, item_id: int) -> bool:
@@ -234,11 +326,11 @@ def _past(position: Position, channel: str, item_id: int) -> bool:
     return item_id == 0 or (position.event_id, position.channel) >= (item_id, channel)
 
 
-def _fit(rows: list[Delivery]) -> list[Delivery]:
-    """As many rows as fit one publish request (at least one)."""
-    size = 0
-    for index, row in enumerate(rows):
-        size += len(row.payload) + len(row.channel) + 200
+def _fit(items: list[bytes]) -> int:
+    """How many of ``items`` fit one publish request, by the bytes sent (at least one)."""
+    size = len(b'{"items":[]}')
+    for index, item in enumerate(items):
+        size += len(item) + 1
         if size > BATCH_BYTES and index > 0:
-            return rows[:index]
-    return rows
+            return index
+    return len(items)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from app.accounts import Accounts
 from app.aloha import Aloha
@@ -28,3 +29,5 @@ class Services:
     cors: Cors
     in_flight: int = 0
     requests: int = 0  # handled since start
+    # realtime requests per feed: a test tells a published answer from one the origin gave
+    feed_requests: Counter[str] = field(default_factory=Counter)

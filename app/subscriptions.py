@@ -8,11 +8,11 @@ rejected, role changed, banned, unfollowed) to the follower.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from app import access
 from app.channels import Channels
+from app.config import Limits
 from app.errors import BadRequest, Conflict, Forbidden, NotFound
 from app.model import PENDING, Affiliation, node_source, now_iso, parse_jid
 from app.store.base import NodeInfo, Notice, Recipients, SubscriptionChange
@@ -21,11 +21,10 @@ ROLES_THE_OWNER_GIVES = ("member", "publisher", "moderator", "outcast", "none")
 
 
 class Subscriptions:
-    def __init__(self, channels: Channels, max_follows: int, on_commit: Callable[[], None]):
+    def __init__(self, channels: Channels, limits: Limits):
         self.channels = channels
         self.store = channels.store
-        self.max_follows = max_follows
-        self._on_commit = on_commit
+        self.limits = limits
 
     async def of(self, caller: str) -> dict[str, str]:
         return await self.store.subscriptions(caller)
@@ -44,8 +43,7 @@ class Subscriptions:
             change = self._follow_change(caller, info, current, role_name)
             if change is not None:
                 changes.append(change)
-        await self.store.apply_subscriptions(changes, now_iso(), self.max_follows)
-        self._on_commit()
+        await self.store.apply_subscriptions(changes, now_iso(), self.limits.max_follows)
         return await self.store.subscriptions(caller)
 
     def _follow_change(
@@ -119,7 +117,6 @@ class Subscriptions:
             else:
                 raise BadRequest('subscription must be "subscribed" (approve) or "none" (reject)')
         await self.store.apply_subscriptions(changes, now_iso())
-        self._on_commit()
 
     async def set_roles(self, caller: str, channel: str, node: str, roles: Any) -> dict[str, str]:
         """The owner gives roles, bans (outcast) or removes (none): ``{jid: role}``."""
@@ -151,7 +148,6 @@ class Subscriptions:
                 notice = _subscription_notice(source, jid, role, change)
                 changes.append(SubscriptionChange(jid, info.id, role, [notice], current))
         await self.store.apply_subscriptions(changes, now_iso())
-        self._on_commit()
         return await self.store.subscribers(info.id)
 
     async def _moderated(self, caller: str, channel: str, node: str) -> NodeInfo:

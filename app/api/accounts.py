@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import asdict
+
 from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.common import JSONResponse, caller, read_json, services
 from app.errors import BadRequest, Unauthorized
+
+log = logging.getLogger(__name__)
 
 
 async def create_account(request: Request) -> Response:
@@ -27,14 +32,31 @@ async def show_account(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
+    """200 ``ok``, or 503 with the reason: the store does not answer, or every publish
+    target has events waiting and has accepted none for HEALTH_PUBLISH_SECONDS (one dead
+    Pushpin among several is shown, and is not a reason)."""
     s = services(request)
-    return JSONResponse(
-        {
-            "status": "ok",
-            "last": str(await s.store.last_event_id()),
-            # requests being handled right now, this one excluded: holds live in Pushpin
-            "requests_in_flight": s.in_flight - 1,
-            "requests": s.requests,  # handled since start, this one included
-            "published_items": s.publisher.published,
-        }
-    )
+    try:
+        last = await s.store.last_event_id()
+        targets = await s.publisher.lag(s.settings.health_publish_seconds)
+    except Exception as exc:
+        log.exception("health: the store does not answer")
+        return JSONResponse({"status": "unhealthy", "reason": f"store: {exc}"}, 503)
+    body = {
+        "status": "ok",
+        "last": str(last),
+        # requests being handled right now, this one excluded: holds live in Pushpin
+        "requests_in_flight": s.in_flight - 1,
+        "requests": s.requests,  # handled since start, this one included
+        "feed_requests": dict(s.feed_requests),
+        "published_items": s.publisher.published,
+        "targets": [asdict(t) for t in targets],
+    }
+    if all(t.stalled for t in targets):
+        body["status"] = "unhealthy"
+        body["reason"] = (
+            f"events wait and no publish target has accepted any for "
+            f"{s.settings.health_publish_seconds}s"
+        )
+        return JSONResponse(body, 503)
+    return JSONResponse(body)

@@ -71,6 +71,7 @@ async def events(request: Request) -> Response:
     if request.method == "DELETE":
         await aloha.deregister(jid, fields.get("queue_id", ""))
         return success()
+    services(request).feed_requests["aloha"] += 1
     last_event_id = _json(fields, "last_event_id")
     if last_event_id is None:
         last_event_id = -1

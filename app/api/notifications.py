@@ -39,6 +39,7 @@ async def history(request: Request) -> Response:
 
 async def _feed(request: Request, feed: str, jid: str | None) -> Response:
     s = services(request)
+    s.feed_requests[feed] += 1
     raw_since = request.query_params.get("since")
     if raw_since is None:
         return RawJSONResponse((await s.feeds.latest()).body)

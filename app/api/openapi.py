@@ -151,7 +151,22 @@ SPEC: dict[str, Any] = {
                 "operationId": "health",
                 "summary": "Liveness and counters",
                 "security": [],
-                "responses": _ok("Up", _ref("Health")),
+                "responses": {
+                    **_ok("Up", _ref("Health")),
+                    "503": {
+                        "description": "The store does not answer, or publishing is stalled",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["status", "reason"],
+                                "properties": {
+                                    "status": {"type": "string", "enum": ["unhealthy"]},
+                                    "reason": {"type": "string"},
+                                },
+                            }
+                        ),
+                    },
+                },
             }
         },
         "/openapi.json": {
@@ -412,7 +427,15 @@ SPEC: dict[str, Any] = {
         "schemas": {
             "Error": _object(["error"], error={"type": "string"}),
             "Health": _object(
-                ["status", "last", "requests_in_flight", "requests", "published_items"],
+                [
+                    "status",
+                    "last",
+                    "requests_in_flight",
+                    "requests",
+                    "feed_requests",
+                    "published_items",
+                    "targets",
+                ],
                 status={"type": "string", "enum": ["ok"]},
                 last=_ref("Cursor"),
                 requests_in_flight={"type": "integer", "minimum": 0},
@@ -421,7 +444,49 @@ SPEC: dict[str, Any] = {
                     "minimum": 1,
                     "description": "HTTP requests handled since start, this one included",
                 },
+                feed_requests={
+                    "type": "object",
+                    "additionalProperties": {"type": "integer", "minimum": 1},
+                    "description": "Realtime requests handled since start, by feed "
+                    "(posts, events, firehose, aloha)",
+                },
                 published_items={"type": "integer", "minimum": 0},
+                targets={
+                    "type": "array",
+                    "items": _object(
+                        [
+                            "target",
+                            "failing",
+                            "lag_items",
+                            "lag_seconds",
+                            "stalled",
+                            "passed_over",
+                        ],
+                        target={"type": "string", "description": "the publish URL, no key"},
+                        failing={"type": "boolean", "description": "its last publish failed"},
+                        lag_items={
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "deliveries it has not accepted yet",
+                        },
+                        lag_seconds={
+                            "type": "number",
+                            "minimum": 0,
+                            "description": "age of the oldest of them",
+                        },
+                        stalled={
+                            "type": "boolean",
+                            "description": "events wait and it accepted none for "
+                            "HEALTH_PUBLISH_SECONDS",
+                        },
+                        passed_over={
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "items it refused alone as too large, sent as "
+                            "hints (clients got them from the log)",
+                        },
+                    ),
+                },
             ),
             "Cursor": {
                 "type": "string",

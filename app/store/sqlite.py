@@ -86,6 +86,11 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
+        # Called after every commit that appended to the log: the publisher's wake-up, made
+        # here once rather than by each caller (a caller that forgot left posts unpublished
+        # until the publisher's next look).
+        self.on_commit: Callable[[], None] = lambda: None
+        self._appended = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -134,7 +139,7 @@ class SqliteStore:
                 self.db.execute(f"PRAGMA user_version={number + 1}")
 
     def _tx(self) -> _Transaction:
-        return _Transaction(self.db)
+        return _Transaction(self)
 
     @_serialised
     def schema_version(self) -> int:
@@ -307,6 +312,8 @@ class SqliteStore:
     # -- the log -----------------------------------------------------------------------------
 
     def _append(self, type_: str, node_id: int | None, payload: str, now: str) -> int:
+        assert self.db.in_transaction, "the log is appended to inside a transaction only"
+        self._appended = True
         event_id = self.db.execute(
             "INSERT INTO events (type, node_id, payload, created) VALUES (?,?,?,?)",
             (type_, node_id, payload, now),
@@ -644,6 +651,22 @@ class SqliteStore:
         return [Delivery(*r) for r in rows]
 
     @_serialised
+    def backlog(self, position: Position, limit: int) -> tuple[int, str | None]:
+        """How many deliveries follow ``position`` (counted up to ``limit``), and when the
+        first of them was logged (None: none)."""
+        (count,) = self.db.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM deliveries WHERE (event_id, channel) > (?, ?)"
+            " LIMIT ?)",
+            (position.event_id, position.channel, limit),
+        ).fetchone()
+        row = self.db.execute(
+            "SELECT e.created FROM deliveries d JOIN events e ON e.id = d.event_id"
+            " WHERE (d.event_id, d.channel) > (?, ?) ORDER BY d.event_id, d.channel LIMIT 1",
+            (position.event_id, position.channel),
+        ).fetchone()
+        return int(count), row[0] if row else None
+
+    @_serialised
     def publish_position(self, target: str) -> Position | None:
         row = self.db.execute(
             "SELECT event_id, channel FROM publish_cursors WHERE target = ?", (target,)
@@ -661,16 +684,24 @@ class SqliteStore:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; after a commit that appended to
+    the log, the store's ``on_commit``."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.store.db.execute("BEGIN IMMEDIATE")
+        self.store._appended = False
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type:
+            self.store.db.execute("ROLLBACK")
+            return
+        self.store.db.execute("COMMIT")
+        if self.store._appended:
+            self.store._appended = False
+            self.store.on_commit()
 
 
 def _statements(script: str) -> list[str]:
