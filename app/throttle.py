@@ -1,4 +1,4 @@
-"""Failed logins, counted per key in a sliding window: past the limit, no more slow hashes."""
+"""Counts per key in a sliding window (failed logins, posts, follows): past the limit, 429."""
 
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ class Throttle:
         if len(failures) < self.limit:
             return 0.0
         return failures[0] + self.window - now
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """Count one for ``key`` if it is under the limit (0 then); else the seconds until it
+        may, counting nothing. Checked and counted at once, so no concurrency passes it."""
+        wait = self.retry_after(key, now)
+        if wait == 0:
+            self.failed(key, now)
+        return wait
 
     def failed(self, key: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
