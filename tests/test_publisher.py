@@ -36,10 +36,12 @@ def silent_target() -> Iterator[str]:
 
 
 class Recorder(ThreadingHTTPServer):
-    """Stand-in publish target: fails the first ``failures`` publishes, records every one."""
+    """Stand-in publish target: fails the first ``failures`` publishes (with ``status``),
+    records every one."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, status: int = 503) -> None:
         self.failures = failures
+        self.status = status
         self.attempts: list[tuple[float, int, list[dict[str, Any]]]] = []
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", free_ports(1)[0]), _RecorderHandler)
@@ -67,7 +69,7 @@ class _RecorderHandler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with self.server.lock:
             failing = len(self.server.attempts) < self.server.failures
-            status = 503 if failing else 200
+            status = self.server.status if failing else 200
             self.server.attempts.append((time.monotonic(), status, body["items"]))
         self.send_response(status)
         self.send_header("Content-Length", "0")
@@ -78,8 +80,8 @@ class _RecorderHandler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def recorder(failures: int) -> Iterator[Recorder]:
-    server = Recorder(failures)
+def recorder(failures: int, status: int = 503) -> Iterator[Recorder]:
+    server = Recorder(failures, status)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

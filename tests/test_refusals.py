@@ -1,0 +1,182 @@
+"""Nothing a user posts can stall the publisher: batches fit the target's limit by the bytes
+sent, a refused batch is split, an item refused alone goes out as a hint, and /health tells.
+
+Through the real run command and its Pushpin; one test gives Pushpin a small publish body limit
+(its own config setting) so that a single item is refused.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import unique
+from tests.support import Stack, running
+from tests.test_delivery import FailingPublish
+from tests.test_posts_feed import follow, last, post
+from tests.test_publisher import recorder
+
+LONGEST_CJK = "漢" * 10_000  # 3 bytes each in UTF-8
+LONGEST_EMOJI = "😀" * 10_000  # 4 bytes each
+
+
+def health(stack: Stack) -> dict[str, Any]:
+    r = httpx.get(f"{stack.origin_url}/health", timeout=10)
+    body: dict[str, Any] = r.json()
+    body["http_status"] = r.status_code
+    return body
+
+
+def feed_requests(stack: Stack, feed: str) -> int:
+    count: int = health(stack)["feed_requests"].get(feed, 0)
+    return count
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.05)
+
+
+def followers(stack: Stack, writer: str, count: int) -> None:
+    """``count`` accounts that follow ``writer``'s channel, made in parallel."""
+
+    def make(_: int) -> None:
+        with stack.account(unique("follower")) as c:
+            follow(c, f"{writer}/posts")
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(make, range(count)))
+
+
+def held_then_published(stack: Stack, reader: httpx.Client, writer: httpx.Client, who: str) -> None:
+    """A request held before a small post is answered with it by the publish (the origin is
+    not asked again) within a second."""
+    since = last(reader)
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        before = feed_requests(stack, "posts")
+        held = pool.submit(reader.get, f"/api/notifications/posts?since={since}")
+        wait_until(lambda: feed_requests(stack, "posts") > before, 5, "the hold reached the origin")
+        time.sleep(0.3)  # the hold's way back to Pushpin
+        asked = feed_requests(stack, "posts")
+        posted_at = time.monotonic()
+        created = post(writer, who, "a later, small post")
+        answer = held.result(timeout=5)
+        elapsed = time.monotonic() - posted_at
+    assert answer.json()["items"] == [created]
+    assert elapsed < 1.0, f"answered {elapsed:.2f}s after the post"
+    assert feed_requests(stack, "posts") == asked, "answered by the origin, not by a publish"
+
+
+def test_the_longest_posts_to_100_followers_do_not_jam_the_publisher(stack: Stack) -> None:
+    writer, reader = unique("romeo"), unique("juliet")
+    with stack.account(writer) as w, stack.account(reader) as r:
+        follow(r, f"{writer}/posts")
+        followers(stack, writer, 99)
+        published = health(stack)["published_items"]
+        for content in (LONGEST_CJK, LONGEST_EMOJI):
+            post(w, writer, content)
+        # 2 posts x (100 followers + the writer's own feed + the firehose)
+        wait_until(
+            lambda: health(stack)["published_items"] >= published + 2 * 102,
+            10,
+            "the long posts were published",
+        )
+        state = health(stack)
+        assert state["status"] == "ok"
+        assert all(t["lag_items"] == 0 and not t["failing"] for t in state["targets"])
+        assert all(t["passed_over"] == 0 for t in state["targets"]), "split, not passed over"
+        held_then_published(stack, r, w, writer)
+    assert "too large" not in stack.log()
+
+
+def test_an_item_refused_alone_reaches_its_reader_through_the_log(tmp_path: Path) -> None:
+    """Pushpin takes publish requests up to 1 MB (its limit is built in: the config's
+    push_in_http_max_body_size did not lower it), so no post makes it refuse one item; a
+    stand-in in front of it refuses those over 20 kB, as a proxy with a smaller limit would."""
+    stack = Stack(tmp_path / "data")
+    limited = FailingPublish(int(stack.env["PUSHPIN_PUBLISH_PORT"]), max_body=20_000)
+    stack.env["GRIP_URL"] = limited.url
+    stack.start()
+    try:
+        writer, reader = unique("romeo"), unique("juliet")
+        with stack.account(writer) as w, stack.account(reader) as r:
+            follow(r, f"{writer}/posts")
+            since = last(r)
+            with concurrent.futures.ThreadPoolExecutor() as pool:
+                before = feed_requests(stack, "posts")
+                held = pool.submit(r.get, f"/api/notifications/posts?since={since}")
+                wait_until(lambda: feed_requests(stack, "posts") > before, 5, "the hold")
+                time.sleep(0.3)
+                big = post(w, writer, LONGEST_CJK)  # about 30 kB: refused alone
+                answer = held.result(timeout=5)
+            assert answer.json()["items"] == [big]
+            assert 413 in [status for status, _ in limited.log]
+            state = health(stack)
+            # The reader's channel, the writer's and the firehose: each item refused alone.
+            assert [t["passed_over"] for t in state["targets"]] == [3]
+            assert state["status"] == "ok" and state["targets"][0]["lag_items"] == 0
+            # Seen here: after a hint, the next item on the channel made Pushpin ask the origin
+            # once more (its prev-id names the hint's id; the client gets it all the same).
+            # From then on, small posts are published as ever.
+            post(w, writer, "the item after the hint")
+            held_then_published(stack, r, w, writer)
+        assert "as too large" in stack.log()
+    finally:
+        stack.stop()
+        limited.shutdown()
+        limited.server_close()
+
+
+def test_a_refusing_target_is_retried_and_health_says_so(tmp_path: Path) -> None:
+    """A target that answers 401 (a wrong key) is retried, never passed over: /health shows it
+    failing and lagging, answers 503 once it has accepted nothing for HEALTH_PUBLISH_SECONDS
+    while events wait, and when the target takes publishes again every item arrives."""
+    with (
+        recorder(failures=10**9, status=401) as target,
+        running(tmp_path / "data", GRIP_URL=target.url, HEALTH_PUBLISH_SECONDS="1") as stack,
+    ):
+        assert health(stack)["http_status"] == 200  # nothing waits yet
+        writer = unique("romeo")
+        with stack.account(writer) as w:
+            created = [post(w, writer, f"post {i}") for i in range(3)]
+        wait_until(lambda: health(stack)["http_status"] == 503, 10, "health says stalled")
+        state = health(stack)
+        assert state["status"] == "unhealthy" and "no publish target" in state["reason"]
+        (lag,) = state["targets"]
+        assert lag["failing"] and lag["stalled"] and lag["passed_over"] == 0
+        assert lag["lag_items"] == 2 * len(created)  # the writer's own feed and the firehose
+        assert lag["lag_seconds"] > 0
+        target.failures = 0  # the key is right again
+        wait_until(lambda: health(stack)["http_status"] == 200, 15, "health is ok again")
+        wait_until(lambda: len(target.delivered()) == len(created), 5, "every post delivered")
+        assert [
+            json.loads(i["formats"]["http-response"]["body"])["items"][0]
+            for i in target.delivered()
+        ] == created
+        assert health(stack)["targets"][0]["lag_items"] == 0
+
+
+def test_one_dead_target_among_several_is_shown_not_fatal(tmp_path: Path) -> None:
+    with recorder(failures=10**9) as dead:
+        stack = Stack(tmp_path / "data", env={"HEALTH_PUBLISH_SECONDS": "1"})
+        stack.env["GRIP_URL"] = f"http://127.0.0.1:{stack.env['PUSHPIN_PUBLISH_PORT']},{dead.url}"
+        stack.start()
+        try:
+            writer = unique("romeo")
+            with stack.account(writer) as w:
+                post(w, writer, "one target takes it, the other is down")
+            time.sleep(1.5)
+            state = health(stack)
+            assert state["http_status"] == 200 and state["status"] == "ok"
+            alive, down = state["targets"]
+            assert not alive["failing"] and alive["lag_items"] == 0
+            assert down["failing"] and down["stalled"] and down["lag_items"] == 2
+        finally:
+            stack.stop()
