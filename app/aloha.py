@@ -14,7 +14,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from app.channels import Channels
+from app.channels import Channels, Retry
 from app.errors import BadRequest, UnknownQueue
 from app.feeds import Hold
 from app.model import POSTS_NODE, now_iso, parse_jid, parse_node
@@ -127,11 +127,15 @@ class Aloha:
             raise BadRequest("to must name one stream")
         topic = fields.get("topic") or fields.get("subject") or POSTS_NODE
         parse_jid(to), parse_node(topic)
-        local_id = fields.get("local_id") or None
-        _, _, message_id = await self.channels.create_post(
-            jid, to, topic, {"content": fields.get("content")}, local_id
+        local_id = fields.get("local_id")
+        created = await self.channels.create_post(
+            jid,
+            to,
+            topic,
+            {"content": fields.get("content")},
+            Retry("local_id", local_id) if local_id else None,
         )
-        return message_id
+        return created.event_id
 
 
 def _event_types(raw: Any) -> list[str] | None:

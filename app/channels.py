@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+from urllib.parse import quote
 
 from app import access
 from app.errors import BadRequest, NotFound
@@ -18,7 +22,7 @@ from app.model import (
     parse_node,
 )
 from app.store import Store
-from app.store.base import NodeInfo, Notice, Recipients
+from app.store.base import NodeInfo, Notice, Recipients, RetryKey
 
 ACCESS_MODELS = ("open", "authorize")
 DEFAULT_AFFILIATIONS = (Affiliation.PUBLISHER.value, Affiliation.MEMBER.value)
@@ -26,9 +30,40 @@ METADATA_FIELDS = ("title", "description", "access_model", "default_affiliation"
 MAX_LIST = 100
 
 
+class NewPost(NamedTuple):
+    body: str  # the post's JSON
+    event_id: int  # its cursor
+    location: str  # its URL path
+    retried: bool  # made by an earlier request with the same key
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How a client marks a request it may send again: an ``Idempotency-Key`` header (the
+    same key with another body is refused), or Zulip's ``local_id`` (a retry only with the
+    same stream, topic and content: anything else is a new message)."""
+
+    kind: str  # "header" | "local_id"
+    value: str
+
+    def key_for(self, source: str, sent: dict[str, Any], now: float, window: float) -> RetryKey:
+        fingerprint = _digest([source, sent])
+        if self.kind == "header":
+            return RetryKey(f"header:{self.value}", fingerprint, now, window)
+        # local_id: what was sent is part of the key, so a different send is a new message.
+        key = f"local_id:{_digest([self.value, source, sent])}"
+        return RetryKey(key, fingerprint, now, window)
+
+
+def _digest(value: Any) -> str:
+    canonical = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 class Channels:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, retry_window: float = 86_400) -> None:
         self.store = store
+        self.retry_window = retry_window
 
     async def create(self, owner: str, channel: str, fields: dict[str, Any]) -> str:
         jid = parse_jid(channel)
@@ -71,11 +106,10 @@ class Channels:
         return await self.store.metadata(info.channel)
 
     async def create_post(
-        self, caller: str, channel: str, node: str, fields: Any, local_id: str | None = None
-    ) -> tuple[Post, str, int]:
-        """Create a post; returns it, its JSON and its cursor, once committed. With a
-        ``local_id`` the caller already sent, the post is not made again: the cursor is the
-        first one's (and the post returned is not stored)."""
+        self, caller: str, channel: str, node: str, fields: Any, retry: Retry | None = None
+    ) -> NewPost:
+        """Create a post, once committed. With ``retry``, a request the caller already made
+        under the same key makes nothing new: the answer is the first one's post."""
         info = await self.node(channel, node)
         access.check_post(info, await self.affiliation(caller, info))
         if not isinstance(fields, dict):
@@ -99,9 +133,14 @@ class Channels:
             media=_media(fields.get("media")),
             reply_to=reply_to,
         )
-        payload = post.dumps()
-        event_id = await self.store.append_post(info, post.id, caller, payload, now, local_id)
-        return post, payload, event_id
+        key = None
+        if retry is not None:
+            sent = {"content": post.content, "media": post.media, "replyTo": reply_to}
+            key = retry.key_for(post.source, sent, time.time(), self.retry_window)
+        written = await self.store.append_post(info, post.id, caller, post.dumps(), now, key)
+        post_id = post.id if not written.retried else json.loads(written.body)["id"]
+        location = f"/api/{quote(info.channel)}/content/{info.name}/{post_id}"
+        return NewPost(written.body, written.event_id, location, written.retried)
 
     async def edit_post(
         self, caller: str, channel: str, node: str, post_id: str, fields: Any

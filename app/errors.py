@@ -33,6 +33,13 @@ class Conflict(ApiError):
     status = 409
 
 
+class Unprocessable(ApiError):
+    """Well-formed, but not what it claims to be (an Idempotency-Key reused for another
+    request)."""
+
+    status = 422
+
+
 class PayloadTooLarge(ApiError):
     status = 413
 

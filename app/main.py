@@ -80,7 +80,7 @@ def create_app(settings: Settings) -> Starlette:
     publisher = Publisher(store, settings.grip_urls, settings.publish_timeout)
     cors = Cors(settings.cors_origins)
     store.on_commit = publisher.notify
-    channels = Channels(store)
+    channels = Channels(store, settings.idempotency_seconds)
     services = Services(
         settings=settings,
         store=store,

@@ -40,14 +40,27 @@ class Subscriptions:
                 raise BadRequest(f"{source[:80]!r}: expected channel@domain/node")
             info = await self.channels.node(channel, node)
             current = await self.store.affiliation(caller, info.id)
-            change = self._follow_change(caller, info, current, role_name)
+            cap = await self._cap(caller, info)
+            change = self._follow_change(caller, info, current, cap, role_name)
             if change is not None:
                 changes.append(change)
         await self.store.apply_subscriptions(changes, now_iso(), self.limits.max_follows)
         return await self.store.subscriptions(caller)
 
+    async def _cap(self, jid: str, info: NodeInfo) -> Affiliation:
+        """The most a follow of ``jid`` may give: the node's default, or less if the owner
+        last gave them less (a demotion outlives an unfollow)."""
+        default = Affiliation(info.default_affiliation)
+        given = Affiliation.parse(await self.store.given_role(jid, info.id))
+        return given if given is not None and given.rank < default.rank else default
+
     def _follow_change(
-        self, caller: str, info: NodeInfo, current: str | None, role_name: Any
+        self,
+        caller: str,
+        info: NodeInfo,
+        current: str | None,
+        cap: Affiliation,
+        role_name: Any,
     ) -> SubscriptionChange | None:
         source = node_source(info.channel, info.name)
         if current == Affiliation.OUTCAST:
@@ -64,20 +77,17 @@ class Subscriptions:
             raise BadRequest(
                 f"{source}: role must be one of none, " + ", ".join(a.value for a in Affiliation)
             )
-        default = Affiliation(info.default_affiliation)
-        held = Affiliation.parse(current)
-        if held is not None and held.rank > default.rank and role.rank >= held.rank:
-            return None  # keep a role granted by the owner; nobody grants themselves more
-        if role is Affiliation.OUTCAST or current == Affiliation.OWNER:
+        if role is Affiliation.OUTCAST:
             raise BadRequest(f"{source}: you cannot set that role on yourself")
-        if info.access_model != "open" and current in (None, PENDING):
-            if current == PENDING:
-                return None  # asked already
+        if current is not None:
+            # Following already (or asked to), or the owner: roles are the owner's to change.
+            return None
+        if info.access_model != "open":
             request = Notice(
                 "follow_request", {"node": source, "jid": caller}, Recipients("moderators")
             )
             return SubscriptionChange(caller, info.id, PENDING, [request], current)
-        granted = role if role.rank <= default.rank else default
+        granted = role if role.rank <= cap.rank else cap
         return SubscriptionChange(caller, info.id, granted.value, [], current)
 
     async def subscribers(self, caller: str, channel: str, node: str) -> dict[str, str]:
@@ -108,7 +118,7 @@ class Subscriptions:
                 raise BadRequest(f"{jid} is decided twice")
             decided.add(jid)
             if decision.get("subscription") == "subscribed":
-                role = info.default_affiliation
+                role = (await self._cap(jid, info)).value
                 notice = _subscription_notice(source, jid, role, "approved")
                 changes.append(SubscriptionChange(jid, info.id, role, [notice], PENDING))
             elif decision.get("subscription") == "none":
@@ -144,9 +154,13 @@ class Subscriptions:
                 if current in (None, PENDING) and role != Affiliation.OUTCAST:
                     # Nobody is made to follow: roles are for followers (bans are for anyone).
                     raise Conflict(f"{jid} does not follow {source}: only a ban applies")
-                change = "banned" if role == Affiliation.OUTCAST else "role_changed"
-                notice = _subscription_notice(source, jid, role, change)
-                changes.append(SubscriptionChange(jid, info.id, role, [notice], current))
+                banned = role == Affiliation.OUTCAST
+                notice = _subscription_notice(
+                    source, jid, role, "banned" if banned else "role_changed"
+                )
+                changes.append(
+                    SubscriptionChange(jid, info.id, role, [notice], current, given=not banned)
+                )
         await self.store.apply_subscriptions(changes, now_iso())
         return await self.store.subscribers(info.id)
 

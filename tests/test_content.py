@@ -109,7 +109,7 @@ def test_bad_input_is_a_4xx_json_error_and_stores_nothing(stack: Stack) -> None:
                 },
             ),
             (415, {"content": b'{"content": "x"}', "headers": {"content-type": "text/plain"}}),
-            (413, {"json": {"content": "x" * 70_000}}),
+            (413, {"json": {"content": "x" * 270_000}}),
         ]
         for status, kwargs in cases:
             r = c.post(url, **kwargs)  # type: ignore[arg-type]

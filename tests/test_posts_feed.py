@@ -165,7 +165,7 @@ def test_user_following_1000_nodes_gets_every_post(stack: Stack) -> None:
         channels = [f"topic{i}-{tag}-{'v' * 200}@topics.example.com" for i in range(1000)]
         for channel in channels:
             assert o.post(f"/api/{channel}").status_code == 201
-        for start in range(0, len(channels), 200):  # a request body is at most 64 KiB
+        for start in range(0, len(channels), 200):  # a request body is at most 256 KiB
             follow(r, *(f"{c}/posts" for c in channels[start : start + 200]))
         assert len(r.get("/api/subscribed").json()) == 1001  # own channel included
         since = last(r)

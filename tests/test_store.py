@@ -32,8 +32,8 @@ def test_two_posts_in_the_same_millisecond_get_distinct_growing_cursors(tmp_path
         node = await store.get_node(jid, POSTS_NODE)
         assert node is not None
         # The same timestamp for both, as two posts in one millisecond would have.
-        first = await store.append_post(node, "p1", jid, '{"id":"p1"}', NOW)
-        second = await store.append_post(node, "p2", jid, '{"id":"p2"}', NOW)
+        first = (await store.append_post(node, "p1", jid, '{"id":"p1"}', NOW)).event_id
+        second = (await store.append_post(node, "p2", jid, '{"id":"p2"}', NOW)).event_id
         assert second > first > 0
         feed = await store.read_feed("posts", jid, 0, 100)
         assert [item.event_id for item in feed.items] == [first, second]
@@ -48,7 +48,7 @@ def test_two_posts_in_the_same_millisecond_get_distinct_growing_cursors(tmp_path
 
         # Ids keep growing after a reopen, and are never reused.
         again = await _store(tmp_path / "log.sqlite3")
-        third = await again.append_post(node, "p3", jid, '{"id":"p3"}', NOW)
+        third = (await again.append_post(node, "p3", jid, '{"id":"p3"}', NOW)).event_id
         assert third > second
         await again.close()
 

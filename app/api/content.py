@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.common import JSONResponse, RawJSONResponse, caller, query_int, read_json, services
+from app.channels import Retry
 from app.errors import BadRequest
 
 
@@ -34,12 +33,23 @@ async def list_posts(request: Request) -> Response:
 
 
 async def create_post(request: Request) -> Response:
+    """201 with the post; a retry (the same ``Idempotency-Key`` and body) answers the first
+    request's post again, with 200."""
     jid = await caller(request)
     channel, node = request.path_params["channel"], request.path_params["node"]
     body = await read_json(request)
-    post, payload, _ = await services(request).channels.create_post(jid, channel, node, body)
-    location = f"/api/{quote(post.source.rpartition('/')[0])}/content/{node}/{post.id}"
-    return RawJSONResponse(payload, 201, headers={"Location": location})
+    key = request.headers.get("idempotency-key")
+    retry = None if key is None else Retry("header", parse_idempotency_key(key))
+    created = await services(request).channels.create_post(jid, channel, node, body, retry)
+    return RawJSONResponse(
+        created.body, 200 if created.retried else 201, headers={"Location": created.location}
+    )
+
+
+def parse_idempotency_key(raw: str) -> str:
+    if not 1 <= len(raw) <= 255 or not raw.isascii() or not raw.isprintable():
+        raise BadRequest("Idempotency-Key must be 1 to 255 printable ASCII characters")
+    return raw
 
 
 async def get_post(request: Request) -> Response:

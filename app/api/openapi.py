@@ -138,7 +138,7 @@ SPEC: dict[str, Any] = {
         "version": "0.1.0",
         "description": (
             "Buddycloud's HTTP API, served by a GRIP origin behind Pushpin. Request bodies are "
-            "JSON (`Content-Type: application/json`, at most 64 KiB). Errors are "
+            "JSON (`Content-Type: application/json`, at most 256 KiB). Errors are "
             '`{"error": "message"}`. Log in with HTTP Basic: your JID and your password or '
             "API key. After 10 failed logins in a minute for one account from one client "
             "address, or 30 from one address, the answer is 429 with `Retry-After`."
@@ -406,7 +406,7 @@ SPEC: dict[str, Any] = {
                 "content": _json(_ref("Error")),
             },
             "409": {"description": "Conflicts with what exists", "content": _json(_ref("Error"))},
-            "413": {"description": "Body over 64 KiB", "content": _json(_ref("Error"))},
+            "413": {"description": "Body over 256 KiB", "content": _json(_ref("Error"))},
             "415": {"description": "Body not declared JSON", "content": _json(_ref("Error"))},
             "429": {
                 "description": "Too many failed logins",

@@ -74,6 +74,23 @@ class SubscriptionChange(NamedTuple):
     affiliation: str | None  # None: no longer following
     notices: list[Notice]
     was: str | None  # the affiliation it was decided from: if it changed since, no change
+    given: bool = False  # the owner gave this role: it caps the user's later follows
+
+
+class RetryKey(NamedTuple):
+    """What tells a retried post from a new one: the same ``key`` from the same author within
+    the window is a retry if its ``fingerprint`` (of what was sent) matches."""
+
+    key: str
+    fingerprint: str
+    now: float  # unix time
+    window: float  # seconds a key holds
+
+
+class PostWritten(NamedTuple):
+    event_id: int
+    body: str  # the post's JSON as stored
+    retried: bool  # an earlier request with the same key made it
 
 
 class Queue(NamedTuple):

@@ -96,4 +96,24 @@ MIGRATIONS: list[str] = [
     ALTER TABLE posts ADD COLUMN local_id TEXT;
     CREATE UNIQUE INDEX posts_by_local_id ON posts (author, local_id) WHERE local_id IS NOT NULL;
     """,
+    # 4: retries of a post are told apart by a key (Idempotency-Key, or Zulip's local_id with
+    # what it sends), not by local_id alone; the role an owner last gave caps a re-follow.
+    """
+    DROP INDEX posts_by_local_id;
+    CREATE TABLE idempotency_keys (
+        author TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,  -- of the request: the same key with another body is refused
+        event_id INTEGER NOT NULL REFERENCES events(id),
+        created REAL NOT NULL,  -- unix time: the key holds for IDEMPOTENCY_SECONDS
+        PRIMARY KEY (author, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX idempotency_keys_by_created ON idempotency_keys (created);
+    CREATE TABLE given_roles (
+        jid TEXT NOT NULL,
+        node_id INTEGER NOT NULL REFERENCES nodes(id),
+        affiliation TEXT NOT NULL,
+        PRIMARY KEY (jid, node_id)
+    ) WITHOUT ROWID;
+    """,
 ]

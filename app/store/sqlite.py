@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-from app.errors import Conflict
+from app.errors import Conflict, Unprocessable
 from app.model import PENDING
 from app.store.base import (
     Account,
@@ -26,9 +26,11 @@ from app.store.base import (
     NodeInfo,
     Notice,
     Position,
+    PostWritten,
     Queue,
     QueueEvent,
     QueuePoll,
+    RetryKey,
     SubscriptionChange,
 )
 from app.store.schema import MIGRATIONS
@@ -225,6 +227,14 @@ class SqliteStore:
         return row[0] if row else None
 
     @_serialised
+    def given_role(self, jid: str, node_id: int) -> str | None:
+        """The role the node's owner last gave ``jid`` (kept when they stop following)."""
+        row = self.db.execute(
+            "SELECT affiliation FROM given_roles WHERE jid = ? AND node_id = ?", (jid, node_id)
+        ).fetchone()
+        return row[0] if row else None
+
+    @_serialised
     def subscriptions(self, jid: str) -> dict[str, str]:
         rows = self.db.execute(
             "SELECT n.channel || '/' || n.name, s.affiliation FROM subscriptions s"
@@ -257,6 +267,13 @@ class SqliteStore:
                 else:
                     self.db.execute(
                         "INSERT INTO subscriptions (jid, node_id, affiliation) VALUES (?,?,?)"
+                        " ON CONFLICT (jid, node_id)"
+                        " DO UPDATE SET affiliation = excluded.affiliation",
+                        (change.jid, change.node_id, change.affiliation),
+                    )
+                if change.given and change.affiliation is not None:
+                    self.db.execute(
+                        "INSERT INTO given_roles (jid, node_id, affiliation) VALUES (?,?,?)"
                         " ON CONFLICT (jid, node_id)"
                         " DO UPDATE SET affiliation = excluded.affiliation",
                         (change.jid, change.node_id, change.affiliation),
@@ -398,29 +415,52 @@ class SqliteStore:
         author: str,
         payload: str,
         now: str,
-        local_id: str | None = None,
-    ) -> int:
-        """The post's event id; with ``local_id``, the one post that author already sent with
-        it, if any (a retried send)."""
+        retry: RetryKey | None = None,
+    ) -> PostWritten:
+        """Log and deliver a post; with ``retry``, unless the author sent it already under
+        that key (then that post, unchanged; a key reused for something else: Unprocessable)."""
         with self._tx():
-            if local_id is not None:
+            if retry is not None:
                 sent = self.db.execute(
-                    "SELECT event_id FROM posts WHERE author = ? AND local_id = ?",
-                    (author, local_id),
+                    "SELECT k.fingerprint, k.event_id, p.body FROM idempotency_keys k"
+                    " JOIN posts p ON p.event_id = k.event_id"
+                    " WHERE k.author = ? AND k.key = ? AND k.created >= ?",
+                    (author, retry.key, retry.now - retry.window),
                 ).fetchone()
-                if sent:
-                    return int(sent[0])
+                if sent is not None:
+                    if sent[0] != retry.fingerprint:
+                        raise Unprocessable(
+                            "this Idempotency-Key was used for another request: use a new key"
+                        )
+                    return PostWritten(int(sent[1]), sent[2], True)
             event_id = self._append("post", node.id, payload, now)
             self.db.execute(
-                "INSERT INTO posts (id, node_id, event_id, author, body, local_id)"
-                " VALUES (?,?,?,?,?,?)",
-                (post_id, node.id, event_id, author, payload, local_id),
+                "INSERT INTO posts (id, node_id, event_id, author, body) VALUES (?,?,?,?,?)",
+                (post_id, node.id, event_id, author, payload),
             )
             recipients = self._followers("u", MAY_READ)
             if node.access_model == "open":
                 recipients += f" UNION ALL SELECT '{FIREHOSE}'"
             self._deliver(event_id, recipients, (node.id,))
-            return event_id
+            if retry is not None:
+                self._remember_key(author, retry, event_id)
+            return PostWritten(event_id, payload, False)
+
+    def _remember_key(self, author: str, retry: RetryKey, event_id: int) -> None:
+        expired = retry.now - retry.window
+        # A few expired keys go with each new one: the table stays as large as a window's.
+        self.db.execute(
+            "DELETE FROM idempotency_keys WHERE (author, key) IN (SELECT author, key"
+            " FROM idempotency_keys WHERE created < ? LIMIT 16)",
+            (expired,),
+        )
+        self.db.execute(
+            "INSERT INTO idempotency_keys (author, key, fingerprint, event_id, created)"
+            " VALUES (?,?,?,?,?) ON CONFLICT (author, key) DO UPDATE SET"
+            " fingerprint = excluded.fingerprint, event_id = excluded.event_id,"
+            " created = excluded.created",
+            (author, retry.key, retry.fingerprint, event_id, retry.now),
+        )
 
     @_serialised
     def update_post(self, node_id: int, post_id: str, body: str, notice: Notice, now: str) -> None:
