@@ -210,6 +210,8 @@ def _to_zulip(raw: QueueEvent) -> dict[str, Any] | None:
         return {"type": "message", "id": raw.event_id, "message": message, "flags": []}
     if raw.type == "post_updated":
         post = data["post"]
+        if "content" not in post:
+            return None  # the post was deleted since: its delete_message follows
         stream, _, topic = post["source"].rpartition("/")
         return {
             "type": "update_message",

@@ -28,6 +28,9 @@ ACCESS_MODELS = ("open", "authorize")
 DEFAULT_AFFILIATIONS = (Affiliation.PUBLISHER.value, Affiliation.MEMBER.value)
 METADATA_FIELDS = ("title", "description", "access_model", "default_affiliation")
 MAX_LIST = 100
+# What a delete erases of a post, wherever it was kept: its text. Its id, author and times stay
+# (the events that say it changed and was deleted name it).
+ERASED_ON_DELETE = ("content", "media")
 
 
 class NewPost(NamedTuple):
@@ -159,7 +162,7 @@ class Channels:
             post["media"] = _media(fields["media"])
         post["updated"] = now = now_iso()
         payload = json.dumps(post, ensure_ascii=False, separators=(",", ":"))
-        notice = Notice("post_updated", {"post": post}, Recipients("readers"))
+        notice = Notice("post_updated", {"post": post}, Recipients("readers"), post_id)
         await self.store.update_post(info.id, post_id, payload, notice, now)
         return payload
 
@@ -180,8 +183,9 @@ class Channels:
         info, author, _ = await self._existing_post(caller, channel, node, post_id)
         access.check_edit(info, await self.affiliation(caller, info), caller, author)
         source = node_source(info.channel, info.name)
-        notice = Notice("post_deleted", {"id": post_id, "source": source}, Recipients("readers"))
-        await self.store.delete_post(info.id, post_id, notice, now_iso())
+        fields = {"id": post_id, "source": source}
+        notice = Notice("post_deleted", fields, Recipients("readers"), post_id)
+        await self.store.delete_post(info.id, post_id, notice, now_iso(), ERASED_ON_DELETE)
 
     async def _existing_post(
         self, caller: str, channel: str, node: str, post_id: str

@@ -17,6 +17,9 @@ _FORBIDDEN_IN_JID = re.compile(r"[\s/;,\"'<>\\\x00-\x1f\x7f]")
 _NODE = re.compile(r"[a-z0-9_.-]{1,64}")
 POSTS_NODE = "posts"
 PENDING = "pending"  # a follow request to a private channel, not approved yet
+FIREHOSE = "firehose"  # the Pushpin channel of the posts of every open channel
+# Each firehose item is also published as a hint here, for banned users' logged-in holds.
+FIREHOSE_HINT = "firehose-hint"
 
 
 def parse_jid(raw: str) -> str:

@@ -27,7 +27,7 @@ from gripcontrol import parse_grip_uri
 
 from app.config import ConfigError
 from app.grip import hint_item, response_item
-from app.model import feed_body
+from app.model import FIREHOSE, FIREHOSE_HINT, feed_body
 from app.publish_client import ClientError, PublishClient
 from app.store import Store
 from app.store.base import Delivery, Position
@@ -140,8 +140,10 @@ class Publisher:
         failed is not waited for: it is down, and the hold would only be late.
         """
         deadline = asyncio.get_running_loop().time() + timeout
+        # The firehose's hint items go out with the firehose's own.
+        published = [(FIREHOSE if c == FIREHOSE_HINT else c, int(p)) for c, p in channels]
         while not all(
-            _past(t.position, c, int(p)) for t in self.targets if not t.failing for c, p in channels
+            _past(t.position, c, p) for t in self.targets if not t.failing for c, p in published
         ):
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
@@ -228,7 +230,7 @@ class Publisher:
     async def _publish_next(self, target: Target) -> int:
         """Publish the next batch after the target's position; the number of items sent."""
         rows = await self.store.deliveries_after(target.position, BATCH_ROWS)
-        items = [_encode(_item(row)) for row in rows]
+        items = [_encode(_items(row)) for row in rows]
         count = _fit(items)
         if count:
             await self._publish(target, rows[:count], items[:count])
@@ -260,7 +262,7 @@ class Publisher:
             )
             target.passed_over += 1
             try:
-                await self._send(target, [_encode(_hint(row))])
+                await self._send(target, [_encode(_hints(row))])
             except TooLarge:
                 log.error("%s refused even the hint for item %d", target.label, row.event_id)
         self._accepted(target, rows)
@@ -301,20 +303,31 @@ class Publisher:
         raise PublishError(reason)
 
 
-def _item(row: Delivery) -> dict[str, Any]:
-    # An Aloha queue filters per queue: Pushpin re-asks the origin for each held poll.
-    if row.channel.startswith("z"):
-        return _hint(row)
-    body = feed_body(row.event_id, [row.payload])
-    return response_item(row.channel, str(row.event_id), str(row.prev_id), body)
+def _items(row: Delivery) -> list[dict[str, Any]]:
+    """What a delivery is published as: the feed's answer; a hint where each held request
+    needs an answer of its own (an Aloha queue filters per queue) or where the origin must
+    decide (a post deleted since it was logged is skipped there); and each firehose item
+    once more as a hint, for banned users' holds."""
+    if row.channel.startswith("z") or row.gone:
+        items = [hint_item(row.channel, str(row.event_id), str(row.prev_id))]
+    else:
+        body = feed_body(row.event_id, [row.payload])
+        items = [response_item(row.channel, str(row.event_id), str(row.prev_id), body)]
+    if row.channel == FIREHOSE:
+        items.append(hint_item(FIREHOSE_HINT, str(row.event_id), str(row.prev_id)))
+    return items
 
 
-def _hint(row: Delivery) -> dict[str, Any]:
-    return hint_item(row.channel, str(row.event_id), str(row.prev_id))
+def _hints(row: Delivery) -> list[dict[str, Any]]:
+    channels = [row.channel] + ([FIREHOSE_HINT] if row.channel == FIREHOSE else [])
+    return [hint_item(c, str(row.event_id), str(row.prev_id)) for c in channels]
 
 
-def _encode(item: dict[str, Any]) -> bytes:
-    return json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+def _encode(items: list[dict[str, Any]]) -> bytes:
+    """A delivery's items, as they appear in the publish body's list."""
+    return b",".join(
+        json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode() for item in items
+    )
 
 
 def _epoch(iso: str) -> float:

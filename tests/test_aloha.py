@@ -157,12 +157,16 @@ def test_edits_deletions_and_subscription_events(stack: Stack) -> None:
         assert approved["type"] == "subscription" and approved["op"] == "add"
         message_id = owner.send(channel, "draft")
         created = o.get(f"/api/{channel}/content/posts").json()[0]
+        (message,) = follower.events(followers_queue, approved["id"])
+        assert message["type"] == "message" and message["message"]["content"] == "draft"
         o.put(f"/api/{channel}/content/posts/{created['id']}", json={"content": "final"})
+        (update,) = follower.events(followers_queue, message["id"])
+        assert update["type"] == "update_message" and update["content"] == "final"
         o.delete(f"/api/{channel}/content/posts/{created['id']}")
+        # Polled after the delete, the queue has only the deletion: the text is gone.
         events = follower.events(followers_queue, approved["id"])
-        assert [e["type"] for e in events] == ["message", "update_message", "delete_message"]
-        assert events[1]["message_id"] == events[2]["message_id"] == message_id
-        assert events[1]["content"] == "final"
+        assert [e["type"] for e in events] == ["delete_message"]
+        assert update["message_id"] == events[0]["message_id"] == message_id
         # Banned: no more messages of that channel, not even into an open queue.
         o.post(f"/api/{channel}/subscribers/posts", json={follower.user: "outcast"})
         owner.send(channel, "after the ban")

@@ -51,14 +51,16 @@ class Recorder(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
     def delivered(self, firehose: bool = False) -> list[dict[str, Any]]:
-        """Items accepted, in order: those to users' channels, or those to the firehose."""
+        """Items accepted, in order: those to users' channels, or those to the firehose
+        (without the hint each firehose item also goes out as)."""
         with self.lock:
             return [
                 item
                 for _, status, items in self.attempts
                 if status == 200
                 for item in items
-                if (item["channel"] == "firehose") == firehose
+                if item["channel"] != "firehose-hint"  # the firehose's again, as hints
+                and (item["channel"] == "firehose") == firehose
             ]
 
 

@@ -24,10 +24,10 @@ async def events(request: Request) -> Response:
 
 
 async def firehose(request: Request) -> Response:
-    """Open channels' posts: readable without login (credentials, if sent, must be good)."""
-    if request.headers.get("authorization"):
-        await caller(request)
-    return await _feed(request, "firehose", None)
+    """Open channels' posts: readable without login (credentials, if sent, must be good, and
+    a logged-in reader gets nothing of a channel that banned them)."""
+    jid = await caller(request) if request.headers.get("authorization") else None
+    return await _feed(request, "firehose", jid)
 
 
 async def history(request: Request) -> Response:

@@ -24,15 +24,6 @@ class FeedItem(NamedTuple):
     payload: str  # the item's JSON, exactly as published
 
 
-class Delivery(NamedTuple):
-    """One published GRIP item: an event on one Pushpin channel, chained by prev-id."""
-
-    event_id: int
-    channel: str
-    prev_id: int
-    payload: str
-
-
 class FeedState(NamedTuple):
     last_id: int  # the newest event in the whole log
     items: list[FeedItem]
@@ -66,6 +57,17 @@ class Notice(NamedTuple):
     type: str
     fields: dict[str, Any]
     to: Recipients
+    subject: str | None = None  # the id of the post it concerns
+
+
+class Delivery(NamedTuple):
+    """One published GRIP item: an event on one Pushpin channel, chained by prev-id."""
+
+    event_id: int
+    channel: str
+    prev_id: int
+    payload: str
+    gone: bool = False  # a post deleted since: its readers ask the origin, which skips it
 
 
 class SubscriptionChange(NamedTuple):

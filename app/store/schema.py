@@ -97,8 +97,21 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX posts_by_local_id ON posts (author, local_id) WHERE local_id IS NOT NULL;
     """,
     # 4: retries of a post are told apart by a key (Idempotency-Key, or Zulip's local_id with
-    # what it sends), not by local_id alone; the role an owner last gave caps a re-follow.
+    # what it sends), not by local_id alone; the role an owner last gave caps a re-follow;
+    # each event names the post it concerns, so that a deleted post's text can be erased from
+    # every event that held it (and is, for posts deleted before).
     """
+    ALTER TABLE events ADD COLUMN subject TEXT;
+    UPDATE events SET subject = (SELECT id FROM posts WHERE event_id = events.id)
+        WHERE type = 'post';
+    UPDATE events SET subject = json_extract(payload, '$.post.id') WHERE type = 'post_updated';
+    UPDATE events SET subject = json_extract(payload, '$.id') WHERE type = 'post_deleted';
+    CREATE INDEX events_by_subject ON events (subject) WHERE subject IS NOT NULL;
+    UPDATE posts SET body = json_remove(body, '$.content', '$.media') WHERE deleted = 1;
+    UPDATE events SET payload = json_remove(payload, '$.content', '$.media')
+        WHERE type = 'post' AND subject IN (SELECT id FROM posts WHERE deleted = 1);
+    UPDATE events SET payload = json_remove(payload, '$.post.content', '$.post.media')
+        WHERE type = 'post_updated' AND subject IN (SELECT id FROM posts WHERE deleted = 1);
     DROP INDEX posts_by_local_id;
     CREATE TABLE idempotency_keys (
         author TEXT NOT NULL,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from app.errors import Conflict, Unprocessable
-from app.model import PENDING
+from app.model import FIREHOSE, FIREHOSE_HINT, PENDING
 from app.store.base import (
     Account,
     Delivery,
@@ -42,7 +42,6 @@ USER_CHANNEL = "'u' || a.id"
 # (pending, for private channels) sees nothing until it is added here.
 MAY_READ = "affiliation IN ('owner', 'moderator', 'publisher', 'member')"
 _MODERATE = "affiliation IN ('owner', 'moderator')"
-FIREHOSE = "firehose"  # the Pushpin channel of the posts of every open channel
 # The Aloha queues' channel that follows a delivery d's channel: u5 and e5 give z5.
 _QUEUE_CHANNEL = (
     f"CASE WHEN d.channel = '{FIREHOSE}' THEN 'z{FIREHOSE}' ELSE 'z' || substr(d.channel, 2) END"
@@ -65,6 +64,9 @@ QUEUE_GRACE = 300
 _NOW_EPOCH = "((julianday('now') - 2440587.5) * 86400.0)"
 _OPEN_POSTS = (
     f"EXISTS (SELECT 1 FROM posts p WHERE p.event_id = e.id AND p.deleted = 0) AND {_OPEN_NODE}"
+)
+_BANNED_NODE = (
+    "e.node_id IN (SELECT node_id FROM subscriptions WHERE jid = ? AND affiliation = 'outcast')"
 )
 
 P = ParamSpec("P")
@@ -104,6 +106,8 @@ class SqliteStore:
         # NORMAL in WAL mode: a commit survives a process crash (not a power cut) without fsync.
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
+        # What a delete frees is overwritten, not left in free pages (a deleted post's text).
+        db.execute("PRAGMA secure_delete=ON")
         db.execute("PRAGMA busy_timeout=5000")
         self._db = db
         self._migrate()
@@ -328,21 +332,28 @@ class SqliteStore:
 
     # -- the log -----------------------------------------------------------------------------
 
-    def _append(self, type_: str, node_id: int | None, payload: str, now: str) -> int:
+    def _append(
+        self, type_: str, node_id: int | None, payload: str, now: str, subject: str | None = None
+    ) -> int:
         assert self.db.in_transaction, "the log is appended to inside a transaction only"
         self._appended = True
         event_id = self.db.execute(
-            "INSERT INTO events (type, node_id, payload, created) VALUES (?,?,?,?)",
-            (type_, node_id, payload, now),
+            "INSERT INTO events (type, node_id, payload, created, subject) VALUES (?,?,?,?,?)",
+            (type_, node_id, payload, now, subject),
         ).lastrowid
         assert event_id is not None
         return event_id
 
     def _append_event(
-        self, type_: str, node_id: int | None, fields: dict[str, Any], now: str
+        self,
+        type_: str,
+        node_id: int | None,
+        fields: dict[str, Any],
+        now: str,
+        subject: str | None = None,
     ) -> int:
         """An event whose JSON names its own cursor: ``{"type", "cursor", **fields}``."""
-        event_id = self._append(type_, node_id, "", now)
+        event_id = self._append(type_, node_id, "", now, subject)
         payload = json.dumps(
             {"type": type_, "cursor": str(event_id), **fields},
             ensure_ascii=False,
@@ -389,7 +400,7 @@ class SqliteStore:
         )
 
     def _notify(self, node_id: int, notice: Notice, now: str) -> int:
-        event_id = self._append_event(notice.type, node_id, notice.fields, now)
+        event_id = self._append_event(notice.type, node_id, notice.fields, now, notice.subject)
         if notice.to.kind == "user":
             self._deliver(
                 event_id,
@@ -433,7 +444,7 @@ class SqliteStore:
                             "this Idempotency-Key was used for another request: use a new key"
                         )
                     return PostWritten(int(sent[1]), sent[2], True)
-            event_id = self._append("post", node.id, payload, now)
+            event_id = self._append("post", node.id, payload, now, post_id)
             self.db.execute(
                 "INSERT INTO posts (id, node_id, event_id, author, body) VALUES (?,?,?,?,?)",
                 (post_id, node.id, event_id, author, payload),
@@ -498,12 +509,32 @@ class SqliteStore:
         return [r[0] for r in rows]
 
     @_serialised
-    def delete_post(self, node_id: int, post_id: str, notice: Notice, now: str) -> None:
+    def delete_post(
+        self, node_id: int, post_id: str, notice: Notice, now: str, erase: tuple[str, ...]
+    ) -> None:
+        """Mark the post deleted and remove the ``erase`` fields (its text) from it and from
+        every event that held it; the events stay. With secure_delete, SQLite overwrites what
+        it frees; the checkpoint after it copies the erased pages into the database file and
+        empties the write-ahead log, which held the old ones."""
+        paths = ", ".join("?" * len(erase))
         with self._tx():
             self.db.execute(
-                "UPDATE posts SET deleted = 1 WHERE id = ? AND node_id = ?", (post_id, node_id)
+                f"UPDATE posts SET deleted = 1, body = json_remove(body, {paths})"
+                " WHERE id = ? AND node_id = ?",
+                (*(f"$.{name}" for name in erase), post_id, node_id),
+            )
+            self.db.execute(
+                f"UPDATE events SET payload = json_remove(payload, {paths})"
+                " WHERE subject = ? AND type = 'post'",
+                (*(f"$.{name}" for name in erase), post_id),
+            )
+            self.db.execute(
+                f"UPDATE events SET payload = json_remove(payload, {paths})"
+                " WHERE subject = ? AND type = 'post_updated'",
+                (*(f"$.post.{name}" for name in erase), post_id),
             )
             self._notify(node_id, notice, now)
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- feeds ---------------------------------------------------------------------------
 
@@ -515,8 +546,14 @@ class SqliteStore:
         ``feed`` is "posts" or "events" (the channel of account ``jid``) or "firehose".
         """
         last_id = self.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        hold_channel = None
         if feed == "firehose":
             channel, visible, params = FIREHOSE, _OPEN_POSTS, cast(tuple[Any, ...], ())
+            if jid is not None and self._banned_somewhere(jid):
+                # The firehose is public, but not to a banned user logged in as themselves:
+                # their hold is on the hint channel, so Pushpin asks here, which filters.
+                visible, params = f"{_OPEN_POSTS} AND NOT {_BANNED_NODE}", (jid,)
+                hold_channel = FIREHOSE_HINT
         else:
             (account_id,) = self.db.execute(
                 "SELECT id FROM accounts WHERE jid = ?", (jid,)
@@ -541,10 +578,13 @@ class SqliteStore:
                 (channel, since, *params, limit),
             )
         ]
-        head = self.db.execute(
-            "SELECT last_id FROM channel_heads WHERE channel = ?", (channel,)
+        return FeedState(last_id, items, hold_channel or channel, self._head(channel))
+
+    def _banned_somewhere(self, jid: str) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM subscriptions WHERE jid = ? AND affiliation = 'outcast' LIMIT 1", (jid,)
         ).fetchone()
-        return FeedState(last_id, items, channel, head[0] if head else 0)
+        return row is not None
 
     @_serialised
     def history(self, jid: str, since: int | None, limit: int) -> tuple[int, list[FeedItem]]:
@@ -638,10 +678,11 @@ class SqliteStore:
                 " FROM deliveries d JOIN events e ON e.id = d.event_id"
                 " LEFT JOIN posts p ON p.event_id = e.id"
                 f" WHERE d.channel IN ({marks}) AND d.event_id > ?"
+                " AND (e.type != 'post' OR p.deleted = 0)"
                 f" AND (e.type IN ('subscription', 'follow_request') OR {_READABLE_NODE}"
-                f"  OR (d.channel = 'z{FIREHOSE}' AND {_OPEN_NODE}))"
+                f"  OR (d.channel = 'z{FIREHOSE}' AND {_OPEN_NODE} AND NOT {_BANNED_NODE}))"
                 " ORDER BY e.id LIMIT ?",
-                (*channels, acked, jid, limit),
+                (*channels, acked, jid, jid, limit),
             ).fetchall()
             heads = [(channel, self._head(channel)) for channel in channels]
             return QueuePoll(queue._replace(acked=acked), [QueueEvent(*r) for r in rows], heads)
@@ -683,12 +724,14 @@ class SqliteStore:
     @_serialised
     def deliveries_after(self, position: Position, limit: int) -> list[Delivery]:
         rows = self.db.execute(
-            "SELECT d.event_id, d.channel, d.prev_id, e.payload FROM deliveries d"
+            "SELECT d.event_id, d.channel, d.prev_id, e.payload,"
+            "  EXISTS (SELECT 1 FROM posts p WHERE p.event_id = e.id AND p.deleted = 1)"
+            " FROM deliveries d"
             " JOIN events e ON e.id = d.event_id WHERE (d.event_id, d.channel) > (?, ?)"
             " ORDER BY d.event_id, d.channel LIMIT ?",
             (position.event_id, position.channel, limit),
         ).fetchall()
-        return [Delivery(*r) for r in rows]
+        return [Delivery(e, c, prev, payload, bool(gone)) for e, c, prev, payload, gone in rows]
 
     @_serialised
     def backlog(self, position: Position, limit: int) -> tuple[int, str | None]:
