@@ -1,10 +1,12 @@
-"""Publish requests: the publisher's own client against pubcontrol's, on the same batches.
+"""Publish requests: the publisher's own client against httpx's and pubcontrol's, same batches.
 
 Starts a raw Pushpin on loopback (``bench.common.RawPushpin``: the shipped config, nothing held)
 and publishes the same batches to its publish port, alternating between the clients:
 
 PublishClient
     The publisher's client (``app/publish_client.py``), on the event loop: one POST per batch.
+httpx AsyncClient
+    The same POST through httpx (a dependency already, for Pushpin's readiness check).
 pubcontrol publish, blocking, in a thread
     ``PubControlClient.publish(channel, item, blocking=True)`` run on a worker thread, so that
     the event loop is not stalled (called on the loop, it would stall it for as long as each
@@ -37,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvloop
 from gripcontrol import HttpResponseFormat
 from pubcontrol import Item, PubControlClient
@@ -49,6 +52,7 @@ from bench.common import RawPushpin, machine, percentile
 WARMUP = 20
 CLIENTS = (
     "PublishClient",
+    "httpx AsyncClient",
     "pubcontrol publish, blocking, in a thread",
     "pubcontrol publish, non-blocking",
     "pubcontrol http_call, in a thread",
@@ -99,6 +103,7 @@ async def run(runs: int, batch: int, post_bytes: int, seconds: float) -> None:
         async with RawPushpin(Path(rundir)) as raw:
             base = raw.publish_url.removesuffix("/publish/")
             own = PublishClient(raw.publish_url)
+            hx = httpx.AsyncClient()
             pc = PubControlClient(base)
             thread = ThreadPoolExecutor(max_workers=1)  # one target: one publish at a time
 
@@ -133,11 +138,21 @@ async def run(runs: int, batch: int, post_bytes: int, seconds: float) -> None:
                 if status != 200:
                     raise RuntimeError(f"HTTP {status}: {answer[:100]!r}")
 
+            async def httpx_post(b: Batches, n: int) -> None:
+                answer = await hx.post(
+                    raw.publish_url,
+                    content=b.request_body(n),
+                    headers={"Content-Type": "application/json"},
+                )
+                if answer.status_code != 200:
+                    raise RuntimeError(f"HTTP {answer.status_code}: {answer.text[:100]!r}")
+
             def http_call(b: Batches, n: int) -> None:
                 pc.http_call("/publish/", b.request_body(n), {"Content-Type": "application/json"})
 
             calls: list[Callable[[Batches, int], Awaitable[None]]] = [
                 own_post,
+                httpx_post,
                 lambda b, n: loop.run_in_executor(thread, blocking, b, n),
                 non_blocking,
                 lambda b, n: loop.run_in_executor(thread, http_call, b, n),
@@ -165,6 +180,7 @@ async def run(runs: int, batch: int, post_bytes: int, seconds: float) -> None:
                         times[i].append((time.perf_counter() - started) * 1000)
                         cpu[i] += time.process_time() - started_cpu
             own.close()
+            await hx.aclose()
             await loop.run_in_executor(thread, pc.close)
             thread.shutdown()
 
