@@ -1,4 +1,4 @@
-"""The aloha client against the real server, through a real Pushpin; and the seed's example,
+"""The aloha client against the real server, through a real Pushpin; and the README's example,
 run as written."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The posts notifications feed of seeds 000 and 001, end to end through a real Pushpin."""
+"""The posts notifications feed as Buddycloud's realtime API describes it (README, "Try it"),
+end to end through a real Pushpin."""
 
 from __future__ import annotations
 
