@@ -147,7 +147,7 @@ def main() -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # One line per publish request is noise; failures are logged by the publisher.
+    # httpx (the readiness check of Pushpin) would log a line per request.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     import uvloop
 

@@ -15,7 +15,8 @@ from app.store import Store
 from app.store.base import FeedItem
 
 MAX_ITEMS = 100
-# Pushpin caps a held response body at 100,000 bytes; stay well under it.
+# A page of the contract (README). Answers are not holds, so Pushpin's 100,000-byte cap on an
+# answer it may hold does not apply to them (docs/pushpin.md).
 MAX_FEED_BYTES = 90_000
 _MAX_CURSOR_DIGITS = 18
 FEEDS = ("posts", "events", "firehose")

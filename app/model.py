@@ -107,7 +107,7 @@ class Post:
     reply_to: str | None
 
     def to_json(self) -> dict[str, Any]:
-        # Key order follows the seeds' examples.
+        # Key order follows Buddycloud's examples (as in the README).
         return {
             "id": self.id,
             "source": self.source,

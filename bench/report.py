@@ -23,7 +23,8 @@ Pushpin is the floor: a post cannot reach held clients faster than a raw publish
 Pushpin does, so each case that has a raw counterpart runs it side by side with the origin,
 alternating, on the same machine and the same shipped `pushpin/pushpin.conf`. The load
 generator, Pushpin and the origin share the machine's cores. What each case does is written at
-the top of its module in `bench/`.
+the top of its module in `bench/`. What Pushpin does with the shipped settings, and what of it
+was measured or read in its source: `docs/pushpin.md`.
 """
 
 # Why each shipped setting and design choice is what it is, as measured here.
@@ -34,10 +35,10 @@ NOTES = """\
   requests with a rate limiter whose 25 ms timer is restarted by every new publish (read in
   Pushpin 1.36's `ratelimiter.cpp`): under a steady stream of publishes less than 25 ms apart,
   nothing was delivered until the stream paused. At 0 the limiter delivers everything on its next
-  pass. The default, 2,500 a second, also made a fan-out to 5,000 take 2 s.
+  pass. Pushpin's stock config, 2,500 a second, also made a fan-out to 5,000 take 2 s.
 - `message_hwm=200000`: deliveries Pushpin may queue; above the fan-out sizes measured here.
-- `client_maxconn=50000`: condure's connection limit (its default, 10,000, is what the
-  10,000-client fan-out needs with nothing to spare).
+- `client_maxconn=50000`: condure's connection limit, as Pushpin's runner passes it by default
+  (condure alone would take 10,000, what the 10,000-client fan-out needs with nothing to spare).
 - `log_level=1`: at 2, Pushpin writes a line per request and per publish.
 - The origin keeps idle keep-alive connections for 300 s (uvicorn's default is 5 s): Pushpin's
   zurl pools its connections to the origin and did not notice the ones the origin closed; up to
@@ -46,11 +47,13 @@ NOTES = """\
   listen backlog is 16,384 (Linux caps it at `net.core.somaxconn`): Pushpin re-asks the origin
   for thousands of held requests at once.
 - The origin runs on uvicorn with httptools and uvloop (`app/__main__.py`): with the default
-  h11 parser and asyncio loop, the same Starlette app served a fan-out about 2.5 times slower
-  (`shared/notes/pushpin.md`). No access log unless `LOG_LEVEL=debug`.
+  h11 parser and asyncio loop, a Starlette app holding 10,000 long-polls itself fanned out 2.5
+  times slower (`docs/design.md`). No access log unless `LOG_LEVEL=debug`.
 - The publisher sends each batch on its own keep-alive HTTP client (`app/publish_client.py`):
   httpx spent 1.4 to 2.5 ms per publish request here, the client 0.15 ms, on every post's way to
-  its readers. It saves its position at most every 0.2 s, not with a commit per publish.
+  its readers; pubcontrol's API, one item per request, spent 70 times the client's CPU on a
+  batch of 50 (`python -m bench.publish_clients`, `docs/design.md`). It saves its position at
+  most every 0.2 s, not with a commit per publish.
 - Store calls run inline on the event loop (`app/store/sqlite.py`): handed to a store thread,
   each waited 10 to 18 ms for the interpreter lock under load. A hold costs 0.15 to 0.22 ms of
   origin CPU since, 0.33 to 0.37 ms before.

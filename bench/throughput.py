@@ -85,7 +85,7 @@ class Tally:
 
 
 class Run:
-    """One case: readers long-polling ``poll_port``, posts made by ``_post_all``."""
+    """One case: readers long-polling ``poll_port``, posts made by ``post_all``."""
 
     def __init__(self, case: str, channels: int, poll_port: int) -> None:
         self.case, self.channels, self.poll_port = case, channels, poll_port

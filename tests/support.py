@@ -1,7 +1,7 @@
 """Real parts for tests and benchmarks: the run command on free ports, and raw long-polls.
 
 ``Stack`` starts ``python -m app`` (Pushpin and the origin, as a user would) in its own data
-folder, on ports below 32768 (the ephemeral range starts there; see shared/notes/pushpin.md).
+folder, on ports below 32768 (the ephemeral range starts there; see docs/pushpin.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The aloha client against the real server, through a real Pushpin; and the seed's example,
+"""The aloha client against the real server, through a real Pushpin; and the README's example,
 run as written."""
 
 from __future__ import annotations
@@ -116,12 +116,12 @@ def test_the_seeds_example_works_as_written(stack: Stack, tmp_path: Path) -> Non
         reader_thread.start()
         for _ in range(20):
             sender.send_message(
-                {"type": "stream", "to": writer, "topic": "posts", "content": "from the seed"}
+                {"type": "stream", "to": writer, "topic": "posts", "content": "from the example"}
             )
             reader_thread.join(0.5)
             if lines:
                 break
-        assert lines and "from the seed" in lines[0] and "'sender_email'" in lines[0]
+        assert lines and "from the example" in lines[0] and "'sender_email'" in lines[0]
     finally:
         example.kill()
         example.wait()

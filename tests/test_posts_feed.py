@@ -1,4 +1,5 @@
-"""The posts notifications feed of seeds 000 and 001, end to end through a real Pushpin."""
+"""The posts notifications feed as Buddycloud's realtime API describes it (README, "Try it"),
+end to end through a real Pushpin."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def test_seed_flow(stack: Stack) -> None:
     reader, writer, stranger = unique("juliet"), unique("romeo"), unique("tybalt")
     with stack.account(reader) as r, stack.account(writer) as w, stack.account(stranger) as x:
         follow(r, f"{writer}/posts")
-        parent = post(w, writer, "the post the seed's example replies to")
+        parent = post(w, writer, "the post the example replies to")
         since = last(r)
         with concurrent.futures.ThreadPoolExecutor() as pool:
             held = pool.submit(r.get, f"/api/notifications/posts?since={since}")
