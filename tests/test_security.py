@@ -12,7 +12,6 @@ import pytest
 from app.accounts import FAILURES_PER_ACCOUNT, FAILURES_PER_ADDRESS
 from app.config import ConfigError, Settings
 from app.grip import is_signed
-from app.throttle import Throttle
 from tests.conftest import unique
 from tests.support import PASSWORD, Stack, running
 from tests.test_posts_feed import last
@@ -87,18 +86,6 @@ def test_a_grip_last_from_a_client_is_never_trusted(stack: Stack) -> None:
         assert lying.json() == honest.json()
         with pytest.raises(httpx.ReadTimeout):  # through Pushpin: still simply held
             c.get(f"/api/notifications/posts?since={since}", headers=lie, timeout=1.5)
-
-
-def test_throttle_counts_failures_in_a_sliding_window() -> None:
-    throttle = Throttle(limit=3, window=60)
-    for t in (0, 1, 2):
-        assert throttle.retry_after("k", now=t) == 0
-        throttle.failed("k", now=t)
-    assert throttle.retry_after("k", now=3) == pytest.approx(57)
-    assert throttle.retry_after("other", now=3) == 0
-    assert throttle.retry_after("k", now=60.5) == 0  # the first failure left the window
-    throttle.succeeded("k")
-    assert throttle.retry_after("k", now=3) == 0
 
 
 def test_failed_logins_are_throttled_per_account_and_per_address(tmp_path: Path) -> None:
