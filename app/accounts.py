@@ -14,7 +14,7 @@ import time
 from math import ceil
 
 from app.config import Limits
-from app.errors import ApiError, BadRequest, TooManyRequests, Unauthorized
+from app.errors import ApiError, BadRequest, Conflict, TooManyRequests, Unauthorized
 from app.model import now_iso, parse_jid
 from app.store import Store
 from app.store.base import Account
@@ -27,8 +27,8 @@ _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024
 REALM = "buddycloud"
-# The window of the login limits (config.Limits).
-FAILURE_WINDOW = 60.0
+# The windows of the login limits and of the account creation limit (config.Limits).
+FAILURE_WINDOW, CREATION_WINDOW = 60.0, 3600.0
 # In the last quarter of a cached login's life, a request starts checking it again.
 REFRESH_AHEAD = 0.25
 MAX_CACHED_LOGINS = 100_000  # about 20 MB
@@ -91,6 +91,7 @@ class Accounts:
         self._per_account = Throttle(limits.login_failures_per_account, FAILURE_WINDOW)
         self._per_address = Throttle(limits.login_failures_per_address, FAILURE_WINDOW)
         self._unknown = Throttle(limits.unknown_logins_per_address, FAILURE_WINDOW)
+        self._creations = Throttle(limits.accounts_per_hour, CREATION_WINDOW)
         self._hashing = AtOnce(limits.hashes_at_once_per_address)
 
     def hashes(self) -> dict[str, int]:
@@ -102,7 +103,8 @@ class Accounts:
         }
 
     async def create(self, username: object, password: object, address: str = "") -> str:
-        """A new account, its password hashed among ``address``'s hashes."""
+        """A new account; Conflict if the name is taken, TooManyRequests past the accounts
+        ``address`` may create in an hour (the name is checked first: it costs no hash)."""
         if not isinstance(username, str) or not isinstance(password, str):
             raise BadRequest('expected JSON {"username": JID, "password": string}')
         jid = parse_jid(username)
@@ -110,10 +112,18 @@ class Accounts:
             raise BadRequest(
                 f"password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
             )
+        # Every channel, an account's or a topic's, is made with its posts node.
+        if await self.store.get_node(jid, "posts") is not None:
+            raise Conflict(f"{jid} already exists")
+        if wait := self._creations.take(address):
+            raise TooManyRequests(
+                f"too many accounts created from your address: try again in {ceil(wait)}s", wait
+            )
         async with self._hashing.slot(address):
             self.new_hashes += 1
             password_hash = await asyncio.to_thread(hash_password, password)
         api_key = secrets.token_urlsafe(24)
+        # A name taken since the check above is still refused here (409).
         await self.store.create_account(jid, password_hash, api_key, now_iso())
         return jid
 

@@ -39,9 +39,13 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def unlimited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """No limit on hashes at once (a control)."""
-    with running(tmp_path_factory.mktemp("unlimited"), HASHES_AT_ONCE_PER_ADDRESS="1000") as stack:
+def few_accounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """3 accounts an hour per address, and no limit on hashes at once (a control)."""
+    with running(
+        tmp_path_factory.mktemp("few_accounts"),
+        ACCOUNTS_PER_HOUR="3",
+        HASHES_AT_ONCE_PER_ADDRESS="1000",
+    ) as stack:
         yield stack
 
 
@@ -175,7 +179,7 @@ def test_concurrent_wrong_passwords_for_one_account_cost_at_most_the_limit(
     assert hashes(limited)["logins"] - after["logins"] == 1  # refusals and API keys cost none
 
 
-def test_an_address_runs_at_most_a_few_hashes_at_once(limited: Stack, unlimited: Stack) -> None:
+def test_an_address_runs_at_most_a_few_hashes_at_once(limited: Stack, few_accounts: Stack) -> None:
     def most_at_once(stack: Stack) -> tuple[Counter[int], int]:
         setup, here = address(), address()
         users = [unique("romeo") for _ in range(3)]
@@ -192,7 +196,7 @@ def test_an_address_runs_at_most_a_few_hashes_at_once(limited: Stack, unlimited:
     statuses, most = most_at_once(limited)
     assert statuses == {401: 24} and most == 4
     # The control: with no such limit, the same burst runs more at once.
-    statuses, most = most_at_once(unlimited)
+    statuses, most = most_at_once(few_accounts)
     assert statuses == {401: 24} and most > 4
 
 
@@ -244,3 +248,30 @@ def test_a_password_right_before_from_an_address_is_not_locked_out_by_others(
         assert c.get("/api/subscribed", auth=(newcomer, newcomer_key)).status_code == 200
     with client(limited, home) as c:  # and from elsewhere, nothing is held back
         assert c.get("/api/subscribed", auth=(newcomer, PASSWORD)).status_code == 200
+
+
+def test_a_taken_name_costs_no_hash(limited: Stack) -> None:
+    here = address()
+    user, topic = unique("juliet"), unique("topic")
+    before = hashes(limited)["accounts"]
+    assert create(limited, here, user).status_code == 201
+    assert hashes(limited)["accounts"] - before == 1
+    with client(limited, here) as c:
+        assert c.post(f"/api/{topic}", auth=(user, PASSWORD), json={}).status_code == 201
+    for taken in (user, user.upper(), topic):  # an account's name, or a topic channel's
+        r = create(limited, here, taken)
+        assert r.status_code == 409 and "already exists" in r.json()["error"]
+    assert hashes(limited)["accounts"] - before == 1
+
+
+def test_account_creation_is_limited_per_address(few_accounts: Stack) -> None:
+    here, elsewhere = address(), address()
+    before = hashes(few_accounts)["accounts"]
+    made = [unique("juliet") for _ in range(3)]
+    for user in made:
+        assert create(few_accounts, here, user).status_code == 201
+    r = create(few_accounts, here, unique("romeo"))
+    assert refused(r, window=3600) and int(r.headers["retry-after"]) > 3500
+    assert create(few_accounts, here, made[0]).status_code == 409  # the name first
+    assert create(few_accounts, elsewhere, unique("romeo")).status_code == 201
+    assert hashes(few_accounts)["accounts"] - before == 4  # nothing refused cost a hash

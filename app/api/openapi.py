@@ -141,8 +141,8 @@ SPEC: dict[str, Any] = {
             "JSON (`Content-Type: application/json`, at most 64 KiB). Errors are "
             '`{"error": "message"}`. Log in with HTTP Basic: your JID and your password or '
             "API key. By default a client address may fail 10 logins a minute per account, "
-            "30 in all, and 30 to unknown accounts (counted apart); past a limit the answer is "
-            "429 with `Retry-After`. An API key, and a "
+            "30 in all, and 30 to unknown accounts (counted apart), and create 20 accounts an "
+            "hour; past a limit the answer is 429 with `Retry-After`. An API key, and a "
             "password already right from that address, are never refused for others' "
             "failures."
         ),
@@ -188,7 +188,7 @@ SPEC: dict[str, Any] = {
                 "requestBody": _body(_ref("NewAccount")),
                 "responses": {
                     **_ok("Created", _object(["username"], username=_ref("Jid")), 201),
-                    **_errors(*BODY_ERRORS, 409),
+                    **_errors(*BODY_ERRORS, 409, 429),
                 },
             },
             "get": {
@@ -412,7 +412,7 @@ SPEC: dict[str, Any] = {
             "413": {"description": "Body over 64 KiB", "content": _json(_ref("Error"))},
             "415": {"description": "Body not declared JSON", "content": _json(_ref("Error"))},
             "429": {
-                "description": "Too many failed logins",
+                "description": "Over a limit: failed logins, or accounts created",
                 "headers": {
                     "Retry-After": {
                         "required": True,
