@@ -246,8 +246,8 @@ class Accounts:
                 for old in list(itertools.islice(self._succeeded, MAX_REMEMBERED // 4)):
                     del self._succeeded[old]
             self._succeeded[key, address] = None
-        elif known:
-            del self._succeeded[key, address]  # no longer right (at most one unlimited failure)
+        elif known:  # no longer right: one unlimited failure at most (two checks may race here)
+            self._succeeded.pop((key, address), None)
         return ok
 
     def _take_slots(self, jid: str, address: str) -> list[tuple[Throttle, str]]:
