@@ -1,4 +1,4 @@
-"""Accounts and HTTP Basic authentication: slow password hashes, API keys, a short-lived cache."""
+"""Accounts and HTTP Basic logins: slow password hashes and their limits, API keys, a cache."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import itertools
 import logging
 import secrets
 import time
+from math import ceil
 
-from app.errors import BadRequest, TooManyRequests, Unauthorized
+from app.config import Limits
+from app.errors import ApiError, BadRequest, Conflict, TooManyRequests, Unauthorized
 from app.model import now_iso, parse_jid
 from app.store import Store
 from app.store.base import Account
-from app.throttle import Throttle
+from app.throttle import AtOnce, Throttle
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +27,12 @@ _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024
 REALM = "buddycloud"
-# Failed logins allowed per minute, for one account from one address and for one address in
-# all, before 429.
-FAILURES_PER_ACCOUNT, FAILURES_PER_ADDRESS, FAILURE_WINDOW = 10, 30, 60.0
+# The windows of the login limits and of the account creation limit (config.Limits).
+FAILURE_WINDOW, CREATION_WINDOW = 60.0, 3600.0
 # In the last quarter of a cached login's life, a request starts checking it again.
 REFRESH_AHEAD = 0.25
 MAX_CACHED_LOGINS = 100_000  # about 20 MB
+MAX_REMEMBERED = 100_000  # (credentials, address) that succeeded: about 30 MB
 
 
 def hash_password(password: str) -> str:
@@ -68,6 +70,7 @@ class Accounts:
         store: Store,
         secret_key: str,
         cache_seconds: int,
+        limits: Limits | None = None,
         max_cached: int = MAX_CACHED_LOGINS,
     ) -> None:
         self.store = store
@@ -77,11 +80,31 @@ class Accounts:
         self._cache: dict[bytes, tuple[str, float]] = {}
         # the check running for a key: every request with those credentials waits for it
         self._checking: dict[bytes, asyncio.Task[str | None]] = {}
-        self.slow_checks = 0  # password hashes computed (logging in with an API key is cheap)
-        self._per_account = Throttle(FAILURES_PER_ACCOUNT, FAILURE_WINDOW)
-        self._per_address = Throttle(FAILURES_PER_ADDRESS, FAILURE_WINDOW)
+        # (keyed hash, address) of passwords that were right from that address, oldest first:
+        # they pass the failure limits, which others' guesses may have filled
+        self._succeeded: dict[tuple[bytes, str], None] = {}
+        self.slow_checks = 0  # password hashes computed to check logins (an API key is cheap)
+        self.new_hashes = 0  # password hashes computed for new accounts
+        limits = limits or Limits()
+        # A slot is taken before each slow hash and given back if the password was right, so
+        # that no concurrency runs more hashes than the limits allow.
+        self._per_account = Throttle(limits.login_failures_per_account, FAILURE_WINDOW)
+        self._per_address = Throttle(limits.login_failures_per_address, FAILURE_WINDOW)
+        self._unknown = Throttle(limits.unknown_logins_per_address, FAILURE_WINDOW)
+        self._creations = Throttle(limits.accounts_per_hour, CREATION_WINDOW)
+        self._hashing = AtOnce(limits.hashes_at_once_per_address)
 
-    async def create(self, username: object, password: object) -> str:
+    def hashes(self) -> dict[str, int]:
+        """Slow hashes computed since start, and the most that one address ran at once."""
+        return {
+            "logins": self.slow_checks,
+            "accounts": self.new_hashes,
+            "most_at_once": self._hashing.most,
+        }
+
+    async def create(self, username: object, password: object, address: str = "") -> str:
+        """A new account; Conflict if the name is taken, TooManyRequests past the accounts
+        ``address`` may create in an hour (the name is checked first: it costs no hash)."""
         if not isinstance(username, str) or not isinstance(password, str):
             raise BadRequest('expected JSON {"username": JID, "password": string}')
         jid = parse_jid(username)
@@ -89,56 +112,73 @@ class Accounts:
             raise BadRequest(
                 f"password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
             )
-        password_hash = await asyncio.to_thread(hash_password, password)
+        # Every channel, an account's or a topic's, is made with its posts node.
+        if await self.store.get_node(jid, "posts") is not None:
+            raise Conflict(f"{jid} already exists")
+        if wait := self._creations.take(address):
+            raise TooManyRequests(
+                f"too many accounts created from your address: try again in {ceil(wait)}s", wait
+            )
+        async with self._hashing.slot(address):
+            self.new_hashes += 1
+            password_hash = await asyncio.to_thread(hash_password, password)
         api_key = secrets.token_urlsafe(24)
+        # A name taken since the check above is still refused here (409).
         await self.store.create_account(jid, password_hash, api_key, now_iso())
         return jid
 
     async def authenticate(self, authorization: str | None, address: str = "") -> str:
         """The JID of the caller of a Basic ``Authorization`` header, or Unauthorized.
 
-        Failed logins are counted per account and client ``address``, and per address; past
-        either limit the answer is TooManyRequests, before any slow hash is computed.
+        An API key is never refused for others' failures. A password costs a slow hash, within
+        the limits of ``address`` (the client's): past them the answer is TooManyRequests.
         """
         if not authorization:
             raise Unauthorized("login required: HTTP Basic with your JID and password or API key")
         username, secret = _parse_basic(authorization)
-        key = hmac.new(self._secret, f"{username}\x00{secret}".encode(), "sha256").digest()
+        key = self._key(username, secret)
         cached = self._cache.get(key)
         now = time.monotonic()
         if cached and cached[1] > now:
             if cached[1] - now < self._cache_seconds * REFRESH_AHEAD:
                 # A user who keeps asking never waits for the hash: check again in the
                 # background while the cached answer still holds.
-                self._check(key, username, secret)
+                self._check(key, username, secret, address)
             return cached[0]
-        keys = self._throttled(username, address)
         # One slow check per credentials at a time: when the cache expires under a user with
         # thousands of long-polls, each must not start its own (50 ms of CPU apiece).
-        jid = await asyncio.shield(self._check(key, username, secret))
+        jid = await asyncio.shield(self._check(key, username, secret, address))
         if jid is None:
-            self._failed(keys)
             raise Unauthorized("invalid credentials")
-        self._per_account.succeeded(keys[0])
         return jid
 
-    def _check(self, key: bytes, username: str, secret: str) -> asyncio.Task[str | None]:
-        """The running check of these credentials, or a new one, which caches what it finds."""
+    def _key(self, username: str, secret: str) -> bytes:
+        return hmac.new(self._secret, f"{username}\x00{secret}".encode(), "sha256").digest()
+
+    def _check(
+        self, key: bytes, username: str, secret: str, address: str
+    ) -> asyncio.Task[str | None]:
+        """The running check of these credentials, or a new one, which caches what it finds.
+        (Requests that join a running check share the limits of the address that started it.)"""
         task = self._checking.get(key)
         if task is None:
-            task = asyncio.create_task(self._verify_and_cache(key, username, secret))
+            task = asyncio.create_task(self._verify_and_cache(key, username, secret, address))
             self._checking[key] = task
             task.add_done_callback(lambda done: self._checked(key, done))
         return task
 
     def _checked(self, key: bytes, task: asyncio.Task[str | None]) -> None:
         self._checking.pop(key, None)
-        # A background check has no caller to raise to; the next request checks again.
-        if not task.cancelled() and (exc := task.exception()) is not None:
+        # A background check has no caller to raise to; the next request checks again. A
+        # refusal (429) is an answer, not a failure.
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None and not isinstance(exc, ApiError):
             log.warning("checking credentials failed: %r", exc)
 
-    async def _verify_and_cache(self, key: bytes, username: str, secret: str) -> str | None:
-        jid = await self._verify(username, secret)
+    async def _verify_and_cache(
+        self, key: bytes, username: str, secret: str, address: str
+    ) -> str | None:
+        jid = await self._verify(key, username, secret, address)
         if jid is None:
             self._cache.pop(key, None)  # cached, and a background check found them invalid
         elif self._cache_seconds:
@@ -156,48 +196,72 @@ class Accounts:
 
     async def verify_password(self, username: str, password: str, address: str) -> Account:
         """The account, if ``password`` is its password (not its API key): Zulip's
-        fetch_api_key. Failures are throttled like failed logins."""
-        keys = self._throttled(username, address)
+        fetch_api_key. Limited as logins are."""
+        account = await self._account(username, address)
+        if account is None or not await self._check_password(
+            self._key(username, password), account, password, address
+        ):
+            raise Unauthorized("invalid credentials: fetch_api_key takes the password")
+        return account
+
+    async def _verify(self, key: bytes, username: str, secret: str, address: str) -> str | None:
+        account = await self._account(username, address)
+        if account is None:
+            return None
+        # Before any limit: an API key costs no hash, so nobody's failures may refuse it.
+        if hmac.compare_digest(secret.encode(), account.api_key.encode()):
+            return account.jid
+        return account.jid if await self._check_password(key, account, secret, address) else None
+
+    async def _account(self, username: str, address: str) -> Account | None:
+        """The account ``username`` names, or None, counted against ``address``'s own limit
+        for unknown accounts (no hash is computed for them, and they fill no other limit)."""
         try:
             account = await self.store.get_account(parse_jid(username))
         except BadRequest:
             account = None
-        if account is None or not await asyncio.to_thread(
-            check_password, password, account.password_hash
-        ):
-            self._failed(keys)
-            raise Unauthorized("invalid credentials: fetch_api_key takes the password")
-        self._per_account.succeeded(keys[0])
+        if account is None and (wait := self._unknown.take(address)):
+            raise TooManyRequests(
+                f"too many logins to unknown accounts: try again in {ceil(wait)}s", wait
+            )
         return account
 
-    def _throttled(self, username: str, address: str) -> tuple[str, str]:
-        """The throttle's keys for a login attempt; TooManyRequests past either limit."""
-        # Per account *from one address*: a stranger's guesses do not lock the owner out.
-        account_key, address_key = f"{username.lower()}\x00{address}", address
-        wait = max(
-            self._per_account.retry_after(account_key), self._per_address.retry_after(address_key)
-        )
-        if wait > 0:
-            raise TooManyRequests(f"too many failed logins: try again in {wait:.0f}s", wait)
-        return account_key, address_key
+    async def _check_password(
+        self, key: bytes, account: Account, password: str, address: str
+    ) -> bool:
+        """Is ``password`` the account's? The slow hash, run when ``address`` has a slot for it
+        (TooManyRequests if not), with at most a few of that address's hashes at once."""
+        known = (key, address) in self._succeeded
+        # Credentials right before from this address skip the failure limits: others' guesses
+        # (from a shared address, or at this account) cannot lock their owner out.
+        taken = [] if known else self._take_slots(account.jid, address)
+        async with self._hashing.slot(address):
+            self.slow_checks += 1
+            ok = await asyncio.to_thread(check_password, password, account.password_hash)
+        if ok:
+            for throttle, slot in taken:
+                throttle.give_back(slot)
+            self._succeeded.pop((key, address), None)  # re-inserted last: the newest
+            if len(self._succeeded) >= MAX_REMEMBERED:
+                for old in list(itertools.islice(self._succeeded, MAX_REMEMBERED // 4)):
+                    del self._succeeded[old]
+            self._succeeded[key, address] = None
+        elif known:  # no longer right: one unlimited failure at most (two checks may race here)
+            self._succeeded.pop((key, address), None)
+        return ok
 
-    def _failed(self, keys: tuple[str, str]) -> None:
-        self._per_account.failed(keys[0])
-        self._per_address.failed(keys[1])
-
-    async def _verify(self, username: str, secret: str) -> str | None:
-        try:
-            jid = parse_jid(username)
-        except BadRequest:
-            return None
-        account = await self.store.get_account(jid)
-        if account is None:
-            return None
-        if hmac.compare_digest(secret.encode(), account.api_key.encode()):
-            return jid
-        self.slow_checks += 1
-        ok = await asyncio.to_thread(check_password, secret, account.password_hash)
-        return jid if ok else None
+    def _take_slots(self, jid: str, address: str) -> list[tuple[Throttle, str]]:
+        """A slot for one more hash, per account from this address and per address."""
+        # Per account *from one address*: a stranger's guesses elsewhere do not lock it out.
+        account_key = f"{jid}\x00{address}"
+        if wait := self._per_account.take(account_key):
+            raise TooManyRequests(
+                f"too many failed logins to this account: try again in {ceil(wait)}s", wait
+            )
+        if wait := self._per_address.take(address):
+            self._per_account.give_back(account_key)
+            raise TooManyRequests(f"too many failed logins: try again in {ceil(wait)}s", wait)
+        return [(self._per_account, account_key), (self._per_address, address)]
 
 
 def _parse_basic(header: str) -> tuple[str, str]:

@@ -85,7 +85,7 @@ def create_app(settings: Settings) -> Starlette:
         settings=settings,
         store=store,
         publisher=publisher,
-        accounts=Accounts(store, settings.secret_key, settings.auth_cache_seconds),
+        accounts=Accounts(store, settings.secret_key, settings.auth_cache_seconds, settings.limits),
         channels=channels,
         subscriptions=Subscriptions(channels, settings.limits),
         feeds=Feeds(store),

@@ -12,7 +12,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from app.accounts import Accounts, check_password, hash_password
+from app.accounts import MAX_CACHED_LOGINS, Accounts, check_password, hash_password
 from app.errors import Unauthorized
 from app.publisher import Target
 from app.store.sqlite import SqliteStore
@@ -23,13 +23,15 @@ PASSWORD = "a long enough password"
 
 @contextlib.asynccontextmanager
 async def accounts_on(
-    tmp_path: Path, cache_seconds: int, **options: int
+    tmp_path: Path, cache_seconds: int, max_cached: int = MAX_CACHED_LOGINS
 ) -> AsyncIterator[Accounts]:
     """Accounts on a real SQLite store in ``tmp_path``."""
     store = SqliteStore(tmp_path / "db.sqlite3")
     await store.open()
     try:
-        yield Accounts(store, secret_key="s" * 32, cache_seconds=cache_seconds, **options)
+        yield Accounts(
+            store, secret_key="s" * 32, cache_seconds=cache_seconds, max_cached=max_cached
+        )
     finally:
         await store.close()
 

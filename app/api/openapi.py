@@ -140,8 +140,11 @@ SPEC: dict[str, Any] = {
             "Buddycloud's HTTP API, served by a GRIP origin behind Pushpin. Request bodies are "
             "JSON (`Content-Type: application/json`, at most 256 KiB). Errors are "
             '`{"error": "message"}`. Log in with HTTP Basic: your JID and your password or '
-            "API key. After 10 failed logins in a minute for one account from one client "
-            "address, or 30 from one address, the answer is 429 with `Retry-After`."
+            "API key. By default a client address may fail 10 logins a minute per account, "
+            "30 in all, and 30 to unknown accounts (counted apart), and create 20 accounts an "
+            "hour; past a limit the answer is 429 with `Retry-After`. An API key, and a "
+            "password already right from that address, are never refused for others' "
+            "failures."
         ),
     },
     "security": [{"basicAuth": []}],
@@ -185,7 +188,7 @@ SPEC: dict[str, Any] = {
                 "requestBody": _body(_ref("NewAccount")),
                 "responses": {
                     **_ok("Created", _object(["username"], username=_ref("Jid")), 201),
-                    **_errors(*BODY_ERRORS, 409),
+                    **_errors(*BODY_ERRORS, 409, 429),
                 },
             },
             "get": {
@@ -409,7 +412,7 @@ SPEC: dict[str, Any] = {
             "413": {"description": "Body over 256 KiB", "content": _json(_ref("Error"))},
             "415": {"description": "Body not declared JSON", "content": _json(_ref("Error"))},
             "429": {
-                "description": "Too many failed logins",
+                "description": "Over a limit: failed logins, or accounts created",
                 "headers": {
                     "Retry-After": {
                         "required": True,
@@ -435,6 +438,7 @@ SPEC: dict[str, Any] = {
                     "feed_requests",
                     "published_items",
                     "targets",
+                    "password_hashes",
                 ],
                 status={"type": "string", "enum": ["ok"]},
                 last=_ref("Cursor"),
@@ -487,6 +491,16 @@ SPEC: dict[str, Any] = {
                         },
                     ),
                 },
+                password_hashes=_object(
+                    ["logins", "accounts", "most_at_once"],
+                    logins={"type": "integer", "minimum": 0, "description": "checks of logins"},
+                    accounts={"type": "integer", "minimum": 0, "description": "for new accounts"},
+                    most_at_once={
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "the most one client address ran at once",
+                    },
+                ),
             ),
             "Cursor": {
                 "type": "string",
