@@ -173,7 +173,7 @@ class Accounts:
     def _throttled(self, username: str, address: str) -> tuple[str, str]:
         """The throttle's keys for a login attempt; TooManyRequests past either limit."""
         # Per account *from one address*: a stranger's guesses do not lock the owner out.
-        account_key, address_key = f"{username.lower()}\x00{address}", address
+        account_key, address_key = f"{_login_name(username)}\x00{address}", address
         wait = max(
             self._per_account.retry_after(account_key), self._per_address.retry_after(address_key)
         )
@@ -198,6 +198,14 @@ class Accounts:
         self.slow_checks += 1
         ok = await asyncio.to_thread(check_password, secret, account.password_hash)
         return jid if ok else None
+
+
+def _login_name(username: str) -> str:
+    """The account a login names, to count its failures: every spelling of it is one."""
+    try:
+        return parse_jid(username)
+    except BadRequest:
+        return username.lower()
 
 
 def _parse_basic(header: str) -> tuple[str, str]:
