@@ -16,6 +16,7 @@ from app.accounts import Accounts
 from app.aloha import Aloha
 from app.api import accounts, aloha, content, notifications, openapi, social
 from app.api.common import api_error_handler, http_error_handler
+from app.api.percent_encoding import PercentEncoding
 from app.channels import Channels
 from app.config import Settings
 from app.cors import Cors
@@ -114,6 +115,7 @@ def create_app(settings: Settings) -> Starlette:
         middleware=[
             Middleware(CountInFlight, services=services),
             *([cors.middleware()] if settings.cors_origins else []),
+            Middleware(PercentEncoding),
         ],
         exception_handlers={ApiError: api_error_handler, HTTPException: http_error_handler},
         lifespan=lifespan,

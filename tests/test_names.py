@@ -1,9 +1,10 @@
 """Names as XMPP compares them (RFC 7622), through the real run command and Pushpin: width and
 case variants are one account and one channel, invisible and direction-control characters are
-refused, an A-label domain is its U-label."""
+refused, an A-label domain is its U-label, and a URL that is not UTF-8 is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from app.accounts import FAILURES_PER_ACCOUNT
 from tests.conftest import unique
-from tests.support import PASSWORD, Stack, running
+from tests.support import PASSWORD, Stack, raw_get, running
 from tests.test_posts_feed import follow, post
 
 # Invisible characters and direction controls, each of which once made a name that looked
@@ -98,6 +99,43 @@ def test_invisible_and_direction_controls_are_refused(stack: Stack, char: str) -
             follow = c.post("/api/subscribed", json={f"{name}/posts": "member"})
             assert follow.status_code == 400, (name, follow.text)
         assert c.post("/api/subscribed", json={f"{user}/posts": "member"}).status_code == 200
+
+
+def test_a_url_that_is_not_utf8_is_refused_and_creates_nothing(stack: Stack) -> None:
+    user = unique("dave")
+    with stack.account(user) as c:
+        before = c.get("/api/subscribed").json()
+        for path in (
+            f"/api/%FF{user}",
+            f"/api/{user.replace('@', '%C0%40')}",
+            "/api/%E9t%E9@x.com",
+        ):
+            r = c.post(path)
+            assert r.status_code == 400, (path, r.text)
+            assert "not UTF-8" in r.json()["error"], r.text
+        assert c.get("/api/subscribed").json() == before
+        # Positive controls: UTF-8, percent-encoded, is a name like any other.
+        topic = f"%C3%A9t%C3%A9-{user.partition('@')[0]}@topics.example.com"
+        made = c.post(f"/api/{topic}")
+        assert made.status_code == 201, made.text
+        assert (
+            f"été-{user.partition('@')[0]}@topics.example.com/posts"
+            in c.get("/api/subscribed").json()
+        )
+        # A "%" that starts no escape: Pushpin passes it on as a literal "%" (escaped, %25),
+        # and the origin, reached directly, refuses it.
+        host, port = stack.origin_url.removeprefix("http://").split(":")
+        status, _, body = asyncio.run(
+            raw_get(host, int(port), f"/api/{user}%G0/metadata/posts", {}, 10)
+        )
+        assert status == 400 and b"percent-encoding" in body, body
+        # The Zulip side answers as Zulip does, for a bad query string as for a path.
+        key = c.get("/api/account").json()["api_key"]
+    with httpx.Client(base_url=stack.url, auth=(user, key), timeout=30) as z:
+        r = z.get("/api/v1/events?queue_id=%FF&last_event_id=-1")
+        assert r.status_code == 400
+        assert r.json()["result"] == "error" and r.json()["code"] == "BAD_REQUEST", r.text
+        assert "percent-encoding" in r.json()["msg"]
 
 
 def test_an_a_label_domain_is_the_same_account_as_its_u_label(stack: Stack) -> None:
