@@ -22,6 +22,7 @@ from app.config import Settings
 from app.cors import Cors
 from app.errors import ApiError
 from app.feeds import Feeds
+from app.model import name_problems
 from app.publisher import Publisher
 from app.services import Services
 from app.store import open_store
@@ -96,7 +97,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await store.open()
+        await store.open(check_names=name_problems)
         await publisher.start()
         log.info("store %s at schema version %d", store.path, await store.schema_version())
         try:

@@ -91,6 +91,24 @@ def _why(exc: ValueError) -> str:
     return f"U+{ord(exc.object[exc.start]):04X} is not allowed ({reason})"
 
 
+def name_problems(names: list[str]) -> list[str]:
+    """What parse_jid would fold together, change or refuse among ``names`` stored by an
+    older version (which lower-cased and checked a pattern): one line each."""
+    forms: dict[str, list[str]] = {}
+    problems = []
+    for name in sorted(names):
+        try:
+            forms.setdefault(parse_jid(name), []).append(name)
+        except BadRequest as exc:
+            problems.append(f"{name!r} is refused: {exc.message}")
+    for form, group in sorted(forms.items()):
+        if len(group) > 1:
+            problems.append(f"{', '.join(map(repr, group))} fold to {form!r}")
+        elif group != [form]:
+            problems.append(f"{group[0]!r} becomes {form!r}, so no login would find it")
+    return problems
+
+
 def parse_node(raw: str) -> str:
     if not _NODE.fullmatch(raw):
         raise BadRequest(f"invalid node name {raw[:80]!r}: expected [a-z0-9_.-]{{1,64}}")

@@ -1,6 +1,7 @@
 """Names as XMPP compares them (RFC 7622), through the real run command and Pushpin: width and
 case variants are one account and one channel, invisible and direction-control characters are
-refused, an A-label domain is its U-label, and a URL that is not UTF-8 is refused."""
+refused, an A-label domain is its U-label, a URL that is not UTF-8 is refused, and a store
+whose names would now fold together does not start."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.accounts import FAILURES_PER_ACCOUNT
+from app.accounts import FAILURES_PER_ACCOUNT, hash_password
+from app.store.schema import MIGRATIONS
+from app.store.sqlite import SqliteStore
 from tests.conftest import unique
 from tests.support import PASSWORD, Stack, raw_get, running
 from tests.test_posts_feed import follow, post
@@ -188,3 +191,67 @@ def test_failed_logins_count_for_the_account_however_it_is_spelled(tmp_path: Pat
                 assert wrong.status_code == 401
             assert c.get("/api/subscribed", auth=(victim, PASSWORD)).status_code == 429
             assert c.get("/api/subscribed", auth=(other, PASSWORD)).status_code == 200
+
+
+def _store_at_version_3(path: Path, names: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store as version 3 of this server made it (which lower-cased names and checked a
+    pattern), with an account for each of ``names``, made by the store's own methods."""
+
+    async def make() -> None:
+        with monkeypatch.context() as patched:
+            patched.setattr("app.store.sqlite.MIGRATIONS", MIGRATIONS[:3])
+            store = SqliteStore(path)
+            await store.open()
+            assert await store.schema_version() == 3
+            for name in names:
+                await store.create_account(name, hash_password(PASSWORD), name, "2026-01-01")
+            await store.close()
+
+    asyncio.run(make())
+
+
+def _accounts_at_version_3(path: Path, names: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many of ``names`` the store still holds, read at version 3 (left as it was)."""
+
+    async def count() -> int:
+        with monkeypatch.context() as patched:
+            patched.setattr("app.store.sqlite.MIGRATIONS", MIGRATIONS[:3])
+            store = SqliteStore(path)
+            await store.open()
+            assert await store.schema_version() == 3
+            found = [await store.get_account(name) for name in names]
+            await store.close()
+        return sum(account is not None for account in found)
+
+    return asyncio.run(count())
+
+
+def test_a_store_whose_names_now_fold_together_does_not_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    names = ["a@example.com", "\uff41@example.com", "romeo@example.com", "b\u200d@example.com"]
+    _store_at_version_3(data / "buddycloud.sqlite3", names, monkeypatch)
+    stack = Stack(data)
+    with pytest.raises(RuntimeError, match="did not start"):
+        stack.start()
+    assert stack.process is not None and stack.process.wait(10) != 0
+    log = stack.log()
+    assert "'a@example.com', '\uff41@example.com' fold to 'a@example.com'" in log, log
+    assert "'b\\u200d@example.com' is refused" in log, log
+    assert "romeo@example.com" not in log, "a name that is fine is not listed"
+    assert "Ready:" not in log and "Nothing was changed" in log
+    # Nothing was merged or dropped: the store is as it was, at version 3.
+    assert _accounts_at_version_3(data / "buddycloud.sqlite3", names, monkeypatch) == 4
+
+
+def test_a_store_whose_names_are_all_normal_migrates_and_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    names = ["juliet@example.com", "romeo@bücher.example"]
+    _store_at_version_3(data / "buddycloud.sqlite3", names, monkeypatch)
+    with running(data) as stack:
+        assert "at schema version 4" in stack.log()
+        for login in ("Juliet@Example.com", "romeo@xn--bcher-kva.example"):
+            assert whoami(stack, login).status_code == 200, login

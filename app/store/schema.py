@@ -1,5 +1,10 @@
 """The SQLite schema, as forward-only migrations: version N is the first N scripts applied."""
 
+# From this version on, every account and channel name is stored in its normal form (RFC 7622,
+# app.model.parse_jid). Before taking it, the store checks the names an older version stored
+# and refuses to go on if the rule would fold any together, change or refuse them.
+NAMES_NORMALISED = 4
+
 MIGRATIONS: list[str] = [
     # 1: accounts, channels, nodes, follows, the one event log and what the publisher needs.
     """
@@ -96,4 +101,6 @@ MIGRATIONS: list[str] = [
     ALTER TABLE posts ADD COLUMN local_id TEXT;
     CREATE UNIQUE INDEX posts_by_local_id ON posts (author, local_id) WHERE local_id IS NOT NULL;
     """,
+    # 4: no change to the tables: the names are checked first (NAMES_NORMALISED).
+    "",
 ]
