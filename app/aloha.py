@@ -8,6 +8,7 @@ channel (its JID), a topic is a node. Event ids are the log's cursors: they only
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -167,8 +168,17 @@ def _narrow(raw: Any) -> list[list[str]]:
             raise BadRequest(
                 f"bad narrow term {term!r}: operators are {', '.join(NARROW_OPERATORS)}"
             )
-        terms.append([NARROW_OPERATORS[term[0]], term[1].lower()])
+        terms.append([NARROW_OPERATORS[term[0]], _operand(NARROW_OPERATORS[term[0]], term[1])])
     return terms
+
+
+def _operand(operator: str, raw: str) -> str:
+    """A stream or a sender named as its JID is stored, as a login is found (a name that is no
+    JID matches nothing); a topic in lower case."""
+    if operator in ("stream", "sender"):
+        with contextlib.suppress(BadRequest):
+            return parse_jid(raw)
+    return raw.lower()
 
 
 def _matches(event: dict[str, Any], narrow: list[tuple[str, ...]]) -> bool:

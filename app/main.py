@@ -16,11 +16,13 @@ from app.accounts import Accounts
 from app.aloha import Aloha
 from app.api import accounts, aloha, content, notifications, openapi, social
 from app.api.common import api_error_handler, http_error_handler
+from app.api.percent_encoding import PercentEncoding
 from app.channels import Channels
 from app.config import Settings
 from app.cors import Cors
 from app.errors import ApiError
 from app.feeds import Feeds
+from app.model import name_problems
 from app.publisher import Publisher
 from app.services import Services
 from app.store import open_store
@@ -95,7 +97,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await store.open()
+        await store.open(check_names=name_problems)
         await publisher.start()
         log.info("store %s at schema version %d", store.path, await store.schema_version())
         try:
@@ -114,6 +116,7 @@ def create_app(settings: Settings) -> Starlette:
         middleware=[
             Middleware(CountInFlight, services=services),
             *([cors.middleware()] if settings.cors_origins else []),
+            Middleware(PercentEncoding),
         ],
         exception_handlers={ApiError: api_error_handler, HTTPException: http_error_handler},
         lifespan=lifespan,

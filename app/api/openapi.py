@@ -15,12 +15,14 @@ from app.api.common import JSONResponse
 
 # Characters no JID may hold (app.model._FORBIDDEN_IN_JID): Python's whitespace, controls,
 # / ; , quotes < > and backslash. Spelled out rather than \s, whose ECMA-262 meaning differs.
+# Looser than app.model.parse_jid (PRECIS and IDNA2008 are no regular expression): a JID that
+# matches may still be refused, one that does not never is. A final dot is stripped.
 _NOT_IN_JID = (
     r"\x00-\x20\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
     r"/;,\"'<>\\"
 )
 _LABEL = rf"[^@.{_NOT_IN_JID}]+"
-JID_PATTERN = rf"^[^@{_NOT_IN_JID}]+@{_LABEL}(\.{_LABEL})*$"
+JID_PATTERN = rf"^[^@{_NOT_IN_JID}]+@{_LABEL}(\.{_LABEL})*\.?$"
 NODE_PATTERN = r"^[a-z0-9_.-]{1,64}$"
 ROLES = ["owner", "moderator", "publisher", "member", "outcast"]
 
@@ -71,7 +73,8 @@ CHANNEL = _param(
     "channel",
     "path",
     {"type": "string", "pattern": JID_PATTERN, "maxLength": 255},
-    "A channel: a bare JID, localpart@domain, compared in lower case (at most 255 bytes).",
+    "A channel: a bare JID, localpart@domain, as XMPP compares them (RFC 7622: width and case"
+    " folded, IDN domains as U-labels; at most 255 bytes).",
     example="juliet@example.com",
 )
 NODE = _param(

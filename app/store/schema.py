@@ -1,5 +1,10 @@
 """The SQLite schema, as forward-only migrations: version N is the first N scripts applied."""
 
+# From this version on, every account and channel name is stored in its normal form (RFC 7622,
+# app.model.parse_jid). Before taking it, the store checks the names an older version stored
+# and refuses to go on if the rule would fold any together, change or refuse them.
+NAMES_NORMALISED = 5
+
 MIGRATIONS: list[str] = [
     # 1: accounts, channels, nodes, follows, the one event log and what the publisher needs.
     """
@@ -129,4 +134,6 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (jid, node_id)
     ) WITHOUT ROWID;
     """,
+    # 5: no change to the tables: the names are checked first (NAMES_NORMALISED).
+    "",
 ]

@@ -33,7 +33,7 @@ from app.store.base import (
     RetryKey,
     SubscriptionChange,
 )
-from app.store.schema import MIGRATIONS
+from app.store.schema import MIGRATIONS, NAMES_NORMALISED
 
 # The Pushpin channel of an account (a, in queries): every post it may see is published there.
 USER_CHANNEL = "'u' || a.id"
@@ -99,7 +99,9 @@ class SqliteStore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @_serialised
-    def open(self) -> None:
+    def open(self, check_names: Callable[[list[str]], list[str]] | None = None) -> None:
+        """Open the file, migrating it to this version's schema. Migrating past
+        NAMES_NORMALISED needs ``check_names``: the problems it finds with the names stored."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
@@ -110,7 +112,7 @@ class SqliteStore:
         db.execute("PRAGMA secure_delete=ON")
         db.execute("PRAGMA busy_timeout=5000")
         self._db = db
-        self._migrate()
+        self._migrate(check_names)
 
     async def close(self) -> None:
         if self._db is not None:
@@ -122,7 +124,7 @@ class SqliteStore:
         assert self._db is not None, "store is not open"
         return self._db
 
-    def _migrate(self) -> None:
+    def _migrate(self, check_names: Callable[[list[str]], list[str]] | None) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
             raise RuntimeError(
@@ -140,9 +142,29 @@ class SqliteStore:
                 # Another process may have migrated while we waited for the write lock.
                 if self.db.execute("PRAGMA user_version").fetchone()[0] > number:
                     continue
+                if number + 1 == NAMES_NORMALISED:
+                    self._check_names(check_names)
                 for statement in _statements(MIGRATIONS[number]):
                     self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version={number + 1}")
+
+    def _check_names(self, check: Callable[[list[str]], list[str]] | None) -> None:
+        """Refuse to migrate while ``check`` finds problems with the stored names (merging,
+        renaming or dropping them here could lose someone's posts or login)."""
+        names = [
+            row[0]
+            for row in self.db.execute("SELECT jid FROM accounts UNION SELECT jid FROM channels")
+        ]
+        if names and check is None:
+            raise RuntimeError(f"{self.path}: its names must be checked to migrate it")
+        problems = check(names) if check else []
+        if problems:
+            raise RuntimeError(
+                f"{self.path} holds account or channel names that this version, which stores"
+                " names as XMPP compares them (RFC 7622), would fold together, change or refuse."
+                " Nothing was changed. Rename or remove them, then start again:\n  "
+                + "\n  ".join(problems)
+            )
 
     def _tx(self) -> _Transaction:
         return _Transaction(self)
