@@ -12,9 +12,12 @@ EXPOSE_HEADERS = ["Location"]
 
 
 class Cors:
+    """``*`` lets any page read answers, never with the user's credentials (a page elsewhere
+    must not act as the user); named origins, matched exactly, may send credentials."""
+
     def __init__(self, origins: list[str]) -> None:
-        self.origins = origins
         self.any = "*" in origins
+        self.origins = ["*"] if self.any else origins
 
     def middleware(self) -> Middleware:
         return Middleware(
@@ -22,19 +25,24 @@ class Cors:
             allow_origins=self.origins,
             allow_methods=ALLOW_METHODS,
             allow_headers=ALLOW_HEADERS,
-            allow_credentials=True,
+            allow_credentials=not self.any,
             expose_headers=EXPOSE_HEADERS,
         )
 
     def headers_for(self, request: Request) -> dict[str, str]:
-        """What CORSMiddleware would add to a simple response: held responses are answered by
+        """What CORSMiddleware adds to a simple response: held responses are answered by
         Pushpin (it keeps these headers for the published answer), not by the middleware."""
         origin = request.headers.get("origin")
-        if not origin or not (self.any or origin in self.origins):
+        exposed = {"Access-Control-Expose-Headers": ", ".join(EXPOSE_HEADERS)}
+        if not origin:
+            return {}
+        if self.any:
+            return {"Access-Control-Allow-Origin": "*", **exposed}
+        if origin not in self.origins:
             return {}
         return {
             "Access-Control-Allow-Origin": origin,
             "Access-Control-Allow-Credentials": "true",
-            "Access-Control-Expose-Headers": ", ".join(EXPOSE_HEADERS),
+            **exposed,
             "Vary": "Origin",
         }

@@ -121,5 +121,8 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={ApiError: api_error_handler, HTTPException: http_error_handler},
         lifespan=lifespan,
     )
+    # No redirect from a path with a trailing slash to one without: Starlette builds its
+    # Location from the request's Host header. Such a path answers 404 like any other.
+    app.router.redirect_slashes = False
     app.state.services = services
     return app
