@@ -8,6 +8,7 @@ channel (its JID), a topic is a node. Event ids are the log's cursors: they only
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import secrets
@@ -16,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from app.channels import Channels, Retry
+from app.config import Limits
 from app.errors import BadRequest, UnknownQueue
 from app.feeds import Hold
 from app.model import POSTS_NODE, now_iso, parse_jid, parse_node
@@ -32,14 +34,43 @@ EVENT_TYPES = (
 )
 NARROW_OPERATORS = {"stream": "stream", "channel": "stream", "topic": "topic", "sender": "sender"}
 MAX_EVENTS = 100
+MAX_OPERAND_CHARS = 255  # a narrow names a stream, a topic or a sender
+EXPIRE_STEP = 50  # queues deleted in one go
+EXPIRE_EVERY = 10.0  # seconds between looks for expired queues
 
 
 class Aloha:
-    def __init__(self, store: Store, channels: Channels, lifespan: int, hold: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        channels: Channels,
+        lifespan: int,
+        hold: int,
+        limits: Limits | None = None,
+    ) -> None:
         self.store = store
         self.channels = channels
         self.lifespan = lifespan
         self.hold = hold  # a poll may be held this long: it counts as polling
+        self.limits = limits or Limits()
+        self.expired = 0  # queues deleted after their life, since start
+        self.longest_expiry_step = 0.0  # seconds the loop spent in one step of that
+
+    async def expire_forever(self) -> None:
+        """Delete queues past their life, a few at a time, so that no request waits long for
+        it however many expire at once (a queue's narrow may be a few kB)."""
+        while True:
+            while True:
+                started = time.perf_counter()
+                deleted = await self.store.expire_queues(time.time(), self.hold, EXPIRE_STEP)
+                self.longest_expiry_step = max(
+                    self.longest_expiry_step, time.perf_counter() - started
+                )
+                self.expired += deleted
+                if deleted < EXPIRE_STEP:
+                    break
+                await asyncio.sleep(0)  # let requests in between
+            await asyncio.sleep(EXPIRE_EVERY)
 
     async def register(
         self,
@@ -52,7 +83,7 @@ class Aloha:
         types = _event_types(event_types)
         if not isinstance(all_public_streams, bool):
             raise BadRequest("all_public_streams must be true or false")
-        narrowed = _narrow(narrow)
+        narrowed = _narrow(narrow, self.limits.max_narrow_terms)
         lifespan = self.lifespan
         if queue_lifespan_secs is not None:
             if (
@@ -62,7 +93,6 @@ class Aloha:
             ):
                 raise BadRequest("queue_lifespan_secs must be a positive integer")
             lifespan = min(queue_lifespan_secs, self.lifespan)
-        await self.store.expire_queues(time.time(), self.hold)
         queue = Queue(
             id=f"{int(time.time())}:{secrets.token_hex(8)}",
             jid=jid,
@@ -73,7 +103,7 @@ class Aloha:
             acked=0,
             last_poll=time.time(),
         )
-        await self.store.create_queue(queue)
+        await self.store.create_queue(queue, self.limits.max_queues, self.hold)
         return {"queue_id": queue.id, "last_event_id": -1}
 
     async def events(
@@ -150,11 +180,13 @@ def _event_types(raw: Any) -> list[str] | None:
     return list(raw)
 
 
-def _narrow(raw: Any) -> list[list[str]]:
+def _narrow(raw: Any, max_terms: int) -> list[list[str]]:
     if raw is None:
         return []
     if not isinstance(raw, list):
         raise BadRequest("narrow must be a JSON list of [operator, operand]")
+    if len(raw) > max_terms:
+        raise BadRequest(f"a narrow has at most {max_terms} terms")
     terms = []
     for term in raw:
         if isinstance(term, dict):  # Zulip also takes {"operator", "operand"}
@@ -164,9 +196,11 @@ def _narrow(raw: Any) -> list[list[str]]:
             or len(term) != 2
             or not all(isinstance(part, str) for part in term)
             or term[0] not in NARROW_OPERATORS
+            or len(term[1]) > MAX_OPERAND_CHARS
         ):
             raise BadRequest(
-                f"bad narrow term {term!r}: operators are {', '.join(NARROW_OPERATORS)}"
+                f"bad narrow term {str(term)[:80]}: operators are {', '.join(NARROW_OPERATORS)},"
+                f" operands at most {MAX_OPERAND_CHARS} characters"
             )
         terms.append([NARROW_OPERATORS[term[0]], _operand(NARROW_OPERATORS[term[0]], term[1])])
     return terms

@@ -7,11 +7,13 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from math import ceil
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from app import access
-from app.errors import BadRequest, NotFound
+from app.config import Limits
+from app.errors import BadRequest, NotFound, TooManyRequests
 from app.model import (
     MAX_CONTENT_CHARS,
     Affiliation,
@@ -23,6 +25,7 @@ from app.model import (
 )
 from app.store import Store
 from app.store.base import NodeInfo, Notice, Recipients, RetryKey
+from app.throttle import Throttle
 
 ACCESS_MODELS = ("open", "authorize")
 DEFAULT_AFFILIATIONS = (Affiliation.PUBLISHER.value, Affiliation.MEMBER.value)
@@ -64,9 +67,13 @@ def _digest(value: Any) -> str:
 
 
 class Channels:
-    def __init__(self, store: Store, retry_window: float = 86_400) -> None:
+    def __init__(
+        self, store: Store, limits: Limits | None = None, retry_window: float = 86_400
+    ) -> None:
         self.store = store
+        self.limits = limits or Limits()
         self.retry_window = retry_window
+        self._writes = Throttle(self.limits.posts_per_minute, 60.0)
 
     async def create(self, owner: str, channel: str, fields: dict[str, Any]) -> str:
         jid = parse_jid(channel)
@@ -80,6 +87,7 @@ class Channels:
             values["access_model"],
             values["default_affiliation"],
             now_iso(),
+            self.limits.max_channels,
         )
         return jid
 
@@ -115,6 +123,7 @@ class Channels:
         under the same key makes nothing new: the answer is the first one's post."""
         info = await self.node(channel, node)
         access.check_post(info, await self.affiliation(caller, info))
+        self._count_write(caller)
         if not isinstance(fields, dict):
             raise BadRequest('expected a JSON object {"content": ...}')
         unknown = set(fields) - {"content", "replyTo", "media"}
@@ -151,6 +160,7 @@ class Channels:
         """Change a post's content (and media); returns its new JSON."""
         info, author, body = await self._existing_post(caller, channel, node, post_id)
         access.check_edit(info, await self.affiliation(caller, info), caller, author)
+        self._count_write(caller)
         if not isinstance(fields, dict) or "content" not in fields:
             raise BadRequest('expected a JSON object {"content": ...}')
         unknown = set(fields) - {"content", "media"}
@@ -182,10 +192,20 @@ class Channels:
     async def delete_post(self, caller: str, channel: str, node: str, post_id: str) -> None:
         info, author, _ = await self._existing_post(caller, channel, node, post_id)
         access.check_edit(info, await self.affiliation(caller, info), caller, author)
+        self._count_write(caller)
         source = node_source(info.channel, info.name)
         fields = {"id": post_id, "source": source}
         notice = Notice("post_deleted", fields, Recipients("readers"), post_id)
         await self.store.delete_post(info.id, post_id, notice, now_iso(), ERASED_ON_DELETE)
+
+    def _count_write(self, caller: str) -> None:
+        """Posts, edits and deletes each count against POSTS_PER_MINUTE (a retry too)."""
+        if wait := self._writes.take(caller):
+            raise TooManyRequests(
+                f"at most {self.limits.posts_per_minute} posts, edits and deletes a minute:"
+                f" try again in {ceil(wait)}s",
+                wait,
+            )
 
     async def _existing_post(
         self, caller: str, channel: str, node: str, post_id: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from app.config import Settings
 from app.cors import Cors
 from app.errors import ApiError
 from app.feeds import Feeds
+from app.holds import HeldRequests
 from app.model import name_problems
 from app.publisher import Publisher
 from app.services import Services
@@ -82,7 +84,12 @@ def create_app(settings: Settings) -> Starlette:
     publisher = Publisher(store, settings.grip_urls, settings.publish_timeout)
     cors = Cors(settings.cors_origins)
     store.on_commit = publisher.notify
-    channels = Channels(store, settings.idempotency_seconds)
+    limits = settings.limits
+    held = HeldRequests(
+        limits.max_held_per_user, limits.max_held_per_address, settings.hold_timeout + 5
+    )
+    publisher.on_sending = held.published
+    channels = Channels(store, settings.limits, settings.idempotency_seconds)
     services = Services(
         settings=settings,
         store=store,
@@ -91,18 +98,24 @@ def create_app(settings: Settings) -> Starlette:
         channels=channels,
         subscriptions=Subscriptions(channels, settings.limits),
         feeds=Feeds(store),
-        aloha=Aloha(store, channels, settings.queue_lifespan, settings.hold_timeout),
+        aloha=Aloha(
+            store, channels, settings.queue_lifespan, settings.hold_timeout, settings.limits
+        ),
         cors=cors,
+        held=held,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.open(check_names=name_problems)
         await publisher.start()
+        expiry = asyncio.create_task(services.aloha.expire_forever(), name="expire queues")
         log.info("store %s at schema version %d", store.path, await store.schema_version())
         try:
             yield
         finally:
+            expiry.cancel()
+            await asyncio.gather(expiry, return_exceptions=True)
             if not await publisher.drain(DRAIN_SECONDS):
                 log.warning(
                     "outbox not drained after %.0fs; clients will catch up by cursor", DRAIN_SECONDS

@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -110,6 +110,8 @@ class Publisher:
             target.client = PublishClient(target.publish_url, timeout)
         self._tasks: list[asyncio.Task[None]] = []
         self._progress = asyncio.Event()  # set (and replaced) after each accepted publish
+        # Told the channels of each publish before it is sent (the holds on them end).
+        self.on_sending: Callable[[list[str]], None] = lambda channels: None
         self.published = 0  # items accepted by a target, for /health and tests
 
     async def start(self) -> None:
@@ -243,6 +245,8 @@ class Publisher:
         as a hint instead (Pushpin then asks the origin, which answers from the log), or, if
         even that is refused, not at all: the next item's prev-id shows Pushpin the gap, and
         the origin answers from the log again. Any other failure raises, to be retried."""
+        channels = [row.channel for row in rows]
+        self.on_sending(channels + ([FIREHOSE_HINT] if FIREHOSE in channels else []))
         try:
             await self._send(target, items)
         except TooLarge as exc:

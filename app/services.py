@@ -11,6 +11,7 @@ from app.channels import Channels
 from app.config import Settings
 from app.cors import Cors
 from app.feeds import Feeds
+from app.holds import HeldRequests
 from app.publisher import Publisher
 from app.store import Store
 from app.subscriptions import Subscriptions
@@ -27,6 +28,7 @@ class Services:
     aloha: Aloha
     feeds: Feeds
     cors: Cors
+    held: HeldRequests
     in_flight: int = 0
     requests: int = 0  # handled since start
     # realtime requests per feed: a test tells a published answer from one the origin gave

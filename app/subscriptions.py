@@ -8,14 +8,16 @@ rejected, role changed, banned, unfollowed) to the follower.
 
 from __future__ import annotations
 
+from math import ceil
 from typing import Any
 
 from app import access
 from app.channels import Channels
 from app.config import Limits
-from app.errors import BadRequest, Conflict, Forbidden, NotFound
+from app.errors import BadRequest, Conflict, Forbidden, NotFound, TooManyRequests
 from app.model import PENDING, Affiliation, node_source, now_iso, parse_jid
 from app.store.base import NodeInfo, Notice, Recipients, SubscriptionChange
+from app.throttle import Throttle
 
 ROLES_THE_OWNER_GIVES = ("member", "publisher", "moderator", "outcast", "none")
 
@@ -25,6 +27,8 @@ class Subscriptions:
         self.channels = channels
         self.store = channels.store
         self.limits = limits
+        # A follow to a private channel is an event to its owner: bound how often.
+        self._changes = Throttle(limits.follows_per_minute, 60.0)
 
     async def of(self, caller: str) -> dict[str, str]:
         return await self.store.subscriptions(caller)
@@ -33,6 +37,12 @@ class Subscriptions:
         """Apply ``{"channel/node": role | "none"}``; answers the caller's resulting roles."""
         if not isinstance(wanted, dict) or not wanted:
             raise BadRequest('expected a JSON object {"channel@domain/posts": "publisher"}')
+        if wait := self._changes.take(caller):
+            raise TooManyRequests(
+                f"at most {self.limits.follows_per_minute} follow changes a minute:"
+                f" try again in {ceil(wait)}s",
+                wait,
+            )
         changes: list[SubscriptionChange] = []
         for source, role_name in wanted.items():
             channel, slash, node = source.rpartition("/")
@@ -44,7 +54,9 @@ class Subscriptions:
             change = self._follow_change(caller, info, current, cap, role_name)
             if change is not None:
                 changes.append(change)
-        await self.store.apply_subscriptions(changes, now_iso(), self.limits.max_follows)
+        await self.store.apply_subscriptions(
+            changes, now_iso(), self.limits.max_follows, self.limits.max_pending
+        )
         return await self.store.subscriptions(caller)
 
     async def _cap(self, jid: str, info: NodeInfo) -> Affiliation:

@@ -189,12 +189,15 @@ def query_int(request: Request, name: str, default: int, minimum: int, maximum: 
     return int(raw)
 
 
-async def held(request: Request, hold: Hold) -> Response:
+async def held(request: Request, hold: Hold, jid: str | None) -> Response:
     """Answer with a GRIP hold, if the request came through our proxy (else 501: only Pushpin
-    may hold a request), once what the hold's prev-ids name has been published."""
+    may hold a request), once what the hold's prev-ids name has been published. ``jid`` (None:
+    anonymous) and the client's address may each have only so many holds at once (429)."""
     s = services(request)
     if not proxied(request):
         raise NotProxied(s.settings.proxy_url)
+    if "grip-last" not in request.headers:  # else Pushpin asks again for a hold it counted
+        s.held.admit(jid, client_address(request), [channel for channel, _ in hold.channels])
     await s.publisher.published_through(hold.channels, PUBLISHED_WAIT_SECONDS)
     # The held answer's headers: Pushpin keeps them for the published answer too.
     headers = {"Content-Type": JSON_TYPE, **s.cors.headers_for(request)}

@@ -440,6 +440,8 @@ SPEC: dict[str, Any] = {
                     "requests",
                     "feed_requests",
                     "published_items",
+                    "queues_expired",
+                    "longest_expiry_step_ms",
                     "targets",
                     "password_hashes",
                 ],
@@ -458,6 +460,16 @@ SPEC: dict[str, Any] = {
                     "(posts, events, firehose, aloha)",
                 },
                 published_items={"type": "integer", "minimum": 0},
+                queues_expired={
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Aloha queues deleted after their life, since start",
+                },
+                longest_expiry_step_ms={
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "the longest the origin spent on one step of deleting them",
+                },
                 targets={
                     "type": "array",
                     "items": _object(

@@ -203,10 +203,18 @@ class SqliteStore:
         access_model: str,
         default_affiliation: str,
         now: str,
+        max_owned: int = 0,
     ) -> None:
+        """A topic channel; with ``max_owned``, Conflict if the owner has that many already."""
         with self._tx():
             if self.db.execute("SELECT 1 FROM channels WHERE jid = ?", (jid,)).fetchone():
                 raise Conflict(f"channel {jid} already exists")
+            if max_owned:
+                (owned,) = self.db.execute(
+                    "SELECT count(*) FROM channels WHERE owner = ? AND jid != owner", (owner,)
+                ).fetchone()
+                if owned >= max_owned:
+                    raise Conflict(f"a user may own at most {max_owned} topic channels")
             self._insert_channel(
                 jid, owner, title, description, access_model, default_affiliation, now
             )
@@ -271,12 +279,17 @@ class SqliteStore:
 
     @_serialised
     def apply_subscriptions(
-        self, changes: list[SubscriptionChange], now: str, max_follows: int = 0
+        self,
+        changes: list[SubscriptionChange],
+        now: str,
+        max_follows: int = 0,
+        max_pending: int = 0,
     ) -> None:
         """Apply follows, role changes and unfollows, with their events, all or none. Each was
         decided from an affiliation that must still hold (else Conflict: a ban made meanwhile
         is never undone). With ``max_follows``, no account may end up following more nodes
-        than that (bans do not count)."""
+        than that (bans do not count), nor with ``max_pending`` have more follow requests
+        waiting."""
         with self._tx():
             for change in changes:
                 row = self.db.execute(
@@ -315,6 +328,13 @@ class SqliteStore:
                     raise Conflict(
                         f"a user may follow at most {max_follows} nodes (own channel included)"
                     )
+            for jid in {c.jid for c in changes if c.affiliation == PENDING} if max_pending else ():
+                (count,) = self.db.execute(
+                    "SELECT count(*) FROM subscriptions WHERE jid = ? AND affiliation = ?",
+                    (jid, PENDING),
+                ).fetchone()
+                if count > max_pending:
+                    raise Conflict(f"a user may have at most {max_pending} follow requests waiting")
 
     @_serialised
     def subscribers(self, node_id: int) -> dict[str, str]:
@@ -644,10 +664,21 @@ class SqliteStore:
     # -- Aloha queues ----------------------------------------------------------------------
 
     @_serialised
-    def create_queue(self, queue: Queue) -> int:
+    def create_queue(self, queue: Queue, max_alive: int = 0, grace: float = 0) -> int:
         """Store a new queue; it starts at the end of the log (returned), in the same
-        transaction, so that nothing committed after it is missed."""
+        transaction, so that nothing committed after it is missed. With ``max_alive``,
+        Conflict if the account has that many queues alive already."""
         with self._tx():
+            if max_alive:
+                (alive,) = self.db.execute(
+                    "SELECT count(*) FROM queues WHERE jid = ? AND last_poll + lifespan + ? >= ?",
+                    (queue.jid, grace, queue.last_poll),
+                ).fetchone()
+                if alive >= max_alive:
+                    raise Conflict(
+                        f"a user may have at most {max_alive} event queues: delete one"
+                        " (DELETE /api/v1/events) or let it expire"
+                    )
             (last,) = self.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
             self.db.execute(
                 "INSERT INTO queues (id, jid, event_types, narrow, all_public_streams, lifespan,"
@@ -736,9 +767,12 @@ class SqliteStore:
             return deleted > 0
 
     @_serialised
-    def expire_queues(self, now: float, grace: float = 0) -> int:
+    def expire_queues(self, now: float, grace: float, limit: int) -> int:
+        """Delete up to ``limit`` queues that expired; how many."""
         return self.db.execute(
-            "DELETE FROM queues WHERE last_poll + lifespan + ? < ?", (grace, now)
+            "DELETE FROM queues WHERE id IN (SELECT id FROM queues"
+            " WHERE last_poll + lifespan + ? < ? LIMIT ?)",
+            (grace, now, limit),
         ).rowcount
 
     # -- the publisher's outbox: the log itself ----------------------------------------------
