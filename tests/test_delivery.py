@@ -32,14 +32,11 @@ SIG_KEY = "a test signing key of more than 32 bytes"
 
 class FailingPublish(ThreadingHTTPServer):
     """Stand-in in front of Pushpin's real publish port: fails the next ``failures`` publish
-    requests with 503 (as a Pushpin that is away would), refuses bodies over ``max_body``
-    bytes with 413 (as a proxy with a smaller limit than Pushpin's would), forwards the
-    others."""
+    requests with 503 (as a Pushpin that is away would), forwards the others."""
 
-    def __init__(self, publish_port: int, max_body: int = 0) -> None:
+    def __init__(self, publish_port: int) -> None:
         self.target = f"http://127.0.0.1:{publish_port}/publish/"
         self.failures = 0
-        self.max_body = max_body
         self.log: list[tuple[int, list[str]]] = []  # (status, item ids) of each attempt
         super().__init__(("127.0.0.1", free_ports(1)[0]), _FailingPublishHandler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -58,8 +55,6 @@ class _FailingPublishHandler(BaseHTTPRequestHandler):
         if self.server.failures > 0:
             self.server.failures -= 1
             status = 503
-        elif self.server.max_body and len(body) > self.server.max_body:
-            status = 413
         else:
             status = httpx.post(self.server.target, content=body, timeout=5).status_code
         self.server.log.append((status, ids))
