@@ -35,7 +35,7 @@ from app.store.base import Delivery, Position
 log = logging.getLogger("app.publisher")
 
 BATCH_ROWS = 500
-BATCH_BYTES = 800_000  # Pushpin's push_in_http_max_body_size is 1,000,000
+BATCH_BYTES = 800_000  # Pushpin takes publish requests up to 1,000,000 bytes by default
 SAVE_SECONDS = 0.2  # how often, at most, a target's position is saved
 POLL_SECONDS = 1.0  # also picks up commits made by another process on the same store
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 5.0
