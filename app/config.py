@@ -89,6 +89,8 @@ class Settings:
     proxy_url: str
     hold_timeout: int = 55
     publish_timeout: int = 5
+    # The publisher looks at the log this often even when no commit woke it (a safety net)
+    publish_poll_seconds: int = 1
     queue_lifespan: int = 600
     limits: Limits = field(default_factory=Limits)
     # /health answers 503 when events wait and no target has accepted any for this long
@@ -124,6 +126,7 @@ class Settings:
             proxy_url=env.get("PROXY_URL", f"http://127.0.0.1:{port}"),
             hold_timeout=_int(env, "HOLD_TIMEOUT", 55, 5),
             publish_timeout=_int(env, "PUBLISH_TIMEOUT", 5, 1),
+            publish_poll_seconds=_int(env, "PUBLISH_POLL_SECONDS", 1, 1),
             queue_lifespan=_int(env, "QUEUE_LIFESPAN", 600, 1),
             limits=Limits.from_env(env),
             health_publish_seconds=_int(env, "HEALTH_PUBLISH_SECONDS", 30, 1),

@@ -81,7 +81,9 @@ ROUTES = [
 
 def create_app(settings: Settings) -> Starlette:
     store = open_store(settings.database_url)
-    publisher = Publisher(store, settings.grip_urls, settings.publish_timeout)
+    publisher = Publisher(
+        store, settings.grip_urls, settings.publish_timeout, settings.publish_poll_seconds
+    )
     cors = Cors(settings.cors_origins)
     store.on_commit = publisher.notify
     limits = settings.limits

@@ -37,7 +37,6 @@ log = logging.getLogger("app.publisher")
 BATCH_ROWS = 500
 BATCH_BYTES = 800_000  # Pushpin takes publish requests up to 1,000,000 bytes by default
 SAVE_SECONDS = 0.2  # how often, at most, a target's position is saved
-POLL_SECONDS = 1.0  # also picks up commits made by another process on the same store
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 5.0
 LAG_COUNT_MAX = 100_000  # /health counts a target's backlog up to this
 
@@ -103,8 +102,13 @@ class Target:
 
 
 class Publisher:
-    def __init__(self, store: Store, grip_urls: list[str], timeout: float = 5.0) -> None:
+    def __init__(
+        self, store: Store, grip_urls: list[str], timeout: float = 5.0, poll_seconds: float = 1.0
+    ) -> None:
         self.store = store
+        # How often it looks at the log unwoken: a safety net, which also picks up commits
+        # made by another process on the same store.
+        self.poll_seconds = poll_seconds
         self.targets = [Target.parse(url) for url in grip_urls]
         for target in self.targets:
             target.client = PublishClient(target.publish_url, timeout)
@@ -227,7 +231,7 @@ class Publisher:
             target.failing = False
             if not sent:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(target.wake.wait(), POLL_SECONDS)
+                    await asyncio.wait_for(target.wake.wait(), self.poll_seconds)
 
     async def _publish_next(self, target: Target) -> int:
         """Publish the next batch after the target's position; the number of items sent."""
