@@ -17,16 +17,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+P = ParamSpec("P")
 PASSWORD = "correct horse"
 # Every test and benchmark comes from 127.0.0.1, as many users: the per-address and rate
 # limits are raised for them (a test of a limit sets it back); tests/test_limits.py checks
@@ -145,6 +147,93 @@ def running(data_dir: Path, **env: str) -> Iterator[Stack]:
     finally:
         if stack.process is not None:
             stack.stop()
+
+
+def health(stack: Stack) -> dict[str, Any]:
+    """The origin's ``/health``, asked directly (not through Pushpin)."""
+    answer: dict[str, Any] = httpx.get(stack.origin_url + "/health", timeout=10).json()
+    return answer
+
+
+class Holds:
+    """Realtime requests held in Pushpin during one test, and how their answers came.
+
+    A held request's answer looks the same whether Pushpin took it from a publish or asked the
+    origin again, which answers from the log: Pushpin does that when a published item does not
+    follow the hold's prev-id, and anyway about 1 s after a hold begins on a channel with no
+    other subscriber. So a test that says something is *published* to a held request checks
+    that the origin's count of requests on that feed (``/health``'s ``feed_requests``) did not
+    move from the moment the hold was in place to the answer; with a hint (Aloha), that it
+    moved by exactly one, after Pushpin's own request had come (``settle``).
+    """
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.pool = ThreadPoolExecutor()
+        self.feeds: dict[Future[Any], str] = {}
+        self.asked: dict[str, int] = {}  # feed -> origin requests once the last hold was in place
+        self.expected: dict[str, int] = {}  # feed -> origin requests once all sent are answered
+
+    def __enter__(self) -> Holds:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def requests(self, feed: str) -> int:
+        """Realtime requests on ``feed`` (posts, events, firehose, aloha) the origin handled."""
+        count: int = health(self.stack)["feed_requests"].get(feed, 0)
+        return count
+
+    def send(self, feed: str, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Send a request on ``feed`` (``call(*args, **kwargs)``) without waiting."""
+        now = self.requests(feed)
+        self.expected[feed] = max(self.expected.get(feed, 0), now) + 1
+        future = self.pool.submit(call, *args, **kwargs)
+        self.feeds[future] = feed
+        return future
+
+    def hold(self, feed: str, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Send a request on ``feed`` and return once Pushpin holds it."""
+        future = self.send(feed, call, *args, **kwargs)
+        self.in_place()
+        return future
+
+    def in_place(self, settle: bool = False) -> None:
+        """Wait until the origin has answered every request sent with a hold, then a moment
+        for Pushpin to take them; with ``settle``, also until Pushpin has asked the origin
+        again for each hold (about 1 s after it began), as a test of a hint needs."""
+        pending = [future for future in self.feeds if not future.done()]
+        held = [self.feeds[future] for future in pending]
+        deadline = time.monotonic() + 10
+        while True:
+            now = health(self.stack)
+            counts = now["feed_requests"]
+            wanted = {f: n + (held.count(f) if settle else 0) for f, n in self.expected.items()}
+            if now["requests_in_flight"] == 0 and all(
+                counts.get(f, 0) >= n for f, n in wanted.items()
+            ):
+                break
+            assert time.monotonic() < deadline, f"not held: {counts} of {wanted}"
+            time.sleep(0.01)
+        time.sleep(0.1)  # the origin has answered: Pushpin takes the hold
+        answered = [future for future in pending if future.done()]
+        assert not answered, f"answered at once, not held: {answered[0].result()}"
+        self.asked = {feed: self.requests(feed) for feed in self.expected}
+
+    def published(self, future: Future[T], timeout: float = 5, hints: int = 0) -> T:
+        """The answer of a held request, which must have come from a publish: the origin was
+        asked nothing on its feed since the holds were in place (with ``hints``: that many
+        times, one for each hint published to it)."""
+        result = future.result(timeout)
+        feed = self.feeds[future]
+        asked = self.requests(feed) - self.asked[feed]
+        assert asked == hints, (
+            f"the origin was asked {asked} more {feed} requests, {hints} expected: the answer "
+            f"came from the log, not from what was published"
+        )
+        self.asked[feed] += hints
+        return result
 
 
 def basic(user: str, password: str = PASSWORD) -> str:
