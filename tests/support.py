@@ -155,30 +155,37 @@ def health(stack: Stack) -> dict[str, Any]:
     return answer
 
 
+# Pushpin asks the origin again for the holds on a channel this long after it first held
+# anything on it (its handler's SUBSCRIBED_DELAY; the channel stays subscribed for
+# subscription_linger, 60 s, after its last hold, so a later hold may see that request sooner).
+SUBSCRIBED_DELAY = 1.0
+
+
 class Holds:
     """Realtime requests held in Pushpin during one test, and how their answers came.
 
     A held request's answer looks the same whether Pushpin took it from a publish or asked the
     origin again, which answers from the log: Pushpin does that when a published item does not
-    follow the hold's prev-id, and anyway about 1 s after a hold begins on a channel with no
-    other subscriber. So a test that says something is *published* to a held request checks
-    that the origin's count of requests on that feed (``/health``'s ``feed_requests``) did not
-    move from the moment the hold was in place to the answer; with a hint (Aloha), that it
-    moved by exactly one, after Pushpin's own request had come (``settle``).
+    follow the hold's prev-id, and once anyway, ``SUBSCRIBED_DELAY`` after a channel's first
+    hold. So ``in_place`` waits for the holds and for that request; from then on the origin is
+    asked only when a publish does not fit a hold, or for a hint (Aloha). A test that says a
+    held request gets something *published* checks that the origin's count of requests on that
+    feed (``/health``'s ``feed_requests``) did not move from then to the answer: ``published``.
     """
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
-        self.pool = ThreadPoolExecutor()
+        self.pool = ThreadPoolExecutor(32)  # one thread per request held at once
         self.feeds: dict[Future[Any], str] = {}
-        self.asked: dict[str, int] = {}  # feed -> origin requests once the last hold was in place
+        self.asked: dict[str, int] = {}  # feed -> origin requests once the holds were in place
         self.expected: dict[str, int] = {}  # feed -> origin requests once all sent are answered
 
     def __enter__(self) -> Holds:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        # A request still held (the test failed) ends at its own timeout, in its thread.
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def requests(self, feed: str) -> int:
         """Realtime requests on ``feed`` (posts, events, firehose, aloha) the origin handled."""
@@ -186,7 +193,8 @@ class Holds:
         return count
 
     def send(self, feed: str, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        """Send a request on ``feed`` (``call(*args, **kwargs)``) without waiting."""
+        """Send a request on ``feed`` (``call(*args, **kwargs)``) and go on; ``in_place`` waits
+        until it is held."""
         now = self.requests(feed)
         self.expected[feed] = max(self.expected.get(feed, 0), now) + 1
         future = self.pool.submit(call, *args, **kwargs)
@@ -194,32 +202,34 @@ class Holds:
         return future
 
     def hold(self, feed: str, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        """Send a request on ``feed`` and return once Pushpin holds it."""
+        """Send a request on ``feed`` and return once it is held (``in_place``)."""
         future = self.send(feed, call, *args, **kwargs)
         self.in_place()
         return future
 
-    def in_place(self, settle: bool = False) -> None:
-        """Wait until the origin has answered every request sent with a hold, then a moment
-        for Pushpin to take them; with ``settle``, also until Pushpin has asked the origin
-        again for each hold (about 1 s after it began), as a test of a hint needs."""
+    def in_place(self) -> None:
+        """Wait until the origin has answered every request sent with a hold, and then until
+        Pushpin has asked it again for their new channels and had its answer: nothing more."""
         pending = [future for future in self.feeds if not future.done()]
-        held = [self.feeds[future] for future in pending]
+        self._origin_done(
+            lambda counts: all(counts.get(f, 0) >= n for f, n in self.expected.items())
+        )
+        time.sleep(SUBSCRIBED_DELAY + 0.2)  # (Pushpin subscribes within milliseconds)
+        counts = self._origin_done(lambda counts: True)
+        answered = [future for future in pending if future.done()]
+        assert not answered, f"answered, not held: {answered[0].result()}"
+        self.asked = {feed: counts.get(feed, 0) for feed in self.expected}
+
+    def _origin_done(self, enough: Callable[[dict[str, int]], bool]) -> dict[str, int]:
+        """The origin's counts, once they are ``enough`` and it has no request in hand."""
         deadline = time.monotonic() + 10
         while True:
             now = health(self.stack)
-            counts = now["feed_requests"]
-            wanted = {f: n + (held.count(f) if settle else 0) for f, n in self.expected.items()}
-            if now["requests_in_flight"] == 0 and all(
-                counts.get(f, 0) >= n for f, n in wanted.items()
-            ):
-                break
-            assert time.monotonic() < deadline, f"not held: {counts} of {wanted}"
+            counts: dict[str, int] = now["feed_requests"]
+            if now["requests_in_flight"] == 0 and enough(counts):
+                return counts
+            assert time.monotonic() < deadline, f"not held: {counts} of {self.expected}"
             time.sleep(0.01)
-        time.sleep(0.1)  # the origin has answered: Pushpin takes the hold
-        answered = [future for future in pending if future.done()]
-        assert not answered, f"answered at once, not held: {answered[0].result()}"
-        self.asked = {feed: self.requests(feed) for feed in self.expected}
 
     def published(self, future: Future[T], timeout: float = 5, hints: int = 0) -> T:
         """The answer of a held request, which must have come from a publish: the origin was

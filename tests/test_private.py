@@ -32,10 +32,10 @@ def cursor(client: httpx.Client, feed: str = "posts") -> str:
 def held(
     holds: Holds, client: httpx.Client, feed: str, since: str | None = None
 ) -> Callable[[], Any]:
-    """Hold a request on ``feed``; the function returned waits for its answer's JSON, which
-    must come from a publish."""
+    """Send a request on ``feed`` to be held (``holds.in_place()`` waits until it is); the
+    function returned waits for its answer's JSON, which must come from a publish."""
     since = since or cursor(client, feed)
-    answer = holds.hold(feed, client.get, f"{FEED[feed]}?since={since}", timeout=8)
+    answer = holds.send(feed, client.get, f"{FEED[feed]}?since={since}", timeout=8)
     return lambda: holds.published(answer).json()
 
 
@@ -69,6 +69,7 @@ def test_a_follow_request_reaches_the_owner_and_moderators(
         r = o.post(f"/api/{channel}/subscribers/posts", json={moderator: "moderator"})
         assert r.status_code == 200 and r.json()[moderator] == "moderator"
         to_owner, to_moderator = held(holds, o, "events"), held(holds, m, "events")
+        holds.in_place()
         request_to_follow(f, channel)
         for answer in (to_owner(), to_moderator()):
             (item,) = answer["items"]
@@ -87,6 +88,7 @@ def test_approval_reaches_the_follower_who_then_gets_the_next_post_at_once(
     request_to_follow(f, channel)
     assert f.get(f"/api/{channel}/content/posts").status_code == 403  # pending: no reading
     event, posts = held(holds, f, "events"), held(holds, f, "posts")
+    holds.in_place()
     decision = [{"jid": follower, "subscription": "subscribed"}]
     assert o.post(f"/api/{channel}/subscribers/posts/approve", json=decision).json() == []
     (item,) = event()["items"]
@@ -102,6 +104,7 @@ def test_a_rejected_follower_is_told_and_never_gets_a_post(holds: Holds, private
     channel, o, f, follower = private
     request_to_follow(f, channel)
     event, posts = held(holds, f, "events"), held(holds, f, "posts")
+    holds.in_place()
     decision = [{"jid": follower, "subscription": "none"}]
     o.post(f"/api/{channel}/subscribers/posts/approve", json=decision)
     (item,) = event()["items"]
@@ -125,6 +128,7 @@ def test_access_that_ended_ends_delivery_even_to_a_held_request(
     event = held(holds, f, "events") if how != "pending" else None
     # A posts request held while the follower could still read (or asked to).
     posts = held(holds, f, "posts", before)
+    holds.in_place()
     if how == "banned":
         r = o.post(f"/api/{channel}/subscribers/posts", json={follower: "outcast"})
         assert r.json()[follower] == "outcast"
@@ -148,6 +152,7 @@ def test_role_changes_reach_the_follower(stack: Stack, holds: Holds) -> None:
         o.post(f"/api/{channel}")
         f.post("/api/subscribed", json={f"{channel}/posts": "publisher"})
         event = held(holds, f, "events")
+        holds.in_place()
         o.post(f"/api/{channel}/subscribers/posts", json={follower: "moderator"})
         (item,) = event()["items"]
         assert item["change"] == "role_changed" and item["affiliation"] == "moderator"
@@ -171,6 +176,7 @@ def test_edits_and_deletions_reach_every_reader(stack: Stack, holds: Holds, priv
         s_since = cursor(s, "events")
         assert s.put(url, json={"content": "x"}).status_code == 403
         to_owner, to_author = held(holds, o, "events"), held(holds, f, "events")
+        holds.in_place()
         edited = f.put(url, json={"content": "second draft"})
         assert edited.status_code == 200
         for answer in (to_owner(), to_author()):
@@ -181,6 +187,7 @@ def test_edits_and_deletions_reach_every_reader(stack: Stack, holds: Holds, priv
             assert item["post"]["updated"] >= item["post"]["published"]
         assert o.get(url).json()["content"] == "second draft"
         to_author = held(holds, f, "events")
+        holds.in_place()
         assert o.delete(url).status_code == 204
         (item,) = to_author()["items"]
         assert item == {
@@ -206,6 +213,7 @@ def test_the_firehose_has_every_open_post_and_no_private_one(
     with stack.client() as anonymous:
         since = cursor(anonymous, "firehose")
         firehose = held(holds, anonymous, "firehose", since)
+        holds.in_place()
         post(o, channel, "a private post")
         public = post(o, open_channel, "a public post")
         assert firehose()["items"] == [public]
@@ -223,6 +231,7 @@ def test_history_since_last_online_then_live_misses_nothing(holds: Holds, privat
     )
     last_seen = cursor(f)
     live = held(holds, f, "posts", last_seen)  # a realtime request: f was online here
+    holds.in_place()
     first = post(o, channel, "the last post f saw live")
     assert live()["items"] == [first]
     # Then f is away, and does not ask again: posts and events.
@@ -236,6 +245,7 @@ def test_history_since_last_online_then_live_misses_nothing(holds: Holds, privat
     )
     # Coming back: catch up with history, then long-poll from its last: nothing is missed.
     live = held(holds, f, "posts", history["last"])
+    holds.in_place()
     third = post(o, channel, "live again")
     assert live()["items"] == [third]
     explicit = f.get(f"/api/notifications/history?since={last_seen}").json()
