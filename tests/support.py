@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -155,9 +156,10 @@ def health(stack: Stack) -> dict[str, Any]:
     return answer
 
 
-# Pushpin asks the origin again for the holds on a channel this long after it first held
-# anything on it (its handler's SUBSCRIBED_DELAY; the channel stays subscribed for
-# subscription_linger, 60 s, after its last hold, so a later hold may see that request sooner).
+# Pushpin asks the origin again for the holds on a channel this long after it first holds
+# anything on it (its handler's SUBSCRIBED_DELAY). A channel stays subscribed for a minute
+# after its last hold (subscription_linger), so a later hold on it sees that request sooner,
+# or not at all.
 SUBSCRIBED_DELAY = 1.0
 
 
@@ -209,16 +211,24 @@ class Holds:
 
     def in_place(self) -> None:
         """Wait until the origin has answered every request sent with a hold, and then until
-        Pushpin has asked it again for their new channels and had its answer: nothing more."""
+        Pushpin has asked it again for each newly held channel and had its answer."""
         pending = [future for future in self.feeds if not future.done()]
-        self._origin_done(
-            lambda counts: all(counts.get(f, 0) >= n for f, n in self.expected.items())
+        held = Counter(self.feeds[future] for future in pending)
+        self._origin_done(lambda counts: self._reached(counts, self.expected))
+        # That request comes SUBSCRIBED_DELAY after a channel's first hold; for a channel held
+        # in the last minute, sooner or not at all: then the deadline ends the wait.
+        again = {feed: count + held[feed] for feed, count in self.expected.items()}
+        deadline = time.monotonic() + SUBSCRIBED_DELAY + 1.0
+        counts = self._origin_done(
+            lambda counts: self._reached(counts, again) or time.monotonic() > deadline
         )
-        time.sleep(SUBSCRIBED_DELAY + 0.2)  # (Pushpin subscribes within milliseconds)
-        counts = self._origin_done(lambda counts: True)
         answered = [future for future in pending if future.done()]
         assert not answered, f"answered, not held: {answered[0].result()}"
         self.asked = {feed: counts.get(feed, 0) for feed in self.expected}
+
+    @staticmethod
+    def _reached(counts: dict[str, int], wanted: dict[str, int]) -> bool:
+        return all(counts.get(feed, 0) >= count for feed, count in wanted.items())
 
     def _origin_done(self, enough: Callable[[dict[str, int]], bool]) -> dict[str, int]:
         """The origin's counts, once they are ``enough`` and it has no request in hand."""
