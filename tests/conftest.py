@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Stack, running
+from tests.support import Holds, Stack, running
 
 _names = itertools.count()
 ALLOWED_ORIGIN = "https://app.example.com"
@@ -17,6 +17,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One run command (Pushpin and origin) shared by the tests that only need a server."""
     with running(tmp_path_factory.mktemp("stack"), CORS_ORIGINS=ALLOWED_ORIGIN) as s:
         yield s
+
+
+@pytest.fixture
+def holds(stack: Stack) -> Iterator[Holds]:
+    """Requests held in the shared stack's Pushpin, and how their answers came."""
+    with Holds(stack) as h:
+        yield h
 
 
 @pytest.fixture

@@ -17,16 +17,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+P = ParamSpec("P")
 PASSWORD = "correct horse"
 # Every test and benchmark comes from 127.0.0.1, as many users: the per-address and rate
 # limits are raised for them (a test of a limit sets it back); tests/test_limits.py checks
@@ -145,6 +148,112 @@ def running(data_dir: Path, **env: str) -> Iterator[Stack]:
     finally:
         if stack.process is not None:
             stack.stop()
+
+
+def health(stack: Stack) -> dict[str, Any]:
+    """The origin's ``/health``, asked directly (not through Pushpin)."""
+    answer: dict[str, Any] = httpx.get(stack.origin_url + "/health", timeout=10).json()
+    return answer
+
+
+# Pushpin asks the origin again for the holds on a channel this long after it first holds
+# anything on it (its handler's SUBSCRIBED_DELAY). A channel stays subscribed for a minute
+# after its last hold (subscription_linger), so a later hold on it sees that request sooner,
+# or not at all.
+SUBSCRIBED_DELAY = 1.0
+
+
+class Holds:
+    """Realtime requests held in Pushpin during one test, and how their answers came.
+
+    A held request's answer looks the same whether Pushpin took it from a publish or asked the
+    origin again, which answers from the log: Pushpin does that when a published item does not
+    follow the hold's prev-id, and once anyway, ``SUBSCRIBED_DELAY`` after a channel's first
+    hold. So ``in_place`` waits for the holds and for that request; from then on the origin is
+    asked only when a publish does not fit a hold, or for a hint (Aloha). A test that says a
+    held request gets something *published* checks that the origin's count of requests on that
+    feed (``/health``'s ``feed_requests``) did not move from then to the answer: ``published``.
+    """
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.pool = ThreadPoolExecutor(32)  # one thread per request held at once
+        self.feeds: dict[Future[Any], str] = {}
+        self.asked: dict[str, int] = {}  # feed -> origin requests once the holds were in place
+        self.expected: dict[str, int] = {}  # feed -> origin requests once all sent are answered
+
+    def __enter__(self) -> Holds:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # A request still held (the test failed) ends at its own timeout, in its thread.
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def requests(self, feed: str) -> int:
+        """Realtime requests on ``feed`` (posts, events, firehose, aloha) the origin handled."""
+        count: int = health(self.stack)["feed_requests"].get(feed, 0)
+        return count
+
+    def send(self, feed: str, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Send a request on ``feed`` (``call(*args, **kwargs)``) and go on; ``in_place`` waits
+        until it is held."""
+        now = self.requests(feed)
+        self.expected[feed] = max(self.expected.get(feed, 0), now) + 1
+        future = self.pool.submit(call, *args, **kwargs)
+        self.feeds[future] = feed
+        return future
+
+    def hold(self, feed: str, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Send a request on ``feed`` and return once it is held (``in_place``)."""
+        future = self.send(feed, call, *args, **kwargs)
+        self.in_place()
+        return future
+
+    def in_place(self) -> None:
+        """Wait until the origin has answered every request sent with a hold, and then until
+        Pushpin has asked it again for each newly held channel and had its answer."""
+        pending = [future for future in self.feeds if not future.done()]
+        held = Counter(self.feeds[future] for future in pending)
+        self._origin_done(lambda counts: self._reached(counts, self.expected))
+        # That request comes SUBSCRIBED_DELAY after a channel's first hold; for a channel held
+        # in the last minute, sooner or not at all: then the deadline ends the wait.
+        again = {feed: count + held[feed] for feed, count in self.expected.items()}
+        deadline = time.monotonic() + SUBSCRIBED_DELAY + 1.0
+        counts = self._origin_done(
+            lambda counts: self._reached(counts, again) or time.monotonic() > deadline
+        )
+        answered = [future for future in pending if future.done()]
+        assert not answered, f"answered, not held: {answered[0].result()}"
+        self.asked = {feed: counts.get(feed, 0) for feed in self.expected}
+
+    @staticmethod
+    def _reached(counts: dict[str, int], wanted: dict[str, int]) -> bool:
+        return all(counts.get(feed, 0) >= count for feed, count in wanted.items())
+
+    def _origin_done(self, enough: Callable[[dict[str, int]], bool]) -> dict[str, int]:
+        """The origin's counts, once they are ``enough`` and it has no request in hand."""
+        deadline = time.monotonic() + 10
+        while True:
+            now = health(self.stack)
+            counts: dict[str, int] = now["feed_requests"]
+            if now["requests_in_flight"] == 0 and enough(counts):
+                return counts
+            assert time.monotonic() < deadline, f"not held: {counts} of {self.expected}"
+            time.sleep(0.01)
+
+    def published(self, future: Future[T], timeout: float = 5, hints: int = 0) -> T:
+        """The answer of a held request, which must have come from a publish: the origin was
+        asked nothing on its feed since the holds were in place (with ``hints``: that many
+        times, one for each hint published to it)."""
+        result = future.result(timeout)
+        feed = self.feeds[future]
+        asked = self.requests(feed) - self.asked[feed]
+        assert asked == hints, (
+            f"the origin was asked {asked} more {feed} requests, {hints} expected: the answer "
+            f"came from the log, not from what was published"
+        )
+        self.asked[feed] += hints
+        return result
 
 
 def basic(user: str, password: str = PASSWORD) -> str:

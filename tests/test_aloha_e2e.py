@@ -3,7 +3,7 @@ run as written."""
 
 from __future__ import annotations
 
-import sqlite3
+import logging
 import subprocess
 import sys
 import textwrap
@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import aloha
 from tests.conftest import unique
@@ -37,8 +39,9 @@ def test_the_client_end_to_end(stack: Stack) -> None:
 
 
 def test_call_on_each_message_re_registers_when_its_queue_is_lost_and_stops(
-    stack: Stack,
+    stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="aloha")  # the client logs the queues it registers
     reader, writer = unique("juliet"), unique("romeo")
     client = client_for(stack, reader, backoff_base=0.05, backoff_max=0.5)
     sender = client_for(stack, writer)
@@ -57,15 +60,16 @@ def test_call_on_each_message_re_registers_when_its_queue_is_lost_and_stops(
             time.sleep(0.5)
         assert received and received[0] == "first"
         # Lose its queue behind its back: it must register a new one and go on.
+        (queue,) = _registered(caplog)
         with stack.client(reader) as r:
             before = len(received)
-            for queue in _queues(stack, reader):
-                r.delete("/api/v1/events", params={"queue_id": queue})
+            assert r.delete("/api/v1/events", params={"queue_id": queue}).status_code == 200
         deadline = time.monotonic() + 10
         while len(received) == before and time.monotonic() < deadline:
             sender.send_message({**send, "content": "after the loss"})
             time.sleep(0.5)
         assert "after the loss" in received[before:]
+        assert _registered(caplog)[0] == queue and len(_registered(caplog)) == 2
     finally:
         start = time.monotonic()
         client.stop()
@@ -73,9 +77,11 @@ def test_call_on_each_message_re_registers_when_its_queue_is_lost_and_stops(
     assert not loop.is_alive() and time.monotonic() - start < 2
 
 
-def _queues(stack: Stack, jid: str) -> list[str]:
-    with sqlite3.connect(stack.data_dir / "buddycloud.sqlite3") as db:
-        return [row[0] for row in db.execute("SELECT id FROM queues WHERE jid = ?", (jid,))]
+def _registered(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The queues the client said it registered, in order."""
+    said = [record.getMessage() for record in caplog.records if record.name == "aloha"]
+    prefix = "registered event queue "
+    return [line.removeprefix(prefix) for line in said if line.startswith(prefix)]
 
 
 SEED_EXAMPLE = textwrap.dedent(

@@ -15,10 +15,10 @@ import pytest
 
 from app.config import Limits, Settings
 from tests.conftest import unique
-from tests.support import Stack, running
+from tests.support import Stack, health, running
 from tests.test_aloha import Aloha
 from tests.test_posts_feed import follow, last, post
-from tests.test_refusals import health, wait_until
+from tests.test_publisher import wait_for
 
 
 def test_the_defaults(tmp_path: Path) -> None:
@@ -169,6 +169,6 @@ def test_expired_queues_go_without_stalling_requests(tmp_path: Path, queues: int
         narrow = [["topic", f"{i:02d}" + "x" * 253] for i in range(16)]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda _: user.register(narrow=narrow), range(queues)))
-        wait_until(lambda: health(stack)["queues_expired"] >= queues, 60, "they expired")
+        wait_for(lambda: health(stack)["queues_expired"] >= queues, 60)
         state = health(stack)
         assert state["longest_expiry_step_ms"] < 50, state

@@ -1,22 +1,20 @@
 """Private channels and every event type, end to end through a real Pushpin.
 
 Each realtime assertion holds a request on the feed first, then makes the change, then reads
-what the held request was answered with.
+what the held request was answered with, which must have been published to it. Who must not
+get something is shown by the same request getting, instead, the next thing they may see.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import unique
-from tests.support import Stack
+from tests.support import Holds, Stack
 from tests.test_posts_feed import post
 
 FEED = {
@@ -31,22 +29,14 @@ def cursor(client: httpx.Client, feed: str = "posts") -> str:
     return value
 
 
-@contextmanager
-def held(client: httpx.Client, feed: str, since: str | None = None) -> Iterator[Callable[[], Any]]:
-    """Hold a request on ``feed``; the yielded function waits for its answer's JSON."""
+def held(
+    holds: Holds, client: httpx.Client, feed: str, since: str | None = None
+) -> Callable[[], Any]:
+    """Send a request on ``feed`` to be held (``holds.in_place()`` waits until it is); the
+    function returned waits for its answer's JSON, which must come from a publish."""
     since = since or cursor(client, feed)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(client.get, f"{FEED[feed]}?since={since}", timeout=8)
-        time.sleep(0.5)  # Pushpin holds it
-        yield lambda: answer.result(timeout=8).json()
-
-
-def still_held(client: httpx.Client, feed: str, since: str) -> bool:
-    try:
-        client.get(f"{FEED[feed]}?since={since}", timeout=1.5)
-    except httpx.ReadTimeout:
-        return True
-    return False
+    answer = holds.send(feed, client.get, f"{FEED[feed]}?since={since}", timeout=8)
+    return lambda: holds.published(answer).json()
 
 
 @pytest.fixture
@@ -64,7 +54,9 @@ def request_to_follow(f: httpx.Client, channel: str) -> None:
     assert r.status_code == 200 and r.json()[f"{channel}/posts"] == "pending"
 
 
-def test_a_follow_request_reaches_the_owner_and_moderators(stack: Stack, private: Any) -> None:
+def test_a_follow_request_reaches_the_owner_and_moderators(
+    stack: Stack, holds: Holds, private: Any
+) -> None:
     channel, o, f, follower = private
     moderator = unique("nurse")
     with stack.account(moderator) as m:
@@ -76,53 +68,56 @@ def test_a_follow_request_reaches_the_owner_and_moderators(stack: Stack, private
         o.post(f"/api/{channel}/subscribers/posts/approve", json=decision)
         r = o.post(f"/api/{channel}/subscribers/posts", json={moderator: "moderator"})
         assert r.status_code == 200 and r.json()[moderator] == "moderator"
-        with held(o, "events") as to_owner, held(m, "events") as to_moderator:
-            request_to_follow(f, channel)
-            for answer in (to_owner(), to_moderator()):
-                (item,) = answer["items"]
-                assert item["type"] == "follow_request"
-                assert item["node"] == f"{channel}/posts" and item["jid"] == follower
-                assert item["cursor"] == answer["last"]
+        to_owner, to_moderator = held(holds, o, "events"), held(holds, m, "events")
+        holds.in_place()
+        request_to_follow(f, channel)
+        for answer in (to_owner(), to_moderator()):
+            (item,) = answer["items"]
+            assert item["type"] == "follow_request"
+            assert item["node"] == f"{channel}/posts" and item["jid"] == follower
+            assert item["cursor"] == answer["last"]
         pending = [{"jid": follower, "subscription": "pending"}]
         assert m.get(f"/api/{channel}/subscribers/posts/approve").json() == pending
         assert f.get(f"/api/{channel}/subscribers/posts/approve").status_code == 403
 
 
 def test_approval_reaches_the_follower_who_then_gets_the_next_post_at_once(
-    private: Any,
+    holds: Holds, private: Any
 ) -> None:
     channel, o, f, follower = private
     request_to_follow(f, channel)
     assert f.get(f"/api/{channel}/content/posts").status_code == 403  # pending: no reading
-    with held(f, "events") as event, held(f, "posts") as posts:
-        decision = [{"jid": follower, "subscription": "subscribed"}]
-        assert o.post(f"/api/{channel}/subscribers/posts/approve", json=decision).json() == []
-        (item,) = event()["items"]
-        assert item["type"] == "subscription" and item["change"] == "approved"
-        assert item["subscription"] == "subscribed" and item["affiliation"] == "publisher"
-        # The held posts request, open since before the approval, gets the next post.
-        created = post(o, channel, "welcome")
-        assert posts()["items"] == [created]
+    event, posts = held(holds, f, "events"), held(holds, f, "posts")
+    holds.in_place()
+    decision = [{"jid": follower, "subscription": "subscribed"}]
+    assert o.post(f"/api/{channel}/subscribers/posts/approve", json=decision).json() == []
+    (item,) = event()["items"]
+    assert item["type"] == "subscription" and item["change"] == "approved"
+    assert item["subscription"] == "subscribed" and item["affiliation"] == "publisher"
+    # The held posts request, open since before the approval, gets the next post.
+    created = post(o, channel, "welcome")
+    assert posts()["items"] == [created]
     assert f.get("/api/subscribed").json()[f"{channel}/posts"] == "publisher"
 
 
-def test_a_rejected_follower_is_told_and_never_gets_a_post(private: Any) -> None:
+def test_a_rejected_follower_is_told_and_never_gets_a_post(holds: Holds, private: Any) -> None:
     channel, o, f, follower = private
     request_to_follow(f, channel)
-    since = cursor(f)
-    with held(f, "events") as event:
-        decision = [{"jid": follower, "subscription": "none"}]
-        o.post(f"/api/{channel}/subscribers/posts/approve", json=decision)
-        (item,) = event()["items"]
-        assert item["change"] == "rejected" and item["subscription"] == "none"
+    event, posts = held(holds, f, "events"), held(holds, f, "posts")
+    holds.in_place()
+    decision = [{"jid": follower, "subscription": "none"}]
+    o.post(f"/api/{channel}/subscribers/posts/approve", json=decision)
+    (item,) = event()["items"]
+    assert item["change"] == "rejected" and item["subscription"] == "none"
     post(o, channel, "not for the rejected")
-    assert still_held(f, "posts", since)
+    own = post(f, follower, "the next post they may see: their own")
+    assert posts()["items"] == [own]
     assert f.get(f"/api/{channel}/content/posts").status_code == 403
 
 
 @pytest.mark.parametrize("how", ["banned", "unfollowed", "pending"])
 def test_access_that_ended_ends_delivery_even_to_a_held_request(
-    stack: Stack, private: Any, how: str
+    holds: Holds, private: Any, how: str
 ) -> None:
     channel, o, f, follower = private
     request_to_follow(f, channel)
@@ -130,35 +125,36 @@ def test_access_that_ended_ends_delivery_even_to_a_held_request(
         decision = [{"jid": follower, "subscription": "subscribed"}]
         o.post(f"/api/{channel}/subscribers/posts/approve", json=decision)
     before = cursor(f)
-    with held(f, "events") as event, concurrent.futures.ThreadPoolExecutor(1) as pool:
-        # A posts request held while the follower could still read (or asked to).
-        posts = pool.submit(f.get, f"/api/notifications/posts?since={before}", timeout=4)
-        time.sleep(0.5)
-        if how == "banned":
-            r = o.post(f"/api/{channel}/subscribers/posts", json={follower: "outcast"})
-            assert r.json()[follower] == "outcast"
-        elif how == "unfollowed":
-            f.post("/api/subscribed", json={f"{channel}/posts": "none"})
-        if how != "pending":
-            (item,) = event()["items"]
-            assert item["type"] == "subscription" and item["change"] == how
-            assert item["subscription"] == "none"
-        post(o, channel, f"after the follower was {how}")
-        with pytest.raises(httpx.ReadTimeout):
-            posts.result(timeout=6)
+    event = held(holds, f, "events") if how != "pending" else None
+    # A posts request held while the follower could still read (or asked to).
+    posts = held(holds, f, "posts", before)
+    holds.in_place()
+    if how == "banned":
+        r = o.post(f"/api/{channel}/subscribers/posts", json={follower: "outcast"})
+        assert r.json()[follower] == "outcast"
+    elif how == "unfollowed":
+        f.post("/api/subscribed", json={f"{channel}/posts": "none"})
+    if event is not None:
+        (item,) = event()["items"]
+        assert item["type"] == "subscription" and item["change"] == how
+        assert item["subscription"] == "none"
+    post(o, channel, f"after the follower was {how}")
+    own = post(f, follower, "the next post they may see: their own")
+    assert posts()["items"] == [own]
     # Nor by an immediate answer from an old cursor.
-    assert still_held(f, "posts", before)
+    assert f.get(f"/api/notifications/posts?since={before}").json()["items"] == [own]
 
 
-def test_role_changes_reach_the_follower(stack: Stack) -> None:
+def test_role_changes_reach_the_follower(stack: Stack, holds: Holds) -> None:
     owner, follower = unique("capulet"), unique("romeo")
     channel = f"verona-{owner.partition('@')[0]}@topics.example.com"
     with stack.account(owner) as o, stack.account(follower) as f:
         o.post(f"/api/{channel}")
         f.post("/api/subscribed", json={f"{channel}/posts": "publisher"})
-        with held(f, "events") as event:
-            o.post(f"/api/{channel}/subscribers/posts", json={follower: "moderator"})
-            (item,) = event()["items"]
+        event = held(holds, f, "events")
+        holds.in_place()
+        o.post(f"/api/{channel}/subscribers/posts", json={follower: "moderator"})
+        (item,) = event()["items"]
         assert item["change"] == "role_changed" and item["affiliation"] == "moderator"
         assert f.get(f"/api/{channel}/subscribers/posts").json()[follower] == "moderator"
         assert (
@@ -166,7 +162,7 @@ def test_role_changes_reach_the_follower(stack: Stack) -> None:
         )
 
 
-def test_edits_and_deletions_reach_every_reader(stack: Stack, private: Any) -> None:
+def test_edits_and_deletions_reach_every_reader(stack: Stack, holds: Holds, private: Any) -> None:
     channel, o, f, follower = private
     request_to_follow(f, channel)
     o.post(
@@ -179,44 +175,54 @@ def test_edits_and_deletions_reach_every_reader(stack: Stack, private: Any) -> N
         url = f"/api/{channel}/content/posts/{created['id']}"
         s_since = cursor(s, "events")
         assert s.put(url, json={"content": "x"}).status_code == 403
-        with held(o, "events") as to_owner, held(f, "events") as to_author:
-            edited = f.put(url, json={"content": "second draft"})
-            assert edited.status_code == 200
-            for answer in (to_owner(), to_author()):
-                (item,) = answer["items"]
-                assert item["type"] == "post_updated"
-                assert item["post"] == edited.json()
-                assert item["post"]["content"] == "second draft"
-                assert item["post"]["updated"] >= item["post"]["published"]
+        to_owner, to_author = held(holds, o, "events"), held(holds, f, "events")
+        holds.in_place()
+        edited = f.put(url, json={"content": "second draft"})
+        assert edited.status_code == 200
+        for answer in (to_owner(), to_author()):
+            (item,) = answer["items"]
+            assert item["type"] == "post_updated"
+            assert item["post"] == edited.json()
+            assert item["post"]["content"] == "second draft"
+            assert item["post"]["updated"] >= item["post"]["published"]
         assert o.get(url).json()["content"] == "second draft"
-        with held(f, "events") as to_author:
-            assert o.delete(url).status_code == 204
-            (item,) = to_author()["items"]
+        to_author = held(holds, f, "events")
+        holds.in_place()
+        assert o.delete(url).status_code == 204
+        (item,) = to_author()["items"]
         assert item == {
             "type": "post_deleted",
             "cursor": item["cursor"],
             "id": created["id"],
             "source": f"{channel}/posts",
         }
-        assert still_held(s, "events", s_since), "a stranger hears of neither"
+        # A stranger hears of neither: from the same cursor, the first event they get is the
+        # next one that concerns them.
+        assert o.post(f"/api/{channel}/subscribers/posts", json={stranger: "outcast"}).is_success
+        (told,) = s.get(f"/api/notifications/events?since={s_since}").json()["items"]
+        assert told["type"] == "subscription" and told["change"] == "banned"
+        assert told["jid"] == stranger
 
 
-def test_the_firehose_has_every_open_post_and_no_private_one(stack: Stack, private: Any) -> None:
+def test_the_firehose_has_every_open_post_and_no_private_one(
+    stack: Stack, holds: Holds, private: Any
+) -> None:
     channel, o, _, _ = private
     open_channel = f"square-{unique('x').partition('@')[0]}@topics.example.com"
     o.post(f"/api/{open_channel}")
     with stack.client() as anonymous:
         since = cursor(anonymous, "firehose")
-        with held(anonymous, "firehose", since) as firehose:
-            post(o, channel, "a private post")
-            public = post(o, open_channel, "a public post")
-            assert firehose()["items"] == [public]
+        firehose = held(holds, anonymous, "firehose", since)
+        holds.in_place()
+        post(o, channel, "a private post")
+        public = post(o, open_channel, "a public post")
+        assert firehose()["items"] == [public]
         page = anonymous.get(f"/api/firehose?since={since}").json()
         assert page["items"] == [public]
         assert anonymous.get("/api/firehose", auth=("x@y.z", "wrong password")).status_code == 401
 
 
-def test_history_since_last_online_then_live_misses_nothing(stack: Stack, private: Any) -> None:
+def test_history_since_last_online_then_live_misses_nothing(holds: Holds, private: Any) -> None:
     channel, o, f, follower = private
     request_to_follow(f, channel)
     o.post(
@@ -224,9 +230,11 @@ def test_history_since_last_online_then_live_misses_nothing(stack: Stack, privat
         json=[{"jid": follower, "subscription": "subscribed"}],
     )
     last_seen = cursor(f)
-    assert still_held(f, "posts", last_seen)  # a realtime request: f was online here
-    # While f is away: posts and events.
-    first = post(o, channel, "while you were away")
+    live = held(holds, f, "posts", last_seen)  # a realtime request: f was online here
+    holds.in_place()
+    first = post(o, channel, "the last post f saw live")
+    assert live()["items"] == [first]
+    # Then f is away, and does not ask again: posts and events.
     o.post(f"/api/{channel}/subscribers/posts", json={follower: "member"})
     second = post(o, channel, "and this too")
     history = f.get("/api/notifications/history").json()
@@ -236,9 +244,10 @@ def test_history_since_last_online_then_live_misses_nothing(stack: Stack, privat
         (item["cursor"] for item in history["items"]), key=int
     )
     # Coming back: catch up with history, then long-poll from its last: nothing is missed.
-    with held(f, "posts", history["last"]) as live:
-        third = post(o, channel, "live again")
-        assert live()["items"] == [third]
+    live = held(holds, f, "posts", history["last"])
+    holds.in_place()
+    third = post(o, channel, "live again")
+    assert live()["items"] == [third]
     explicit = f.get(f"/api/notifications/history?since={last_seen}").json()
     assert explicit["items"][:3] == history["items"]
     assert explicit["items"][3]["post"] == third

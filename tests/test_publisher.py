@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import unique
-from tests.support import Stack, free_ports
+from tests.support import Holds, Stack, free_ports
 from tests.test_posts_feed import follow, last, post
 
 
@@ -122,13 +122,12 @@ def test_a_hanging_target_blocks_neither_posts_nor_the_other_proxies(tmp_path: P
                 start = time.monotonic()
                 post(w, writer, f"post {i}")
                 assert time.monotonic() - start < 0.2
-            # The real Pushpin, the second target, still delivers while the first hangs.
+            # The real Pushpin, the second target, still publishes while the first hangs.
             since = last(r)
-            with concurrent.futures.ThreadPoolExecutor() as pool:
-                held = pool.submit(r.get, f"/api/notifications/posts?since={since}")
-                time.sleep(0.5)
+            with Holds(stack) as holds:
+                held = holds.hold("posts", r.get, f"/api/notifications/posts?since={since}")
                 created = post(w, writer, "through the other proxy")
-                assert held.result(timeout=5).json()["items"] == [created]
+                assert holds.published(held).json()["items"] == [created]
         wait_for(lambda: "failed: no answer within" in stack.log(), 5)
         assert "retrying in" in stack.log()
 

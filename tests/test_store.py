@@ -61,6 +61,8 @@ def test_a_new_file_gets_the_current_schema_and_a_newer_one_is_refused(tmp_path:
         assert await store.schema_version() == len(MIGRATIONS)
         await store.close()
 
+        # A file from a later server: no store method writes a version ahead of its own
+        # migrations, so the test writes the file itself.
         newer = tmp_path / "newer.sqlite3"
         with sqlite3.connect(newer) as db:
             db.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
@@ -91,6 +93,7 @@ def test_an_older_file_migrates_forward_keeping_its_data(
         assert await upgraded.schema_version() == len(later)
         assert await upgraded.get_account("juliet@example.com") is not None
         await upgraded.close()
+        # The column is the test's own migration's: no store method reads it.
         with sqlite3.connect(tmp_path / "log.sqlite3") as db:
             assert db.execute("SELECT nickname FROM accounts").fetchone() == ("jules",)
 
