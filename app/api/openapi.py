@@ -348,8 +348,33 @@ SPEC: dict[str, Any] = {
             "post": {
                 "operationId": "createPost",
                 "summary": "Post to a node (publisher, moderator or owner)",
+                "description": (
+                    "With an Idempotency-Key, a retry with the same key and body within "
+                    "IDEMPOTENCY_SECONDS answers the first post again (200) and stores nothing; "
+                    "the same key with another body answers 422. Posts, edits and deletes count "
+                    "against POSTS_PER_MINUTE (429)."
+                ),
+                "parameters": [
+                    _param(
+                        "Idempotency-Key",
+                        "header",
+                        {"type": "string", "minLength": 1, "maxLength": 255},
+                        "Marks a request the client may send again (1-255 printable ASCII).",
+                    )
+                ],
                 "requestBody": _body(_ref("NewPost")),
                 "responses": {
+                    "200": {
+                        "description": "A retry: the post its key made first",
+                        "headers": {
+                            "Location": {
+                                "description": "The post's URL",
+                                "required": True,
+                                "schema": {"type": "string"},
+                            }
+                        },
+                        "content": _json(_ref("Post")),
+                    },
                     "201": {
                         "description": "Created",
                         "headers": {
@@ -361,7 +386,7 @@ SPEC: dict[str, Any] = {
                         },
                         "content": _json(_ref("Post")),
                     },
-                    **_errors(*BODY_ERRORS, *NODE_ERRORS),
+                    **_errors(*BODY_ERRORS, *NODE_ERRORS, 422),
                 },
             },
         },
@@ -414,8 +439,13 @@ SPEC: dict[str, Any] = {
             "409": {"description": "Conflicts with what exists", "content": _json(_ref("Error"))},
             "413": {"description": "Body over 256 KiB", "content": _json(_ref("Error"))},
             "415": {"description": "Body not declared JSON", "content": _json(_ref("Error"))},
+            "422": {
+                "description": "An Idempotency-Key used before for another request",
+                "content": _json(_ref("Error")),
+            },
             "429": {
-                "description": "Over a limit: failed logins, or accounts created",
+                "description": "Over a limit: failed logins, accounts created, posts or follow"
+                " changes a minute, or requests held at once",
                 "headers": {
                     "Retry-After": {
                         "required": True,
