@@ -39,6 +39,7 @@ RAISED_LIMITS = {
     "POSTS_PER_MINUTE": "1000000",
     "FOLLOWS_PER_MINUTE": "1000000",
     "MAX_HELD_PER_ADDRESS": "1000000",
+    "MAX_CHANNELS": "1000000",  # a test follows 1,000 nodes of one owner
 }
 
 

@@ -45,6 +45,7 @@ from starlette.types import Receive, Scope, Send
 from app.api.openapi import JID_PATTERN, NODE_PATTERN, SPEC
 from app.config import Settings
 from app.main import ROUTES, create_app
+from tests.support import RAISED_LIMITS
 from tests.test_publisher import recorder
 
 EXAMPLES = 220  # fuzzed requests per operation; the issue asks for at least 200
@@ -134,6 +135,7 @@ def api(tmp_path: Path, publish_target: str) -> Iterator[Api]:
     """A fresh origin with real data, shared by every generated request of one operation."""
     settings = Settings.from_env(
         {
+            **RAISED_LIMITS,  # the generated requests all come from one address, as two users
             "DATA_DIR": str(tmp_path),
             "GRIP_URL": publish_target,
             # Juliet and Romeo stay logged in for the whole run, though the generated failed
