@@ -38,6 +38,7 @@ BATCH_ROWS = 500
 BATCH_BYTES = 800_000  # Pushpin takes publish requests up to 1,000,000 bytes by default
 SAVE_SECONDS = 0.2  # how often, at most, a target's position is saved
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 5.0
+CLOSE_TRIES = 3  # times close() cancels the targets' tasks (waiting a second each)
 LAG_COUNT_MAX = 100_000  # /health counts a target's backlog up to this
 
 
@@ -113,6 +114,7 @@ class Publisher:
         for target in self.targets:
             target.client = PublishClient(target.publish_url, timeout)
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self._progress = asyncio.Event()  # set (and replaced) after each accepted publish
         # Told the channels of each publish before it is sent (the holds on them end).
         self.on_sending: Callable[[list[str]], None] = lambda channels: None
@@ -191,9 +193,16 @@ class Publisher:
         return False
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Python 3.11's wait_for can swallow a cancellation that lands as the call it waits
+        # for fails (a refused connection, say): the loop then ends on its flag instead.
+        self._closing = True
+        pending = set(self._tasks)
+        for _ in range(CLOSE_TRIES):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         self._tasks.clear()
         for target in self.targets:
             try:
@@ -206,7 +215,7 @@ class Publisher:
 
     async def _run(self, target: Target) -> None:
         delay = BACKOFF_FIRST
-        while True:
+        while not self._closing:
             target.wake.clear()
             try:
                 sent = await self._publish_next(target)
