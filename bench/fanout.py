@@ -432,6 +432,31 @@ def run(
     }
 
 
+def run_repeated(
+    sizes: list[int], runs: int, workdir: Path, *, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """The same case, many runs in a row at one size, judged on failures alone: a failure
+    that happens in one run of six is seen here."""
+    if len(sizes) != 1:
+        raise ValueError("a repeated fan-out is at one size")
+    record = run(sizes, runs, workdir, echo=echo)
+    record["targets"] = _repeat_targets(record["summary"]["sizes"][0], record["results"])
+    return record
+
+
+def _repeat_targets(row: dict[str, Any], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    failed_runs = [r for r in results if r["case"] == "origin" and r["failures"]]
+    return [
+        {
+            "target": f"fan-out to {row['clients']:,}: 0 failed in {row['runs']} runs in a row",
+            "measured": f"{row['origin_failures']:,} failed of {row['clients'] * row['runs']:,} "
+            f"({len(failed_runs)} of {row['runs']} runs had failures; raw Pushpin "
+            f"{row['raw_failures']:,}); median {ms(row['origin_ms'])} vs raw {ms(row['raw_ms'])}",
+            "met": not row["origin_failures"],
+        }
+    ]
+
+
 def _mb(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f} MB"
 
