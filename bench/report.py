@@ -44,8 +44,9 @@ NOTES = """\
   zurl pools its connections to the origin and did not notice the ones the origin closed; up to
   1,100 sat in CLOSE-WAIT in zurl, and from the third 5,000-client fan-out on, held requests got
   500s or no answer (5,001 of 5,000 failed in one run). With 300 s, none in 3 runs of 3. The
-  listen backlog is 16,384 (Linux caps it at `net.core.somaxconn`): Pushpin re-asks the origin
-  for thousands of held requests at once.
+  listen backlog is 16,384 (Linux caps it at `net.core.somaxconn`): zurl opens a connection to
+  the origin for each request it has in flight, up to 2,000 at once while thousands of
+  long-polls are opened.
 - The origin runs on uvicorn with httptools and uvloop (`app/__main__.py`): with the default
   h11 parser and asyncio loop, a Starlette app holding 10,000 long-polls itself fanned out 2.5
   times slower (`docs/design.md`). No access log unless `LOG_LEVEL=debug`.
@@ -71,7 +72,8 @@ NOTES = """\
   under 0.1 core for 0.5 s. It used to post once the origin's `requests_in_flight` read 0: in
   10 runs of 10,000, 3 runs then failed 125 to 541 clients, every one a Pushpin refusal (500
   "Accept service unavailable.", 502) of a request not yet held, answered within 23 ms of the
-  POST being sent; Pushpin had still been refusing 0.5 to 1.9 s before it. Opening 10,000
+  POST being sent (in runs with the refusals timed, Pushpin still refused requests 0.5 to 1.9 s
+  before the POST; raw Pushpin's last refusal was 3 to 13 s before its publish). Opening 10,000
   long-polls on 2 cores keeps Pushpin (1.5 cores) and the origin (a fifth of a core, waiting for
   the CPU the rest of the time) busy for seconds after the last one is sent, with up to 1,850 of
   zurl's connections unaccepted in the origin's listen queue, which `requests_in_flight` does
