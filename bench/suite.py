@@ -3,6 +3,7 @@ results table in docs/performance.md made from that JSON.
 
     python -m bench                    # everything, full size (about 10 minutes here)
     python -m bench --only latency     # some cases
+    python -m bench --only fanout10k   # fan-out to 10,000, ten runs in a row (not in the suite)
     python -m bench --quick            # a small version of each (CI's smoke test)
     python -m bench report             # only remake docs/performance.md from the JSON
 
@@ -38,6 +39,7 @@ class Case:
     full: dict[str, Any]
     quick: dict[str, Any]
     run: Callable[..., dict[str, Any]]
+    in_suite: bool = True  # run without --only
 
 
 CASES = [
@@ -47,6 +49,14 @@ CASES = [
         {"sizes": [1000, 5000, 10000], "runs": 3},
         {"sizes": [50], "runs": 1},
         fanout.run,
+    ),
+    Case(
+        "fanout10k",
+        "Fan-out to 10,000 held long-polls, ten runs in a row",
+        {"sizes": [10000], "runs": 10},
+        {"sizes": [50], "runs": 2},
+        fanout.run_repeated,
+        in_suite=False,  # about 12 minutes: run it alone, with --only
     ),
     Case(
         "holdcost",
@@ -99,7 +109,7 @@ def run_case(
 def failures(record: dict[str, Any]) -> int:
     """Deliveries that went wrong in a case (lost, duplicated, failed): never acceptable."""
     summary = record["summary"]
-    if record["case"] == "fanout":
+    if record["case"] in ("fanout", "fanout10k"):
         return sum(int(row["origin_failures"] + row["raw_failures"]) for row in summary["sizes"])
     if record["case"] == "throughput":
         # A POST refused under overload (Pushpin's 502) is in the table, not a failed delivery.
@@ -120,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         "if a delivery failed (a target missed is reported, not an error).",
     )
     parser.add_argument("what", nargs="?", choices=["run", "report"], default="run")
-    parser.add_argument("--only", help=f"comma-separated cases: {','.join(NAMES)}")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated cases: {','.join(NAMES)} (without it, all but "
+        f"{','.join(c.name for c in CASES if not c.in_suite)})",
+    )
     parser.add_argument("--quick", action="store_true", help="a small version of each case")
     parser.add_argument(
         "--out",
@@ -140,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         report.write(out, docs or report.DOCS)
         print(f"wrote {docs or report.DOCS}")
         return 0
-    chosen = args.only.split(",") if args.only else NAMES
+    chosen = args.only.split(",") if args.only else [c.name for c in CASES if c.in_suite]
     if unknown := set(chosen) - set(NAMES):
         parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     if args.quick and not args.out:
