@@ -3,14 +3,12 @@ exactly, and no header of a request is copied into a redirect."""
 
 from __future__ import annotations
 
-import concurrent.futures
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import ALLOWED_ORIGIN, unique
-from tests.support import Stack, running
+from tests.support import Holds, Stack, running
 from tests.test_posts_feed import follow, last, post
 
 
@@ -37,15 +35,15 @@ def test_any_origin_never_comes_with_credentials(tmp_path: Path) -> None:
             assert cors(preflight) == ("*", None)
             # A held answer carries the same headers, given by the origin to Pushpin.
             since = last(r)
-            with concurrent.futures.ThreadPoolExecutor() as pool:
-                held = pool.submit(
+            with Holds(stack) as holds:
+                held = holds.hold(
+                    "posts",
                     r.get,
                     f"/api/notifications/posts?since={since}",
                     headers={"Origin": "https://anyone.example"},
                 )
-                time.sleep(0.5)
                 created = post(w, writer, "to any page, without credentials")
-                answer = held.result(timeout=5)
+                answer = holds.published(held)
             assert answer.json()["items"] == [created]
             assert cors(answer) == ("*", None)
 

@@ -43,6 +43,16 @@ def _ok(description: str, schema: dict[str, Any], status: int = 200) -> dict[str
     return {str(status): {"description": description, "content": _json(schema)}}
 
 
+def _post_at(description: str) -> dict[str, Any]:
+    """A post as the answer, with its URL in ``Location``."""
+    location = {"description": "The post's URL", "required": True, "schema": {"type": "string"}}
+    return {
+        "description": description,
+        "headers": {"Location": location},
+        "content": _json({"$ref": "#/components/schemas/Post"}),
+    }
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): {"$ref": f"#/components/responses/{status}"} for status in statuses}
 
@@ -364,28 +374,8 @@ SPEC: dict[str, Any] = {
                 ],
                 "requestBody": _body(_ref("NewPost")),
                 "responses": {
-                    "200": {
-                        "description": "A retry: the post its key made first",
-                        "headers": {
-                            "Location": {
-                                "description": "The post's URL",
-                                "required": True,
-                                "schema": {"type": "string"},
-                            }
-                        },
-                        "content": _json(_ref("Post")),
-                    },
-                    "201": {
-                        "description": "Created",
-                        "headers": {
-                            "Location": {
-                                "description": "The post's URL",
-                                "required": True,
-                                "schema": {"type": "string"},
-                            }
-                        },
-                        "content": _json(_ref("Post")),
-                    },
+                    "200": _post_at("A retry: the post its key made first"),
+                    "201": _post_at("Created"),
                     **_errors(*BODY_ERRORS, *NODE_ERRORS, 422),
                 },
             },
