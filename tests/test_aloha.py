@@ -213,13 +213,15 @@ def test_unknown_foreign_and_deleted_queues_are_bad_event_queue_id(stack: Stack)
 
 
 def test_queues_survive_a_restart_expire_and_send_heartbeats(tmp_path: Path) -> None:
-    # Lifespan 3 s: time enough for the restart after the heartbeat (Pushpin asks again for a
-    # new hold about 1 s after it began, so the heartbeat comes about 6 s after the poll).
-    env = {"HOLD_TIMEOUT": "5", "QUEUE_LIFESPAN": "3"}
+    # The surviving queue lives 60 s, so however long the restart takes it is still there; the
+    # short-lived one asks for 1 s and expires 1 s after its last poll ended (a poll may be
+    # held HOLD_TIMEOUT = 5 s, so 6 s after it was registered).
+    env = {"HOLD_TIMEOUT": "5", "QUEUE_LIFESPAN": "60"}
     with running(tmp_path, **env) as stack:
         reader = Aloha(stack, unique("juliet"))
         queue = reader.register()
-        short_lived = reader.register()
+        registered = time.monotonic()
+        short_lived = reader.register(queue_lifespan_secs=1)
         # A poll with nothing to say is held, then answered with a heartbeat.
         start = time.monotonic()
         (heartbeat,) = reader.events(queue, block=True)
@@ -230,8 +232,7 @@ def test_queues_survive_a_restart_expire_and_send_heartbeats(tmp_path: Path) -> 
         sent = reader.send(reader.user, "after the restart")
         (event,) = reader.events(queue, heartbeat["id"])  # the queue is still there
         assert event["message"]["id"] == sent
-        # 3 s of lifespan after its last poll ended (a poll may be held 5 s): gone.
-        time.sleep(max(0.0, start + 8.5 - time.monotonic()))
+        time.sleep(max(0.0, registered + 7 - time.monotonic()))
         gone = reader.call("GET", "events", queue_id=short_lived, last_event_id=-1)
         assert gone["code"] == "BAD_EVENT_QUEUE_ID"
 
