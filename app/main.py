@@ -112,7 +112,7 @@ def create_app(settings: Settings) -> Starlette:
         await store.open(check_names=name_problems)
         await publisher.start()
         expiry = asyncio.create_task(services.aloha.expire_forever(), name="expire queues")
-        log.info("store %s at schema version %d", store.path, await store.schema_version())
+        log.info("store %s at schema version %d", store.label, await store.schema_version())
         try:
             yield
         finally:

@@ -15,7 +15,7 @@ import pytest
 from app.accounts import MAX_CACHED_LOGINS, Accounts, check_password, hash_password
 from app.errors import Unauthorized
 from app.publisher import Target
-from app.store.sqlite import SqliteStore
+from app.store import open_store
 from tests.support import basic
 
 PASSWORD = "a long enough password"
@@ -26,7 +26,7 @@ async def accounts_on(
     tmp_path: Path, cache_seconds: int, max_cached: int = MAX_CACHED_LOGINS
 ) -> AsyncIterator[Accounts]:
     """Accounts on a real SQLite store in ``tmp_path``."""
-    store = SqliteStore(tmp_path / "db.sqlite3")
+    store = open_store(f"sqlite://{tmp_path}/db.sqlite3")
     await store.open()
     try:
         yield Accounts(

@@ -14,8 +14,8 @@ import pytest
 
 from app.accounts import hash_password
 from app.config import Limits
+from app.store import open_store
 from app.store.schema import MIGRATIONS, NAMES_NORMALISED
-from app.store.sqlite import SqliteStore
 from tests.conftest import unique
 from tests.support import PASSWORD, Stack, raw_get, running
 from tests.test_posts_feed import follow, post
@@ -201,7 +201,7 @@ def _store_at_version_3(path: Path, names: list[str], monkeypatch: pytest.Monkey
     async def make() -> None:
         with monkeypatch.context() as patched:
             patched.setattr("app.store.sqlite.MIGRATIONS", MIGRATIONS[:3])
-            store = SqliteStore(path)
+            store = open_store(f"sqlite://{path}")
             await store.open()
             assert await store.schema_version() == 3
             for name in names:
@@ -220,7 +220,7 @@ def _accounts_before_the_check(
     async def count() -> int:
         with monkeypatch.context() as patched:
             patched.setattr("app.store.sqlite.MIGRATIONS", MIGRATIONS[: NAMES_NORMALISED - 1])
-            store = SqliteStore(path)
+            store = open_store(f"sqlite://{path}")
             await store.open()
             assert await store.schema_version() == NAMES_NORMALISED - 1
             found = [await store.get_account(name) for name in names]

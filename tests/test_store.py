@@ -10,16 +10,15 @@ import pytest
 
 from app.errors import Conflict
 from app.model import POSTS_NODE
-from app.store import open_store
+from app.store import Store, open_store
 from app.store.base import Position, SubscriptionChange
 from app.store.schema import MIGRATIONS
-from app.store.sqlite import SqliteStore
 
 NOW = "2014-06-24T15:34:54.449Z"
 
 
-async def _store(path: Path) -> SqliteStore:
-    store = SqliteStore(path)
+async def _store(path: Path) -> Store:
+    store = open_store(f"sqlite://{path}")
     await store.open()
     return store
 
@@ -73,9 +72,9 @@ def test_a_new_file_gets_the_current_schema_and_a_newer_one_is_refused(tmp_path:
 
 
 def test_database_url_picks_the_backend(tmp_path: Path) -> None:
-    assert open_store(f"sqlite://{tmp_path}/x.sqlite3").path == tmp_path / "x.sqlite3"
-    with pytest.raises(Exception, match="expected sqlite://PATH"):
-        open_store("postgres://somewhere/db")
+    assert open_store(f"sqlite://{tmp_path}/x.sqlite3").label == f"{tmp_path}/x.sqlite3"
+    with pytest.raises(Exception, match="expected sqlite://PATH or postgresql"):
+        open_store("mysql://somewhere/db")
 
 
 def test_an_older_file_migrates_forward_keeping_its_data(

@@ -1,21 +1,27 @@
-"""Persistence, picked by the scheme of DATABASE_URL."""
+"""Persistence, picked by the scheme of DATABASE_URL: the domain talks to a `Store`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from app.config import ConfigError
-from app.store.sqlite import SqliteStore
-
-Store = SqliteStore
+from app.store.base import Store
+from app.store.sql import SqlStore
 
 
 def open_store(url: str) -> Store:
+    """A store for ``url`` (not connected yet: ``await store.open()``)."""
     scheme, sep, rest = url.partition("://")
     if scheme == "sqlite" and sep and rest:
+        from app.store.sqlite import SqliteDatabase
+
         # sqlite:///var/lib/x.sqlite3 is absolute, sqlite://data/x.sqlite3 relative.
-        return SqliteStore(Path(rest))
-    raise ConfigError(f"DATABASE_URL {url!r}: expected sqlite://PATH")
+        return SqlStore(SqliteDatabase(Path(rest)))
+    if scheme in ("postgresql", "postgres") and sep:
+        from app.store.postgres import PostgresDatabase
+
+        return SqlStore(PostgresDatabase(url))
+    raise ConfigError(f"DATABASE_URL {url!r}: expected sqlite://PATH or postgresql://...")
 
 
 __all__ = ["Store", "open_store"]

@@ -1,8 +1,9 @@
-"""The rows the store hands to the domain."""
+"""What the domain asks of the store (`Store`), and the rows it hands back."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 
 class Account(NamedTuple):
@@ -120,3 +121,94 @@ class QueuePoll(NamedTuple):
     queue: Queue
     events: list[QueueEvent]
     heads: list[tuple[str, int]]  # the queue's channels, each with the last id published there
+
+
+class Store(Protocol):
+    """The store the domain talks to. One implementation (app.store.sql.SqlStore) serves
+    every backend; a backend plugs in below it, as an app.store.sql.Database."""
+
+    on_commit: Callable[[], None]  # called after each commit that appended to the log
+
+    @property
+    def label(self) -> str:
+        """Where the data is, without credentials, for logs."""
+
+    async def open(self, check_names: Callable[[list[str]], list[str]] | None = None) -> None:
+        """Connect, migrating to this version's schema. Migrating names stored by an older
+        version needs ``check_names``: the problems it finds with them."""
+
+    async def close(self) -> None: ...
+    async def schema_version(self) -> int: ...
+
+    # accounts and channels
+    async def create_account(self, jid: str, password_hash: str, api_key: str, now: str) -> None:
+        """Conflict if the name is taken by an account or a channel."""
+
+    async def get_account(self, jid: str) -> Account | None: ...
+    async def create_channel(
+        self,
+        jid: str,
+        owner: str,
+        title: str,
+        description: str,
+        access_model: str,
+        default_affiliation: str,
+        now: str,
+        max_owned: int = 0,
+    ) -> None: ...
+    async def get_node(self, channel: str, name: str) -> NodeInfo | None: ...
+    async def affiliation(self, jid: str, node_id: int) -> str | None: ...
+    async def given_role(self, jid: str, node_id: int) -> str | None: ...
+    async def subscriptions(self, jid: str) -> dict[str, str]: ...
+    async def apply_subscriptions(
+        self,
+        changes: list[SubscriptionChange],
+        now: str,
+        max_follows: int = 0,
+        max_pending: int = 0,
+    ) -> None: ...
+    async def subscribers(self, node_id: int) -> dict[str, str]: ...
+    async def pending(self, node_id: int) -> list[str]: ...
+    async def metadata(self, channel: str) -> dict[str, str]: ...
+    async def set_metadata(self, channel: str, fields: dict[str, str]) -> None: ...
+
+    # posts and the log
+    async def last_event_id(self) -> int: ...
+    async def append_post(
+        self,
+        node: NodeInfo,
+        post_id: str,
+        author: str,
+        payload: str,
+        now: str,
+        retry: RetryKey | None = None,
+    ) -> PostWritten: ...
+    async def update_post(
+        self, node_id: int, post_id: str, body: str, notice: Notice, now: str
+    ) -> None: ...
+    async def get_post(self, node_id: int, post_id: str) -> tuple[str, str] | None: ...
+    async def list_posts(self, node_id: int, limit: int, after: str | None) -> list[str] | None: ...
+    async def delete_post(
+        self, node_id: int, post_id: str, notice: Notice, now: str, erase: tuple[str, ...]
+    ) -> None: ...
+
+    # feeds
+    async def read_feed(self, feed: str, jid: str | None, since: int, limit: int) -> FeedState: ...
+    async def history(
+        self, jid: str, since: int | None, limit: int
+    ) -> tuple[int, list[FeedItem]]: ...
+
+    # Aloha queues
+    async def create_queue(self, queue: Queue, max_alive: int = 0, grace: float = 0) -> int: ...
+    async def poll_queue(
+        self, queue_id: str, jid: str, ack: int, now: float, limit: int, grace: float = 0
+    ) -> QueuePoll | None: ...
+    async def skip_queue(self, queue_id: str, to: int) -> None: ...
+    async def delete_queue(self, queue_id: str, jid: str, now: str) -> bool: ...
+    async def expire_queues(self, now: float, grace: float, limit: int) -> int: ...
+
+    # the publisher's outbox
+    async def deliveries_after(self, position: Position, limit: int) -> list[Delivery]: ...
+    async def backlog(self, position: Position, limit: int) -> tuple[int, str | None]: ...
+    async def publish_position(self, target: str) -> Position | None: ...
+    async def save_publish_position(self, target: str, position: Position) -> None: ...
