@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.databases import SESSION, fresh_database
 from tests.support import Holds, Stack, running
 
 _names = itertools.count()
@@ -24,6 +25,19 @@ def holds(stack: Stack) -> Iterator[Holds]:
     """Requests held in the shared stack's Pushpin, and how their answers came."""
     with Holds(stack) as h:
         yield h
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_databases() -> Iterator[None]:
+    """Drops every database the session made with fresh_database, whichever test made it."""
+    yield
+    SESSION.drop_all()
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The URL of a new empty PostgreSQL database for this test alone."""
+    return fresh_database()
 
 
 @pytest.fixture
