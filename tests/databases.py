@@ -30,15 +30,27 @@ def server_url() -> str:
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         return url
-    try:
-        asyncio.run(_execute(LOCAL_SERVER, "SELECT 1"))
-    except (OSError, asyncpg.PostgresError) as exc:  # a timeout is an OSError
+    why = refusal(LOCAL_SERVER)
+    if why is not None:
         raise NoServer(
             f"no PostgreSQL for the tests: TEST_DATABASE_URL is not set and {LOCAL_SERVER} "
-            f"does not let us in ({exc}). Run ./test.sh, which finds or starts a server, "
+            f"does not let us in ({why}). Run ./test.sh, which finds or starts a server, "
             "or set TEST_DATABASE_URL=postgresql://user@host:port/postgres"
-        ) from exc
+        )
     return LOCAL_SERVER
+
+
+def refusal(url: str) -> str | None:
+    """Why the server at ``url`` does not let us in, or None when it does.
+
+    scripts/postgres.sh asks this too. Logging in is the test: a server that answers but wants a
+    password we do not have (Debian's own cluster, by default) is no use to the tests.
+    """
+    try:
+        asyncio.run(_execute(url, "SELECT 1"))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return str(exc) or type(exc).__name__  # a timeout is an OSError with no message
+    return None
 
 
 class Databases:
