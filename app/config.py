@@ -28,6 +28,19 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not 0 <= value < 3600:
+        raise ConfigError(f"{name} must be between 0 and 3600, got {value}")
+    return value
+
+
 def _list(env: dict[str, str], name: str, default: str = "") -> list[str]:
     return [item.strip() for item in env.get(name, default).split(",") if item.strip()]
 
@@ -98,6 +111,11 @@ class Settings:
     idempotency_seconds: int = 86_400  # how long a post's Idempotency-Key or local_id holds
     # A password check is a 50 ms scrypt hash: once an hour per active user, not every minute.
     auth_cache_seconds: int = 3600
+    # Every origin of the service, host:port, for Pushpin's routes (it fails over between them)
+    origins: list[str] = field(default_factory=list)
+    database_pool_size: int = 10  # PostgreSQL connections per origin
+    # Tests only: a transaction that appended to the log waits this long before it commits
+    commit_delay: float = 0.0
     cors_origins: list[str] = field(default_factory=list)
     log_level: str = "info"
     pushpin_bin: str = "pushpin"
@@ -109,15 +127,28 @@ class Settings:
         data_dir = Path(env.get("DATA_DIR", "data")).resolve()
         port = _int(env, "PORT", 7999, 1)
         publish_port = _int(env, "PUSHPIN_PUBLISH_PORT", 5561, 1)
+        database_url = env.get("DATABASE_URL", f"sqlite://{data_dir / 'buddycloud.sqlite3'}")
+        if database_url.startswith(("postgresql:", "postgres:")):
+            # Nodes share the database: a key made up by one would not be the others'.
+            for name in ("GRIP_SIG_KEY", "SECRET_KEY"):
+                if not env.get(name):
+                    raise ConfigError(
+                        f"{name} must be set, and the same on every node, with PostgreSQL"
+                    )
         sig_key = env.get("GRIP_SIG_KEY") or _secret(data_dir / "grip_sig_key", 48)
         if len(sig_key.encode()) < 32:
             raise ConfigError("GRIP_SIG_KEY must be at least 32 bytes")
+        origin_host = env.get("ORIGIN_HOST", "127.0.0.1")
+        origin_port = _int(env, "ORIGIN_PORT", 8000, 1)
         settings = cls(
             data_dir=data_dir,
-            database_url=env.get("DATABASE_URL", f"sqlite://{data_dir / 'buddycloud.sqlite3'}"),
+            database_url=database_url,
             port=port,
-            origin_host=env.get("ORIGIN_HOST", "127.0.0.1"),
-            origin_port=_int(env, "ORIGIN_PORT", 8000, 1),
+            origin_host=origin_host,
+            origin_port=origin_port,
+            origins=_list(env, "ORIGINS", f"{origin_host}:{origin_port}"),
+            database_pool_size=_int(env, "DATABASE_POOL_SIZE", 10, 2),
+            commit_delay=_float(env, "COMMIT_DELAY_FOR_TESTS", 0.0),
             publish_port=publish_port,
             grip_urls=_list(env, "GRIP_URL", f"http://127.0.0.1:{publish_port}"),
             grip_sig_key=sig_key,
@@ -143,6 +174,10 @@ class Settings:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ConfigError(f"GRIP_URL: {url!r} is not an http(s) URL")
+        for origin in settings.origins:
+            host, _, origin_port_text = origin.rpartition(":")
+            if not host or not origin_port_text.isdigit():
+                raise ConfigError(f"ORIGINS: {origin!r} is not host:port")
         if settings.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         return settings

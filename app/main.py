@@ -80,7 +80,7 @@ ROUTES = [
 
 
 def create_app(settings: Settings) -> Starlette:
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, settings.database_pool_size, settings.commit_delay)
     publisher = Publisher(
         store, settings.grip_urls, settings.publish_timeout, settings.publish_poll_seconds
     )

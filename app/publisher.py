@@ -5,6 +5,11 @@ see it, each delivery chained by prev-id on its channel. Each target (a Pushpin,
 CDN) keeps a position in the deliveries, saved in the store, and sends those that follow it in
 log order, batched into one publish request. A failed publish is retried with backoff before
 anything later goes out. Nothing here runs in a request: a POST only wakes the publisher.
+
+Several origins may share the database: for each target, the one holding its lease (the
+store's, which ends with the process) publishes, and announces each accepted publish to the
+others, so that a hold they make knows what its proxy has seen. The others try to take the
+lease every LEASE_RETRY_SECONDS, so one takes over soon after the publisher's process dies.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ SAVE_SECONDS = 0.2  # how often, at most, a target's position is saved
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 5.0
 CLOSE_TRIES = 3  # times close() cancels the targets' tasks (waiting a second each)
 LAG_COUNT_MAX = 100_000  # /health counts a target's backlog up to this
+LEASE_RETRY_SECONDS = 1.0  # how often an origin without a target's lease tries to take it
+LEASE_CHECK_SECONDS = 1.0  # how often the publisher makes sure it still holds its lease
+ANNOUNCE_BYTES = 7000  # PostgreSQL's NOTIFY takes up to 8,000: past this, no channel list
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class TargetLag:
     lag_seconds: float  # age of the oldest of them
     stalled: bool
     passed_over: int
+    publishing: bool  # this origin holds the target's lease (another publishes otherwise)
 
 
 class PublishError(Exception):
@@ -76,6 +85,8 @@ class Target:
     failing: bool = False  # its last publish failed
     accepted_at: float = field(default_factory=time.monotonic)  # its last accepted publish
     passed_over: int = 0  # items it refused alone as too large, sent as hints instead
+    leader: bool = False  # this process holds the target's lease and publishes to it
+    lease_checked: float = 0.0
 
     @classmethod
     def parse(cls, url: str) -> Target:
@@ -119,6 +130,7 @@ class Publisher:
         # Told the channels of each publish before it is sent (the holds on them end).
         self.on_sending: Callable[[list[str]], None] = lambda channels: None
         self.published = 0  # items accepted by a target, for /health and tests
+        store.on_announce = self._heard
 
     async def start(self) -> None:
         end = Position.after_event(await self.store.last_event_id())
@@ -131,6 +143,48 @@ class Publisher:
                 await self.store.save_publish_position(target.label, end)
             task = asyncio.create_task(self._run(target), name=f"publish {target.label}")
             self._tasks.append(task)
+
+    def _lease(self, target: Target) -> str:
+        return f"publish {target.label}"
+
+    async def _lead(self, target: Target) -> bool:
+        """Is this process the one publishing to ``target``? Takes its lease when free, and
+        then starts from the furthest of what was saved and what the last holder announced."""
+        now = time.monotonic()
+        if target.leader:
+            if now - target.lease_checked < LEASE_CHECK_SECONDS:
+                return True
+            target.lease_checked = now
+            if await self.store.lease_held(self._lease(target)):
+                return True
+            target.leader = False
+            log.warning("lost the lease to publish to %s: another origin may take it", target.label)
+        if not await self.store.try_lease(self._lease(target)):
+            return False
+        saved = await self.store.publish_position(target.label)
+        if saved is not None and saved > target.position:
+            target.position = target.saved = saved
+        target.leader, target.lease_checked, target.accepted_at = True, now, now
+        log.info(
+            "publishing to %s from %s (this origin took its lease)", target.label, target.position
+        )
+        return True
+
+    def _heard(self, message: str) -> None:
+        """Another origin's publisher announced an accepted publish."""
+        try:
+            label, event_id, channel, channels = json.loads(message)
+        except ValueError:
+            log.warning("ignored an announcement that is not ours: %.100r", message)
+            return
+        for target in self.targets:
+            position = Position(event_id, channel)
+            if target.label == label and not target.leader and position > target.position:
+                target.position = position
+                target.accepted_at = time.monotonic()
+                self.on_sending(channels)
+                self._progress.set()
+                self._progress = asyncio.Event()
 
     def notify(self) -> None:
         """Called after a commit: there is something new in the log."""
@@ -177,6 +231,7 @@ class Publisher:
                     lag_seconds=round(seconds, 3),
                     stalled=items > 0 and idle > stalled_after,
                     passed_over=target.passed_over,
+                    publishing=target.leader,
                 )
             )
         return lags
@@ -185,7 +240,11 @@ class Publisher:
         """Wait until every target has published the whole log; False on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            pending = [t for t in self.targets if await self.store.deliveries_after(t.position, 1)]
+            pending = [
+                t
+                for t in self.targets
+                if t.leader and await self.store.deliveries_after(t.position, 1)
+            ]
             if not pending:
                 return True
             self.notify()
@@ -205,10 +264,14 @@ class Publisher:
             _, pending = await asyncio.wait(pending, timeout=1.0)
         self._tasks.clear()
         for target in self.targets:
+            if not target.leader:
+                continue
             try:
                 await self._save(target, now=math.inf)
+                await self.store.release_lease(self._lease(target))
             except Exception:
                 log.exception("could not save the position of %s", target.label)
+            target.leader = False
         for target in self.targets:
             if target.client is not None:
                 target.client.close()
@@ -218,6 +281,9 @@ class Publisher:
         while not self._closing:
             target.wake.clear()
             try:
+                if not await self._lead(target):
+                    await asyncio.sleep(LEASE_RETRY_SECONDS)
+                    continue
                 sent = await self._publish_next(target)
             except Exception as exc:
                 # Whatever failed (the target, the store), nothing later goes out before the
@@ -282,14 +348,20 @@ class Publisher:
                 await self._send(target, [_encode(_hints(row))])
             except TooLarge:
                 log.error("%s refused even the hint for item %d", target.label, row.event_id)
-        self._accepted(target, rows)
+        await self._accepted(target, rows, channels)
 
-    def _accepted(self, target: Target, rows: list[Delivery]) -> None:
+    async def _accepted(self, target: Target, rows: list[Delivery], channels: list[str]) -> None:
         target.position = Position(rows[-1].event_id, rows[-1].channel)
         target.accepted_at = time.monotonic()
         self.published += len(rows)
         self._progress.set()
         self._progress = asyncio.Event()
+        # The holds other origins made on these channels end too, when they hear of it.
+        position = [target.label, target.position.event_id, target.position.channel]
+        message = json.dumps([*position, sorted(set(channels))])
+        if len(message) > ANNOUNCE_BYTES:
+            message = json.dumps([*position, []])
+        await self.store.announce(message)
 
     async def _save(self, target: Target, now: float | None = None) -> None:
         """Save the target's position, at most every SAVE_SECONDS (a commit per publish doubled

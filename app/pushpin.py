@@ -37,7 +37,7 @@ class Pushpin:
     rundir: Path
     http_port: int
     publish_port: int
-    origin: str  # host:port of the origin
+    origin: str  # host:port of the origin, or several, comma-separated
     sig_key: str
     sig_iss: str = "pushpin"
     binary: str = "pushpin"
@@ -94,7 +94,9 @@ class Pushpin:
             if line.strip() and not line.lstrip().startswith("#"):
                 condition, target = line.split(None, 1)
                 _, comma, options = target.partition(",")
-                line = f"{condition} {self.origin}{comma}{options}"
+                # Several origins: Pushpin tries them in turn (ORIGINS).
+                targets = [f"{origin}{comma}{options}" for origin in self.origin.split(",")]
+                line = f"{condition} {' '.join(targets)}"
             lines.append(line)
         return "\n".join(lines) + "\n"
 

@@ -6,17 +6,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.databases import SESSION, fresh_database
+from tests.databases import BACKENDS, SESSION, database_env, fresh_database
 from tests.support import Holds, Stack, running
 
 _names = itertools.count()
 ALLOWED_ORIGIN = "https://app.example.com"
 
 
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each store backend in turn: a test that asks for it (or for the stack) runs on both."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One run command (Pushpin and origin) shared by the tests that only need a server."""
-    with running(tmp_path_factory.mktemp("stack"), CORS_ORIGINS=ALLOWED_ORIGIN) as s:
+def stack(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One run command (Pushpin and origin) shared by the tests that only need a server, on
+    each backend in turn."""
+    env = database_env(backend)
+    with running(tmp_path_factory.mktemp("stack"), CORS_ORIGINS=ALLOWED_ORIGIN, **env) as s:
         yield s
 
 

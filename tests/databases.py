@@ -83,6 +83,19 @@ def database_url(name: str) -> str:
 SESSION = Databases()
 
 
+BACKENDS = ("sqlite", "postgresql")
+# Nodes on one PostgreSQL database share these (the run command refuses to start without).
+SHARED_SECRETS = {"GRIP_SIG_KEY": "k" * 48, "SECRET_KEY": "s" * 32}
+
+
+def database_env(backend: str) -> dict[str, str]:
+    """The settings that put a run command on ``backend``: a fresh database for PostgreSQL;
+    for SQLite, nothing (its file lives in the data folder)."""
+    if backend == "sqlite":
+        return {}
+    return {"DATABASE_URL": fresh_database(), **SHARED_SECRETS}
+
+
 def fresh_database() -> str:
     """A new empty database, dropped at the end of the test session (tests/conftest.py)."""
     return SESSION.fresh()

@@ -94,6 +94,11 @@ class Stack:
         return f"http://127.0.0.1:{self.env['PUSHPIN_PUBLISH_PORT']}/publish/"
 
     @property
+    def sig_key(self) -> str:
+        """The key Pushpin signs Grip-Sig with: given, or made in the data folder."""
+        return self.env.get("GRIP_SIG_KEY") or (self.data_dir / "grip_sig_key").read_text().strip()
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir / "run.log"
 

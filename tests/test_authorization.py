@@ -233,7 +233,7 @@ def test_a_post_is_published_only_to_those_who_may_read_it(world: World, holds: 
 def test_a_hold_listens_to_its_own_channel_only(world: World, stack: Stack) -> None:
     """One channel per user, whatever they follow: the same on every hold of theirs, and no
     one else's."""
-    key = (stack.data_dir / "grip_sig_key").read_text().strip()
+    key = stack.sig_key
     sig = jwt.encode({"iss": "pushpin", "exp": 9999999999}, key.encode(), "HS256")
     channels = {}
     for role in ("none", "outcast", "member", "owner"):

@@ -47,7 +47,7 @@ def test_the_signing_key_is_generated_once_and_must_be_long(tmp_path: Path) -> N
 
 
 def test_only_requests_signed_by_pushpin_are_held(stack: Stack) -> None:
-    key = (stack.data_dir / "grip_sig_key").read_text().strip()
+    key = stack.sig_key
     user = unique("juliet")
     with stack.account(user) as c, stack.client(user, origin=True) as direct:
         path = f"/api/notifications/posts?since={last(c)}"
@@ -74,7 +74,7 @@ def test_grip_headers_from_a_client_change_nothing(stack: Stack, holds: Holds) -
     Pushpin sends when it asks again), and Pushpin strips the ``Grip-*`` headers a client sends.
     So a client that claims an older last id, to be given old posts at once, is held like any
     other, and then gets the next post."""
-    key = (stack.data_dir / "grip_sig_key").read_text().strip()
+    key = stack.sig_key
     user = unique("juliet")
     with stack.account(user) as c, stack.client(user, origin=True) as direct:
         start = last(c)

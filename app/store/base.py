@@ -140,6 +140,18 @@ class Store(Protocol):
     async def close(self) -> None: ...
     async def schema_version(self) -> int: ...
 
+    # across the processes on one database
+    on_announce: Callable[[str], None]  # a message announced by any process
+
+    async def try_lease(self, name: str) -> bool:
+        """Take the lease ``name`` unless another process holds it; held until released, or
+        until this process or its connection to the database ends."""
+
+    async def lease_held(self, name: str) -> bool: ...
+    async def release_lease(self, name: str) -> None: ...
+    async def announce(self, message: str) -> None:
+        """Send ``message`` to ``on_announce`` in every process on the database."""
+
     # accounts and channels
     async def create_account(self, jid: str, password_hash: str, api_key: str, now: str) -> None:
         """Conflict if the name is taken by an account or a channel."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +34,8 @@ log = logging.getLogger("app.store")
 WRITE_LOCK = 0x6275_6464  # "budd": one writer at a time
 MIGRATE_LOCK = 0x6275_6465
 APPENDED = "log_appended"  # the NOTIFY channel: the log grew
+ANNOUNCED = "announced"  # the NOTIFY channel of announce()
+LEASE_CHECK_SECONDS = 2.0
 
 
 class PostgresDatabase:
@@ -45,8 +48,12 @@ class PostgresDatabase:
         # commits to finish in another order than their ids were handed out.
         self.commit_delay = commit_delay
         self.on_append: Callable[[], None] = lambda: None  # a commit (any process's) appended
+        self.on_announce: Callable[[str], None] = lambda message: None
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        # Leases are session advisory locks, on a connection of their own: they end with it.
+        self._leases: asyncpg.Connection | None = None
+        self._held: set[str] = set()
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -62,11 +69,19 @@ class PostgresDatabase:
         await self._migrate()
         self._listener = await asyncpg.connect(self.url)
         await self._listener.add_listener(APPENDED, self._appended)
+        await self._listener.add_listener(ANNOUNCED, self._announced)
 
     def _appended(self, *args: Any) -> None:
         self.on_append()
 
+    def _announced(self, connection: Any, pid: int, channel: str, payload: object) -> None:
+        self.on_announce(str(payload))
+
     async def close(self) -> None:
+        if self._leases is not None:
+            await self._leases.close()
+            self._leases = None
+            self._held.clear()
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
@@ -129,6 +144,47 @@ class PostgresDatabase:
     async def erased(self) -> None:
         """PostgreSQL keeps a row's old version until VACUUM reclaims it (README: what remains
         where). Autovacuum does so in time; nothing to force here."""
+
+    # -- across processes --------------------------------------------------------------------
+
+    async def try_lease(self, name: str) -> bool:
+        if name in self._held and await self.lease_held(name):
+            return True
+        if self._leases is None or self._leases.is_closed():
+            self._held.clear()
+            self._leases = await asyncpg.connect(self.url, timeout=LEASE_CHECK_SECONDS)
+        taken = await self._leases.fetchval("SELECT pg_try_advisory_lock($1)", _key(name))
+        if taken:
+            self._held.add(name)
+        return bool(taken)
+
+    async def lease_held(self, name: str) -> bool:
+        """Held while the connection that took it lives: ask it (a dead one ends them all)."""
+        if name not in self._held or self._leases is None:
+            return False
+        try:
+            await self._leases.fetchval("SELECT 1", timeout=LEASE_CHECK_SECONDS)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            log.warning("lost the connection holding the leases %s", sorted(self._held))
+            self._held.clear()
+            self._leases.terminate()
+            self._leases = None
+            return False
+        return True
+
+    async def release_lease(self, name: str) -> None:
+        if name in self._held and self._leases is not None:
+            self._held.discard(name)
+            await self._leases.execute("SELECT pg_advisory_unlock($1)", _key(name))
+
+    async def announce(self, message: str) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_notify($1, $2)", ANNOUNCED, message)
+
+
+def _key(name: str) -> int:
+    """An advisory lock's 64-bit key for a lease's name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 class _Connection:

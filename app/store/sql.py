@@ -80,6 +80,21 @@ class Database(Protocol):
     async def erased(self) -> None:
         """Rows were rewritten to erase text: make sure no old copy stays where it can."""
 
+    async def try_lease(self, name: str) -> bool:
+        """Take the lease ``name`` unless another process holds it; held until released or
+        until this process (or its connection to the database) ends."""
+
+    async def lease_held(self, name: str) -> bool:
+        """Does this process still hold the lease ``name``?"""
+
+    async def release_lease(self, name: str) -> None: ...
+
+    async def announce(self, message: str) -> None:
+        """Send ``message`` to ``on_announce`` in every process on the database (this one
+        included)."""
+
+    on_announce: Callable[[str], None]
+
 
 # Pushpin channels, by account: its posts feed, its events feed, its Aloha queues.
 POSTS, EVENTS, QUEUES = "u", "e", "z"
@@ -143,6 +158,9 @@ class SqlStore:
         # Commits made by other processes on the same database, where the backend hears them.
         if hasattr(db, "on_append"):
             db.on_append = lambda: self.on_commit()
+        # The publisher's progress, as announced by whichever process publishes.
+        self.on_announce: Callable[[str], None] = lambda message: None
+        db.on_announce = lambda message: self.on_announce(message)
 
     @property
     def label(self) -> str:
@@ -167,6 +185,20 @@ class SqlStore:
 
     async def schema_version(self) -> int:
         return await self.db.schema_version()
+
+    # -- across processes --------------------------------------------------------------------
+
+    async def try_lease(self, name: str) -> bool:
+        return await self.db.try_lease(name)
+
+    async def lease_held(self, name: str) -> bool:
+        return await self.db.lease_held(name)
+
+    async def release_lease(self, name: str) -> None:
+        await self.db.release_lease(name)
+
+    async def announce(self, message: str) -> None:
+        await self.db.announce(message)
 
     # -- accounts and channels ---------------------------------------------------------------
 

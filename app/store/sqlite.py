@@ -11,6 +11,10 @@ average for the interpreter lock while the thread itself was busy half the time
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +32,8 @@ class SqliteDatabase:
         self._write = _Transaction(self, "BEGIN IMMEDIATE")
         self._read = _Transaction(self, "BEGIN")
         self._plain = _Statements(self)
+        self._leases: dict[str, int] = {}  # name: the file descriptor holding its lock
+        self.on_announce: Callable[[str], None] = lambda message: None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -52,6 +58,8 @@ class SqliteDatabase:
         self._migrate(check_names)
 
     async def close(self) -> None:
+        for name in list(self._leases):
+            await self.release_lease(name)
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -124,6 +132,39 @@ class SqliteDatabase:
         erased pages into the database file and empties the write-ahead log, which held the
         old ones."""
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- across processes on one file -------------------------------------------------------
+
+    async def try_lease(self, name: str) -> bool:
+        """A lease is an exclusive lock on a file beside the database's, which the system
+        releases when the process ends, however it ends."""
+        if name in self._leases:
+            return True
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        path = self.path.with_name(f"{self.path.name}.lease-{digest}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._leases[name] = fd
+        return True
+
+    async def lease_held(self, name: str) -> bool:
+        return name in self._leases
+
+    async def release_lease(self, name: str) -> None:
+        fd = self._leases.pop(name, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    async def announce(self, message: str) -> None:
+        """Heard in this process only: other processes on the file learn of the publisher's
+        progress by their own polls (several nodes belong on PostgreSQL)."""
+        self.on_announce(message)
 
 
 class _Statements:
