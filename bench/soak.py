@@ -28,11 +28,9 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import random
 import re
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -46,8 +44,7 @@ from typing import Any
 import httpx
 import uvloop
 
-from app.pushpin import sockets_dir
-from tests.support import PASSWORD, Stack
+from tests.support import PASSWORD, Stack, kill, pushpin_pids
 
 # Holds time out well within a run, so that a post Pushpin failed to deliver would still reach
 # the reader (from the store, by cursor) before the catch-up deadline: a late post is not lost.
@@ -61,7 +58,6 @@ RECOVERY_TIMEOUT = 60.0
 PROGRESS_SECONDS = 3.0
 CONTENT = re.compile(r"soak w(\d+) n(\d+)")
 # Process names Pushpin's run folder may hold pids of: nothing else is ever killed.
-PUSHPIN_NAMES = ("pushpin", "condure", "zurl", "m2adapter", "mongrel2")
 
 
 class SoakError(Exception):
@@ -225,32 +221,6 @@ class Fault:
     recovery_seconds: float  # until the run command said Pushpin is back, or was Ready again
 
 
-def _pushpin_pids(data_dir: Path) -> list[int]:
-    pids = []
-    # Pushpin's pid files are in its sockets folder (the run folder, or a short path in the
-    # temp folder when the data folder's path is long).
-    for pid_file in sockets_dir(data_dir / "pushpin").glob("*.pid"):
-        text = pid_file.read_text().strip()
-        if text.isdigit() and _is_pushpin(int(text)):
-            pids.append(int(text))
-    return pids
-
-
-def _is_pushpin(pid: int) -> bool:
-    # A pid file left by a dead process may name an unrelated process since: never kill that.
-    try:
-        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-    except OSError:
-        return False
-    return Path(argv0).name.startswith(PUSHPIN_NAMES)
-
-
-def _kill(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 class Soak:
     def __init__(
         self,
@@ -352,11 +322,11 @@ class Soak:
     async def _kill_pushpin(self) -> None:
         log = self.stack.log_path
         offset = log.stat().st_size
-        pids = _pushpin_pids(self.stack.data_dir)
+        pids = pushpin_pids(self.stack.data_dir)
         if not pids:
             raise SoakError("no Pushpin pids in the run folder")
         written, t0 = self.written, time.monotonic()
-        _kill(pids)
+        kill(pids)
         self.echo(f"fault 1: SIGKILL of Pushpin alone (pids {pids}) at {written} posts written")
         # The run command restarts Pushpin itself; the soak only watches its log.
         while b"pushpin is back" not in log.read_bytes()[offset:]:
@@ -381,8 +351,8 @@ class Soak:
         process.kill()
         await asyncio.to_thread(process.wait)
         old.process = None
-        pids = _pushpin_pids(old.data_dir)
-        _kill(pids)
+        pids = pushpin_pids(old.data_dir)
+        kill(pids)
         self.echo(
             f"fault 2: SIGKILL of the run command (pid {process.pid}) and Pushpin (pids {pids}) "
             f"at {written} posts written"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import httpx
+
+from app.pushpin import sockets_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -132,6 +135,15 @@ class Stack:
         self.process = None
         return code
 
+    def kill_tree(self) -> None:
+        """SIGKILL the run command, then its Pushpin (its own session, so it outlives the
+        run command): nothing gets to shut down cleanly, as with kill -9 of the whole group."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+        kill(pushpin_pids(self.data_dir))
+
     def client(self, user: str | None = None, origin: bool = False) -> httpx.Client:
         auth = (user, PASSWORD) if user else None
         return httpx.Client(
@@ -146,6 +158,36 @@ class Stack:
         return self.client(user)
 
 
+# The processes of a Pushpin (the names its runner starts).
+PUSHPIN_NAMES = ("pushpin", "condure", "zurl", "m2adapter", "mongrel2")
+
+
+def pushpin_pids(data_dir: Path) -> list[int]:
+    pids = []
+    # Pushpin's pid files are in its sockets folder (the run folder, or a short path in the
+    # temp folder when the data folder's path is long).
+    for pid_file in sockets_dir(data_dir / "pushpin").glob("*.pid"):
+        text = pid_file.read_text().strip()
+        if text.isdigit() and _is_pushpin(int(text)):
+            pids.append(int(text))
+    return pids
+
+
+def _is_pushpin(pid: int) -> bool:
+    # A pid file left by a dead process may name an unrelated process since: never kill that.
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return False
+    return Path(argv0).name.startswith(PUSHPIN_NAMES)
+
+
+def kill(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @contextmanager
 def running(data_dir: Path, **env: str) -> Iterator[Stack]:
     stack = Stack(data_dir, env=env).start()
@@ -154,6 +196,28 @@ def running(data_dir: Path, **env: str) -> Iterator[Stack]:
     finally:
         if stack.process is not None:
             stack.stop()
+
+
+@contextmanager
+def cluster(base: Path, count: int, **env: str) -> Iterator[list[Stack]]:
+    """``count`` nodes (each a run command: Pushpin and origin) that form one service: one
+    database (``env`` gives DATABASE_URL and the shared keys), every Pushpin in each node's
+    GRIP_URL, every origin in each node's ORIGINS (its own first). Started in order: the
+    first takes the publisher's leases."""
+    nodes = [Stack(base / f"node{i}", env=dict(env)) for i in range(count)]
+    publish = ",".join(f"http://127.0.0.1:{n.env['PUSHPIN_PUBLISH_PORT']}" for n in nodes)
+    origins = [f"127.0.0.1:{n.env['ORIGIN_PORT']}" for n in nodes]
+    for i, node in enumerate(nodes):
+        node.env["GRIP_URL"] = publish
+        node.env["ORIGINS"] = ",".join(origins[i:] + origins[:i])
+    try:
+        for node in nodes:
+            node.start()
+        yield nodes
+    finally:
+        for node in nodes:
+            if node.process is not None:
+                node.stop()
 
 
 def health(stack: Stack) -> dict[str, Any]:

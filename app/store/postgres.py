@@ -44,8 +44,8 @@ class PostgresDatabase:
         parts = urlsplit(url)
         self.label = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         self.pool_size = pool_size
-        # Tests only: how long a transaction that appended waits before it commits, to force
-        # commits to finish in another order than their ids were handed out.
+        # Tests only: how long a transaction waits once the log handed it an id, to make
+        # commits finish in another order than their ids were handed out, were that possible.
         self.commit_delay = commit_delay
         self.on_append: Callable[[], None] = lambda: None  # a commit (any process's) appended
         self.on_announce: Callable[[str], None] = lambda message: None
@@ -54,6 +54,7 @@ class PostgresDatabase:
         # Leases are session advisory locks, on a connection of their own: they end with it.
         self._leases: asyncpg.Connection | None = None
         self._held: set[str] = set()
+        self._leasing = asyncio.Lock()  # one lease call at a time on that connection
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -118,10 +119,7 @@ class PostgresDatabase:
     async def write(self) -> AsyncIterator[_Connection]:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-            wrapped = _Connection(conn)
-            yield wrapped
-            if self.commit_delay and wrapped.appended:
-                await asyncio.sleep(self.commit_delay)
+            yield _Connection(conn)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[_Connection]:
@@ -136,10 +134,10 @@ class PostgresDatabase:
         async with self.pool.acquire() as conn:
             yield _Connection(conn)
 
-    async def appending(self, tx: Any) -> None:
-        assert isinstance(tx, _Connection)
-        tx.appended = True
+    async def appended(self, tx: Any) -> None:
         await tx.execute(f"NOTIFY {APPENDED}")
+        if self.commit_delay:
+            await asyncio.sleep(self.commit_delay)
 
     async def erased(self) -> None:
         """PostgreSQL keeps a row's old version until VACUUM reclaims it (README: what remains
@@ -148,19 +146,25 @@ class PostgresDatabase:
     # -- across processes --------------------------------------------------------------------
 
     async def try_lease(self, name: str) -> bool:
-        if name in self._held and await self.lease_held(name):
-            return True
-        if self._leases is None or self._leases.is_closed():
-            self._held.clear()
-            self._leases = await asyncpg.connect(self.url, timeout=LEASE_CHECK_SECONDS)
-        taken = await self._leases.fetchval("SELECT pg_try_advisory_lock($1)", _key(name))
-        if taken:
-            self._held.add(name)
-        return bool(taken)
+        async with self._leasing:
+            if name in self._held:
+                return await self._alive()
+            if self._leases is None or self._leases.is_closed():
+                self._held.clear()
+                self._leases = await asyncpg.connect(self.url, timeout=LEASE_CHECK_SECONDS)
+            taken = await self._leases.fetchval("SELECT pg_try_advisory_lock($1)", _key(name))
+            if taken:
+                self._held.add(name)
+            return bool(taken)
 
     async def lease_held(self, name: str) -> bool:
-        """Held while the connection that took it lives: ask it (a dead one ends them all)."""
-        if name not in self._held or self._leases is None:
+        async with self._leasing:
+            return name in self._held and await self._alive()
+
+    async def _alive(self) -> bool:
+        """Leases live as long as the connection that took them: ask it (if it died, they
+        all ended, and another process may hold them now)."""
+        if self._leases is None:
             return False
         try:
             await self._leases.fetchval("SELECT 1", timeout=LEASE_CHECK_SECONDS)
@@ -173,9 +177,10 @@ class PostgresDatabase:
         return True
 
     async def release_lease(self, name: str) -> None:
-        if name in self._held and self._leases is not None:
-            self._held.discard(name)
-            await self._leases.execute("SELECT pg_advisory_unlock($1)", _key(name))
+        async with self._leasing:
+            if name in self._held and self._leases is not None:
+                self._held.discard(name)
+                await self._leases.execute("SELECT pg_advisory_unlock($1)", _key(name))
 
     async def announce(self, message: str) -> None:
         async with self.pool.acquire() as conn:
@@ -190,7 +195,6 @@ def _key(name: str) -> int:
 class _Connection:
     def __init__(self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
         self.conn = conn
-        self.appended = False
 
     async def execute(self, sql: str, *params: Any) -> int:
         status = await self.conn.execute(_numbered(sql), *params)

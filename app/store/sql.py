@@ -74,8 +74,9 @@ class Database(Protocol):
     def connection(self) -> AbstractAsyncContextManager[Connection]:
         """Statements that each commit on their own."""
 
-    async def appending(self, tx: Connection) -> None:
-        """The transaction ``tx`` appends to the log (other processes may want to know)."""
+    async def appended(self, tx: Connection) -> None:
+        """The transaction ``tx`` was handed its first id in the log (other processes may
+        want to know once it commits)."""
 
     async def erased(self) -> None:
         """Rows were rewritten to erase text: make sure no old copy stays where it can."""
@@ -429,9 +430,6 @@ class SqlStore:
         now: str,
         subject: str | None = None,
     ) -> int:
-        if not tx.appended:
-            tx.appended = True
-            await self.db.appending(tx.conn)
         (event_id,) = await _one(
             tx,
             "INSERT INTO events (type, node_id, payload, created, subject) VALUES (?,?,?,?,?)"
@@ -442,6 +440,9 @@ class SqlStore:
             now,
             subject,
         )
+        if not tx.appended:
+            tx.appended = True
+            await self.db.appended(tx.conn)
         return int(event_id)
 
     async def _append_event(

@@ -124,7 +124,7 @@ class SqliteDatabase:
     def connection(self) -> _Statements:
         return self._plain
 
-    async def appending(self, tx: Any) -> None:
+    async def appended(self, tx: Any) -> None:
         """BEGIN IMMEDIATE already keeps every other writer out."""
 
     async def erased(self) -> None:

@@ -1,0 +1,143 @@
+"""Several nodes (each a Pushpin and an origin) on one PostgreSQL database, as one service:
+one publisher per target, taken over when its process dies; commits that finish out of id
+order lose nothing; a client moves from node to node with its cursor."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import unique
+from tests.databases import SHARED_SECRETS
+from tests.support import Holds, Stack, cluster, health
+from tests.test_posts_feed import follow, last, post
+
+
+def wait_for(predicate: Callable[[], object], timeout: float) -> float:
+    """Seconds until ``predicate()`` held (AssertionError after ``timeout``)."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, "timed out"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def publishing(nodes: list[Stack]) -> dict[str, list[int]]:
+    """For each publish target, which nodes (by index) publish to it."""
+    found: dict[str, list[int]] = {}
+    for index, node in enumerate(nodes):
+        if node.process is None:
+            continue
+        for target in health(node)["targets"]:
+            found.setdefault(target["target"], [])
+            if target["publishing"]:
+                found[target["target"]].append(index)
+    return found
+
+
+def one_publisher_each(nodes: list[Stack]) -> bool:
+    return all(len(who) == 1 for who in publishing(nodes).values())
+
+
+def test_one_origin_publishes_to_each_target_and_another_takes_over_within_5s(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # A publisher that only looked at the log every 30 s would miss every deadline below: the
+    # commits made on the other origin must wake it.
+    env = {"DATABASE_URL": postgres_url, **SHARED_SECRETS, "PUBLISH_POLL_SECONDS": "30"}
+    with cluster(tmp_path, 2, **env) as nodes:
+        wait_for(lambda: one_publisher_each(nodes), 5)
+        targets = publishing(nodes)
+        assert len(targets) == 2 and all(who == [0] for who in targets.values()), targets
+        first, second = nodes
+        writer, reader = unique("romeo"), unique("juliet")
+        with first.account(writer), second.account(reader) as r:
+            follow(r, f"{writer}/posts")
+            # Posted on the node without the leases, held on the other node's Pushpin: the
+            # commit woke the publisher in the first node's process, at once.
+            with Holds(second) as holds, second.client(writer) as w2:
+                held = holds.hold("posts", r.get, f"/api/notifications/posts?since={last(r)}")
+                created = post(w2, writer, "made on the second node")
+                answer = holds.published(held, timeout=2)
+            assert [i["id"] for i in answer.json()["items"]] == [created["id"]]
+
+            # The first node's whole tree dies: the second takes both leases within 5 s.
+            start = time.monotonic()
+            first.kill_tree()
+            taken = wait_for(lambda: one_publisher_each(nodes), 10)
+            assert publishing(nodes) == {t: [1] for t in targets}
+            assert time.monotonic() - start < 5, f"took over after {taken:.1f}s"
+            # And publishes: a request held on its Pushpin gets the next post.
+            with Holds(second) as holds, second.client(writer) as w2:
+                held = holds.hold("posts", r.get, f"/api/notifications/posts?since={last(r)}")
+                created = post(w2, writer, "after the first node died")
+                answer = holds.published(held, timeout=2)
+            assert [i["id"] for i in answer.json()["items"]] == [created["id"]]
+
+
+def test_commits_that_finish_out_of_id_order_lose_nothing(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The first node's commits wait 1.5 s after the log hands them an id (a test-only
+    setting): a post made meanwhile on the second node must not commit first, or a reader
+    who saw it would move past the first post for good."""
+    env = {"DATABASE_URL": postgres_url, **SHARED_SECRETS, "HOLD_TIMEOUT": "5"}
+    with cluster(tmp_path, 2, **env) as nodes:
+        slow, fast = nodes
+        slow.stop()
+        slow.env["COMMIT_DELAY_FOR_TESTS"] = "1.5"
+        slow.start()
+        writer, reader = unique("romeo"), unique("juliet")
+        with fast.account(writer) as w, fast.account(reader) as r:
+            follow(r, f"{writer}/posts")
+            cursor = last(r)
+            seen: list[dict[str, Any]] = []
+
+            def read() -> None:
+                # A reader looping on since=last on the fast node, as fast as answers come.
+                since, deadline = cursor, time.monotonic() + 15
+                with fast.client(reader) as c:
+                    while time.monotonic() < deadline:
+                        body = c.get(f"/api/notifications/posts?since={since}").json()
+                        seen.extend(body["items"])
+                        since = body["last"]
+                        if len(seen) >= 2:
+                            return
+
+            with ThreadPoolExecutor(3) as pool, slow.client(writer) as ws:
+                reading = pool.submit(read)
+                started = time.monotonic()
+                first = pool.submit(post, ws, writer, "first: its commit is held back")
+                time.sleep(0.5)
+                second = pool.submit(post, w, writer, "second: made while the first waits")
+                first_id, second_id = first.result()["id"], second.result()["id"]
+                reading.result(timeout=60)
+            # The slow commit did wait: the positive control that the test made the race.
+            assert time.monotonic() - started >= 1.5
+            assert [item["id"] for item in seen] == [first_id, second_id]
+
+
+def test_a_client_moves_between_nodes_with_its_cursor_and_misses_nothing(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    env = {"DATABASE_URL": postgres_url, **SHARED_SECRETS}
+    with cluster(tmp_path, 2, **env) as nodes:
+        writer, reader = unique("romeo"), unique("juliet")
+        with nodes[0].account(writer) as w, nodes[1].account(reader) as r:
+            follow(r, f"{writer}/posts")
+            since = last(r)
+            sent: list[str] = []
+            got: list[str] = []
+            for i in range(6):
+                sent.append(post(w, writer, f"post {i}")["id"])
+                node = nodes[i % 2]  # each poll on the other node, with the cursor so far
+                with httpx.Client(base_url=node.url, auth=r.auth, timeout=30) as c:
+                    body = c.get(f"/api/notifications/posts?since={since}").json()
+                got.extend(item["id"] for item in body["items"])
+                since = body["last"]
+            assert got == sent
