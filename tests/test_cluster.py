@@ -14,7 +14,7 @@ import httpx
 
 from tests.conftest import unique
 from tests.databases import SHARED_SECRETS
-from tests.support import Holds, Stack, cluster, health
+from tests.support import Holds, Stack, cluster, health, kill, pushpin_pids
 from tests.test_posts_feed import follow, last, post
 
 
@@ -141,3 +141,27 @@ def test_a_client_moves_between_nodes_with_its_cursor_and_misses_nothing(
                 got.extend(item["id"] for item in body["items"])
                 since = body["last"]
             assert got == sent
+
+
+def test_a_pushpin_fails_over_to_another_origin_when_its_own_is_down(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    env = {"DATABASE_URL": postgres_url, **SHARED_SECRETS}
+    with cluster(tmp_path, 2, **env) as nodes:
+        first, second = nodes
+        reader = unique("juliet")
+        with first.account(reader) as r:
+            assert r.get("/api/notifications/posts").status_code == 200
+            # The first node's origin dies; its Pushpin lives on (its own session).
+            assert first.process is not None
+            first.process.kill()
+            first.process.wait()
+            first.process = None
+            before = health(second)["feed_requests"].get("posts", 0)
+            try:
+                for _ in range(5):  # each request, not just the first, finds the live origin
+                    answer = r.get("/api/notifications/posts")
+                    assert answer.status_code == 200, answer.text
+            finally:
+                kill(pushpin_pids(first.data_dir))
+            assert health(second)["feed_requests"].get("posts", 0) == before + 5
