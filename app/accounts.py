@@ -88,10 +88,18 @@ class Accounts:
         limits = limits or Limits()
         # A slot is taken before each slow hash and given back if the password was right, so
         # that no concurrency runs more hashes than the limits allow.
-        self._per_account = Throttle(limits.login_failures_per_account, FAILURE_WINDOW)
-        self._per_address = Throttle(limits.login_failures_per_address, FAILURE_WINDOW)
-        self._unknown = Throttle(limits.unknown_logins_per_address, FAILURE_WINDOW)
-        self._creations = Throttle(limits.accounts_per_hour, CREATION_WINDOW)
+        self._per_account = Throttle(
+            store, "login failures per account", limits.login_failures_per_account, FAILURE_WINDOW
+        )
+        self._per_address = Throttle(
+            store, "login failures per address", limits.login_failures_per_address, FAILURE_WINDOW
+        )
+        self._unknown = Throttle(
+            store, "unknown logins per address", limits.unknown_logins_per_address, FAILURE_WINDOW
+        )
+        self._creations = Throttle(
+            store, "accounts per address", limits.accounts_per_hour, CREATION_WINDOW
+        )
         self._hashing = AtOnce(limits.hashes_at_once_per_address)
 
     def hashes(self) -> dict[str, int]:
@@ -115,7 +123,7 @@ class Accounts:
         # Every channel, an account's or a topic's, is made with its posts node.
         if await self.store.get_node(jid, "posts") is not None:
             raise Conflict(f"{jid} already exists")
-        if wait := self._creations.take(address):
+        if wait := await self._creations.take(address):
             raise TooManyRequests(
                 f"too many accounts created from your address: try again in {ceil(wait)}s", wait
             )
@@ -220,7 +228,7 @@ class Accounts:
             account = await self.store.get_account(parse_jid(username))
         except BadRequest:
             account = None
-        if account is None and (wait := self._unknown.take(address)):
+        if account is None and (wait := await self._unknown.take(address)):
             raise TooManyRequests(
                 f"too many logins to unknown accounts: try again in {ceil(wait)}s", wait
             )
@@ -234,13 +242,13 @@ class Accounts:
         known = (key, address) in self._succeeded
         # Credentials right before from this address skip the failure limits: others' guesses
         # (from a shared address, or at this account) cannot lock their owner out.
-        taken = [] if known else self._take_slots(account.jid, address)
+        taken = [] if known else await self._take_slots(account.jid, address)
         async with self._hashing.slot(address):
             self.slow_checks += 1
             ok = await asyncio.to_thread(check_password, password, account.password_hash)
         if ok:
             for throttle, slot in taken:
-                throttle.give_back(slot)
+                await throttle.give_back(slot)
             self._succeeded.pop((key, address), None)  # re-inserted last: the newest
             if len(self._succeeded) >= MAX_REMEMBERED:
                 for old in list(itertools.islice(self._succeeded, MAX_REMEMBERED // 4)):
@@ -250,16 +258,16 @@ class Accounts:
             self._succeeded.pop((key, address), None)
         return ok
 
-    def _take_slots(self, jid: str, address: str) -> list[tuple[Throttle, str]]:
+    async def _take_slots(self, jid: str, address: str) -> list[tuple[Throttle, str]]:
         """A slot for one more hash, per account from this address and per address."""
         # Per account *from one address*: a stranger's guesses elsewhere do not lock it out.
-        account_key = f"{jid}\x00{address}"
-        if wait := self._per_account.take(account_key):
+        account_key = f"{jid} from {address}"
+        if wait := await self._per_account.take(account_key):
             raise TooManyRequests(
                 f"too many failed logins to this account: try again in {ceil(wait)}s", wait
             )
-        if wait := self._per_address.take(address):
-            self._per_account.give_back(account_key)
+        if wait := await self._per_address.take(address):
+            await self._per_account.give_back(account_key)
             raise TooManyRequests(f"too many failed logins: try again in {ceil(wait)}s", wait)
         return [(self._per_account, account_key), (self._per_address, address)]
 

@@ -73,7 +73,7 @@ class Channels:
         self.store = store
         self.limits = limits or Limits()
         self.retry_window = retry_window
-        self._writes = Throttle(self.limits.posts_per_minute, 60.0)
+        self._writes = Throttle(store, "posts per user", self.limits.posts_per_minute, 60.0)
 
     async def create(self, owner: str, channel: str, fields: dict[str, Any]) -> str:
         jid = parse_jid(channel)
@@ -123,7 +123,7 @@ class Channels:
         under the same key makes nothing new: the answer is the first one's post."""
         info = await self.node(channel, node)
         access.check_post(info, await self.affiliation(caller, info))
-        self._count_write(caller)
+        await self._count_write(caller)
         if not isinstance(fields, dict):
             raise BadRequest('expected a JSON object {"content": ...}')
         unknown = set(fields) - {"content", "replyTo", "media"}
@@ -160,7 +160,7 @@ class Channels:
         """Change a post's content (and media); returns its new JSON."""
         info, author, body = await self._existing_post(caller, channel, node, post_id)
         access.check_edit(info, await self.affiliation(caller, info), caller, author)
-        self._count_write(caller)
+        await self._count_write(caller)
         if not isinstance(fields, dict) or "content" not in fields:
             raise BadRequest('expected a JSON object {"content": ...}')
         unknown = set(fields) - {"content", "media"}
@@ -192,15 +192,15 @@ class Channels:
     async def delete_post(self, caller: str, channel: str, node: str, post_id: str) -> None:
         info, author, _ = await self._existing_post(caller, channel, node, post_id)
         access.check_edit(info, await self.affiliation(caller, info), caller, author)
-        self._count_write(caller)
+        await self._count_write(caller)
         source = node_source(info.channel, info.name)
         fields = {"id": post_id, "source": source}
         notice = Notice("post_deleted", fields, Recipients("readers"), post_id)
         await self.store.delete_post(info.id, post_id, notice, now_iso(), ERASED_ON_DELETE)
 
-    def _count_write(self, caller: str) -> None:
+    async def _count_write(self, caller: str) -> None:
         """Posts, edits and deletes each count against POSTS_PER_MINUTE (a retry too)."""
-        if wait := self._writes.take(caller):
+        if wait := await self._writes.take(caller):
             raise TooManyRequests(
                 f"at most {self.limits.posts_per_minute} posts, edits and deletes a minute:"
                 f" try again in {ceil(wait)}s",
@@ -229,6 +229,8 @@ def _metadata(fields: dict[str, Any]) -> dict[str, str]:
             value = fields[name]
             if not isinstance(value, str) or len(value) > limit:
                 raise BadRequest(f"{name} must be a string of at most {limit} characters")
+            if "\x00" in value:  # PostgreSQL stores no NUL in text; no title needs one
+                raise BadRequest(f"{name} must not contain the NUL character (U+0000)")
             values[name] = value
     for name, allowed in (
         ("access_model", ACCESS_MODELS),

@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.accounts import Accounts
+from app.accounts import CREATION_WINDOW, Accounts
 from app.aloha import Aloha
 from app.api import accounts, aloha, content, notifications, openapi, social
 from app.api.common import api_error_handler, http_error_handler
@@ -29,6 +29,7 @@ from app.publisher import Publisher
 from app.services import Services
 from app.store import open_store
 from app.subscriptions import Subscriptions
+from app.throttle import prune_forever
 
 log = logging.getLogger("app")
 DRAIN_SECONDS = 5.0
@@ -112,12 +113,14 @@ def create_app(settings: Settings) -> Starlette:
         await store.open(check_names=name_problems)
         await publisher.start()
         expiry = asyncio.create_task(services.aloha.expire_forever(), name="expire queues")
+        pruning = asyncio.create_task(prune_forever(store, CREATION_WINDOW), name="prune slots")
         log.info("store %s at schema version %d", store.label, await store.schema_version())
         try:
             yield
         finally:
             expiry.cancel()
-            await asyncio.gather(expiry, return_exceptions=True)
+            pruning.cancel()
+            await asyncio.gather(expiry, pruning, return_exceptions=True)
             if not await publisher.drain(DRAIN_SECONDS):
                 log.warning(
                     "outbox not drained after %.0fs; clients will catch up by cursor", DRAIN_SECONDS

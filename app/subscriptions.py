@@ -28,7 +28,7 @@ class Subscriptions:
         self.store = channels.store
         self.limits = limits
         # A follow to a private channel is an event to its owner: bound how often.
-        self._changes = Throttle(limits.follows_per_minute, 60.0)
+        self._changes = Throttle(self.store, "follows per user", limits.follows_per_minute, 60.0)
 
     async def of(self, caller: str) -> dict[str, str]:
         return await self.store.subscriptions(caller)
@@ -37,7 +37,7 @@ class Subscriptions:
         """Apply ``{"channel/node": role | "none"}``; answers the caller's resulting roles."""
         if not isinstance(wanted, dict) or not wanted:
             raise BadRequest('expected a JSON object {"channel@domain/posts": "publisher"}')
-        if wait := self._changes.take(caller):
+        if wait := await self._changes.take(caller):
             raise TooManyRequests(
                 f"at most {self.limits.follows_per_minute} follow changes a minute:"
                 f" try again in {ceil(wait)}s",

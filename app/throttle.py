@@ -5,53 +5,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from app.store import Store
+
+log = logging.getLogger("app.throttle")
+
 
 class Throttle:
-    def __init__(self, limit: int, window: float) -> None:
+    """At most ``limit`` a ``window`` (seconds) per key, in a sliding window: a slot taken at t
+    frees at t + window. Counted in the store, so that every origin on one database counts
+    against the same limit."""
+
+    def __init__(self, store: Store, name: str, limit: int, window: float) -> None:
+        self.store = store
+        self.name = name
         self.limit = limit
         self.window = window
-        self._failures: dict[str, deque[float]] = {}
 
-    def retry_after(self, key: str, now: float | None = None) -> float:
-        """Seconds until ``key`` may try again; 0 if it may now."""
-        now = time.monotonic() if now is None else now
-        failures = self._failures.get(key)
-        if not failures:
-            return 0.0
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        if len(failures) < self.limit:
-            return 0.0
-        return failures[0] + self.window - now
-
-    def take(self, key: str, now: float | None = None) -> float:
+    async def take(self, key: str, now: float | None = None) -> float:
         """Count one for ``key`` if it is under the limit (0 then); else the seconds until it
         may, counting nothing. Checked and counted at once, so no concurrency passes it."""
-        wait = self.retry_after(key, now)
-        if wait == 0:
-            self.failed(key, now)
-        return wait
+        now = time.time() if now is None else now
+        return await self.store.take_slot(self.name, key, self.limit, self.window, now)
 
-    def give_back(self, key: str) -> None:
+    async def give_back(self, key: str) -> None:
         """Uncount the latest one taken for ``key`` (what it was taken for went well)."""
-        failures = self._failures.get(key)
-        if failures:
-            failures.pop()
+        await self.store.give_back_slot(self.name, key)
 
-    def failed(self, key: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        if len(self._failures) > 100_000:  # bound the memory an attacker can make us use
-            horizon = now - self.window
-            self._failures = {k: v for k, v in self._failures.items() if v and v[-1] > horizon}
-        self._failures.setdefault(key, deque(maxlen=self.limit)).append(now)
 
-    def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
+async def prune_forever(store: Store, longest_window: float, every: float = 60.0) -> None:
+    """Forget slots older than every limit's window, now and then (they count for nothing)."""
+    while True:
+        try:
+            await store.prune_slots(time.time() - longest_window)
+        except Exception:
+            log.exception("pruning the rate limits' slots failed; trying again later")
+        await asyncio.sleep(every)
 
 
 @dataclass

@@ -18,8 +18,11 @@ import httpx
 import pytest
 
 from app.config import Settings
+from app.model import name_problems
+from app.store import open_store
 from app.throttle import AtOnce, Throttle
 from tests.conftest import unique
+from tests.databases import fresh_database
 from tests.support import PASSWORD, Stack, running
 
 _hosts = itertools.count(10)
@@ -115,22 +118,37 @@ def test_the_limits_default_to_what_the_readme_says(tmp_path: Path) -> None:
     assert limits.hashes_at_once_per_address == 4
 
 
-def test_throttle_counts_in_a_sliding_window_and_takes_slots() -> None:
-    throttle = Throttle(limit=3, window=60)
-    for t in (0, 1, 2):
-        assert throttle.retry_after("k", now=t) == 0
-        throttle.failed("k", now=t)
-    assert throttle.retry_after("k", now=3) == pytest.approx(57)
-    assert throttle.retry_after("other", now=3) == 0
-    assert throttle.retry_after("k", now=60.5) == 0  # the first failure left the window
-    throttle.succeeded("k")
-    assert throttle.retry_after("k", now=3) == 0
+def test_throttle_counts_in_a_sliding_window_and_takes_slots(backend: str, tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/x.sqlite3" if backend == "sqlite" else fresh_database()
 
-    assert [throttle.take("slots", now=t) for t in (0, 1, 2)] == [0, 0, 0]
-    assert throttle.take("slots", now=3) == pytest.approx(57)  # refused, and not counted
-    throttle.give_back("slots")
-    assert throttle.take("slots", now=4) == 0
-    assert throttle.take("slots", now=60.5) == 0  # the one taken at 0 left the window
+    async def scenario() -> None:
+        # Two stores on one database, as two origins: they count against the same limit.
+        first, second = open_store(url), open_store(url)
+        await first.open(name_problems)
+        await second.open(name_problems)
+        try:
+            here, there = (Throttle(s, "test", limit=3, window=60) for s in (first, second))
+            assert [
+                await t.take("slots", now=n) for t, n in ((here, 0), (there, 1), (here, 2))
+            ] == [
+                0,
+                0,
+                0,
+            ]
+            assert await there.take("slots", now=3) == pytest.approx(57)  # refused, not counted
+            assert await here.take("other", now=3) == 0
+            await there.give_back("slots")
+            assert await here.take("slots", now=4) == 0
+            assert await there.take("slots", now=60.5) == 0  # the one taken at 0 left the window
+            # Taken at once from both: never more than the limit.
+            await first.prune_slots(before=10**10)
+            results = await asyncio.gather(*(t.take("racing", now=100) for t in (here, there) * 10))
+            assert results.count(0) == 3
+        finally:
+            await first.close()
+            await second.close()
+
+    asyncio.run(scenario())
 
 
 def test_at_once_lets_a_few_run_and_the_others_wait_their_turn() -> None:

@@ -124,6 +124,12 @@ class PostgresDatabase:
             yield _Connection(conn)
 
     @asynccontextmanager
+    async def keyed(self, key: str) -> AsyncIterator[_Connection]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _key(f"keyed {key}"))
+            yield _Connection(conn)
+
+    @asynccontextmanager
     async def read(self) -> AsyncIterator[_Connection]:
         async with (
             self.pool.acquire() as conn,

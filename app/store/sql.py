@@ -74,6 +74,10 @@ class Database(Protocol):
     def connection(self) -> AbstractAsyncContextManager[Connection]:
         """Statements that each commit on their own."""
 
+    def keyed(self, key: str) -> AbstractAsyncContextManager[Connection]:
+        """A transaction while no other keyed transaction on ``key`` runs (writers on other
+        keys, and the log's writer, may run meanwhile)."""
+
     async def appended(self, tx: Connection) -> None:
         """The transaction ``tx`` was handed its first id in the log (other processes may
         want to know once it commits)."""
@@ -876,6 +880,41 @@ class SqlStore:
                 now,
                 limit,
             )
+
+    # -- rate limits -----------------------------------------------------------------------
+
+    async def take_slot(self, name: str, key: str, limit: int, window: float, now: float) -> float:
+        """Count one for ``key`` under limit ``name`` (at most ``limit`` a ``window``) and
+        answer 0; or, at the limit, count nothing and answer the seconds until a slot frees.
+        One check and count per key at a time, across processes: no concurrency passes it."""
+        async with self.db.keyed(f"{name}\x00{key}") as conn:
+            rows = await conn.fetchall(
+                "SELECT at FROM rate_slots WHERE name = ? AND key = ? AND at > ? ORDER BY at",
+                name,
+                key,
+                now - window,
+            )
+            if len(rows) >= limit:
+                return float(rows[len(rows) - limit][0]) + window - now
+            await conn.execute(
+                "INSERT INTO rate_slots (name, key, at) VALUES (?, ?, ?)", name, key, now
+            )
+            return 0.0
+
+    async def give_back_slot(self, name: str, key: str) -> None:
+        """Uncount the latest slot taken for ``key`` (what it was taken for went well)."""
+        async with self.db.keyed(f"{name}\x00{key}") as conn:
+            await conn.execute(
+                "DELETE FROM rate_slots WHERE id = (SELECT id FROM rate_slots"
+                " WHERE name = ? AND key = ? ORDER BY at DESC, id DESC LIMIT 1)",
+                name,
+                key,
+            )
+
+    async def prune_slots(self, before: float) -> int:
+        """Forget the slots taken before ``before`` (older than every window); how many."""
+        async with self.db.connection() as conn:
+            return await conn.execute("DELETE FROM rate_slots WHERE at < ?", before)
 
     # -- the publisher's outbox: the log itself ----------------------------------------------
 

@@ -124,6 +124,10 @@ class SqliteDatabase:
     def connection(self) -> _Statements:
         return self._plain
 
+    def keyed(self, key: str) -> _Transaction:
+        """SQLite has one writer at a time anyway."""
+        return self._write
+
     async def appended(self, tx: Any) -> None:
         """BEGIN IMMEDIATE already keeps every other writer out."""
 
