@@ -15,6 +15,7 @@ import httpx
 from tests.conftest import unique
 from tests.databases import SHARED_SECRETS
 from tests.support import Holds, Stack, cluster, health, kill, pushpin_pids
+from tests.test_aloha import Aloha
 from tests.test_posts_feed import follow, last, post
 
 
@@ -165,3 +166,25 @@ def test_a_pushpin_fails_over_to_another_origin_when_its_own_is_down(
             finally:
                 kill(pushpin_pids(first.data_dir))
             assert health(second)["feed_requests"].get("posts", 0) == before + 5
+
+
+def test_limits_queues_and_keys_agree_across_origins(tmp_path: Path, postgres_url: str) -> None:
+    """What must agree across origins does: a login limit counts failures made on either
+    node, an Aloha queue registered on one is polled on the other, and a login works on both
+    (one SECRET_KEY and GRIP_SIG_KEY)."""
+    env = {"DATABASE_URL": postgres_url, **SHARED_SECRETS, "LOGIN_FAILURES_PER_ACCOUNT": "4"}
+    with cluster(tmp_path, 2, **env) as nodes:
+        user = unique("juliet")
+        nodes[0].account(user).close()
+        statuses = []
+        for i in range(6):  # wrong passwords, alternating nodes
+            with httpx.Client(base_url=nodes[i % 2].url, timeout=30) as c:
+                r = c.get("/api/account", auth=(user, f"wrong password {i}"))
+            statuses.append(r.status_code)
+        assert statuses == [401] * 4 + [429] * 2
+
+        reader = Aloha(nodes[0], unique("romeo"))
+        queue = reader.register()
+        elsewhere = Aloha(nodes[1], reader.user, create=False)
+        sent = elsewhere.send(reader.user, "sent on the second node")
+        assert [e["message"]["id"] for e in elsewhere.events(queue)] == [sent]
