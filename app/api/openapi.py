@@ -500,6 +500,7 @@ SPEC: dict[str, Any] = {
                             "lag_seconds",
                             "stalled",
                             "passed_over",
+                            "publishing",
                         ],
                         target={"type": "string", "description": "the publish URL, no key"},
                         failing={"type": "boolean", "description": "its last publish failed"},
@@ -523,6 +524,11 @@ SPEC: dict[str, Any] = {
                             "minimum": 0,
                             "description": "items it refused alone as too large, sent as "
                             "hints (clients got them from the log)",
+                        },
+                        publishing={
+                            "type": "boolean",
+                            "description": "this origin holds the target's lease and publishes"
+                            " to it (another origin on the database does otherwise)",
                         },
                     ),
                 },
