@@ -33,3 +33,6 @@ class Services:
     requests: int = 0  # handled since start
     # realtime requests per feed: a test tells a published answer from one the origin gave
     feed_requests: Counter[str] = field(default_factory=Counter)
+    # holds sent without knowing that the proxy has seen their prev-ids (the publisher did not
+    # catch up, or its progress did not reach this origin, within PUBLISHED_WAIT_SECONDS)
+    holds_unconfirmed: int = 0

@@ -66,6 +66,17 @@ def test_one_origin_publishes_to_each_target_and_another_takes_over_within_5s(
                 created = post(w2, writer, "made on the second node")
                 answer = holds.published(held, timeout=2)
             assert [i["id"] for i in answer.json()["items"]] == [created["id"]]
+            # Holds made on the second node just after posts: it heard of each publish, so
+            # none went out before it knew the proxy had seen its prev-id.
+            for i in range(5):
+                with Holds(second) as holds, second.client(writer) as w2:
+                    post(w2, writer, f"then held at once {i}")
+                    held = holds.hold("posts", r.get, f"/api/notifications/posts?since={last(r)}")
+                    created = post(w2, writer, f"and answered {i}")
+                    assert (
+                        holds.published(held, timeout=2).json()["items"][0]["id"] == created["id"]
+                    )
+            assert health(second)["holds_unconfirmed"] == 0
 
             # The first node's whole tree dies: the second takes both leases within 5 s.
             start = time.monotonic()

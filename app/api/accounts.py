@@ -52,6 +52,7 @@ async def health(request: Request) -> Response:
         "requests": s.requests,  # handled since start, this one included
         "feed_requests": dict(s.feed_requests),
         "published_items": s.publisher.published,
+        "holds_unconfirmed": s.holds_unconfirmed,
         # Aloha queues deleted after their life, and the longest the loop spent on one step
         "queues_expired": s.aloha.expired,
         "longest_expiry_step_ms": round(s.aloha.longest_expiry_step * 1000, 3),

@@ -198,7 +198,8 @@ async def held(request: Request, hold: Hold, jid: str | None) -> Response:
         raise NotProxied(s.settings.proxy_url)
     if "grip-last" not in request.headers:  # else Pushpin asks again for a hold it counted
         s.held.admit(jid, client_address(request), [channel for channel, _ in hold.channels])
-    await s.publisher.published_through(hold.channels, PUBLISHED_WAIT_SECONDS)
+    if not await s.publisher.published_through(hold.channels, PUBLISHED_WAIT_SECONDS):
+        s.holds_unconfirmed += 1
     # The held answer's headers: Pushpin keeps them for the published answer too.
     headers = {"Content-Type": JSON_TYPE, **s.cors.headers_for(request)}
     # No Grip-Link: for a held long-poll Pushpin re-sends the client's own request when it

@@ -460,6 +460,7 @@ SPEC: dict[str, Any] = {
                     "requests",
                     "feed_requests",
                     "published_items",
+                    "holds_unconfirmed",
                     "queues_expired",
                     "longest_expiry_step_ms",
                     "targets",
@@ -480,6 +481,12 @@ SPEC: dict[str, Any] = {
                     "(posts, events, firehose, aloha)",
                 },
                 published_items={"type": "integer", "minimum": 0},
+                holds_unconfirmed={
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "holds sent before this origin knew the proxy had seen "
+                    "their prev-ids (the publisher, or word of its progress, was late)",
+                },
                 queues_expired={
                     "type": "integer",
                     "minimum": 0,
