@@ -305,8 +305,18 @@ class Publisher:
             delay = BACKOFF_FIRST
             target.failing = False
             if not sent:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(target.wake.wait(), self.poll_seconds)
+                await self._idle(target)
+
+    async def _idle(self, target: Target) -> None:
+        """Wait for a wake-up, or until the next look at the log; meanwhile make sure, every
+        LEASE_CHECK_SECONDS, that this process still holds the target's lease."""
+        deadline = time.monotonic() + self.poll_seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(target.wake.wait(), min(remaining, LEASE_CHECK_SECONDS))
+                return
+            if not await self._lead(target):
+                return
 
     async def _publish_next(self, target: Target) -> int:
         """Publish the next batch after the target's position; the number of items sent."""

@@ -4,12 +4,14 @@ order lose nothing; a client moves from node to node with its cursor."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 from tests.conftest import unique
@@ -199,3 +201,44 @@ def test_limits_queues_and_keys_agree_across_origins(tmp_path: Path, postgres_ur
         elsewhere = Aloha(nodes[1], reader.user, create=False)
         sent = elsewhere.send(reader.user, "sent on the second node")
         assert [e["message"]["id"] for e in elsewhere.events(queue)] == [sent]
+
+
+def test_origins_recover_when_their_database_connections_are_cut(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """As after a database restart or failover: every connection the origins had is ended.
+    They connect again and listen again: a post made on the second node still wakes the
+    publisher in the first at once (it looks at the log on its own only every 30 s here), and
+    each target has one publisher again."""
+    env = {"DATABASE_URL": postgres_url, **SHARED_SECRETS, "PUBLISH_POLL_SECONDS": "30"}
+    with cluster(tmp_path, 2, **env) as nodes:
+        writer, reader = unique("romeo"), unique("juliet")
+        with nodes[0].account(writer), nodes[0].account(reader) as r:
+            follow(r, f"{writer}/posts")
+            ended = asyncio.run(_end_connections(postgres_url))
+            assert ended >= 6  # each origin's pool, listener and leases
+            time.sleep(1.5)  # the origins notice, and their publishers check their leases
+            wait_for(lambda: one_publisher_each(nodes), 5)
+            # Whichever origin took a target's lease again, the post is made on the other one
+            # and held on that target's Pushpin: only the commit's NOTIFY can wake the publisher.
+            label, (leader,) = next(iter(publishing(nodes).items()))
+            (held_on,) = [n for n in nodes if label.endswith(n.env["PUSHPIN_PUBLISH_PORT"])]
+            with Holds(held_on) as holds, nodes[1 - leader].client(writer) as w:
+                held = holds.hold("posts", r.get, f"/api/notifications/posts?since={last(r)}")
+                created = post(w, writer, "after the cut")
+                answer = holds.published(held, timeout=3)
+            assert [i["id"] for i in answer.json()["items"]] == [created["id"]]
+            assert "listens for commits: connecting again" in nodes[leader].log()
+
+
+async def _end_connections(url: str) -> int:
+    """End every other connection to the database at ``url`` (a fault, as a restart is)."""
+    conn = await asyncpg.connect(url)
+    try:
+        ended: int = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    return ended

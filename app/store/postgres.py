@@ -57,6 +57,7 @@ class PostgresDatabase:
         self._leases: asyncpg.Connection | None = None
         self._held: set[str] = set()
         self._leasing = asyncio.Lock()  # one lease call at a time on that connection
+        self._relisten: asyncio.Task[None] | None = None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -70,9 +71,34 @@ class PostgresDatabase:
         there is no older version whose names need checking.)"""
         self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size)
         await self._migrate()
-        self._listener = await asyncpg.connect(self.url)
-        await self._listener.add_listener(APPENDED, self._appended)
-        await self._listener.add_listener(ANNOUNCED, self._announced)
+        await self._listen()
+
+    async def _listen(self) -> None:
+        """Listen for the log's commits and the announcements, on a connection of its own;
+        when it is lost (a database restart), listen again on a new one, and meanwhile the
+        publisher's own look at the log every PUBLISH_POLL_SECONDS keeps it going."""
+        listener = await asyncpg.connect(self.url)
+        await listener.add_listener(APPENDED, self._appended)
+        await listener.add_listener(ANNOUNCED, self._announced)
+        listener.add_termination_listener(self._lost_listener)
+        self._listener = listener
+
+    def _lost_listener(self, connection: Any) -> None:
+        if self._listener is connection and self._pool is not None:
+            log.warning("lost the connection that listens for commits: connecting again")
+            self._listener = None
+            self._relisten = asyncio.get_running_loop().create_task(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        delay = 0.1
+        while self._pool is not None and self._listener is None:
+            try:
+                await self._listen()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("listening again failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.on_append()  # commits made meanwhile went unheard
 
     def _appended(self, *args: Any) -> None:
         self.on_append()
@@ -85,12 +111,14 @@ class PostgresDatabase:
             await self._leases.close()
             self._leases = None
             self._held.clear()
+        pool, self._pool = self._pool, None  # first: a listener closed now is not lost
+        if self._relisten is not None:
+            self._relisten.cancel()
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        if pool is not None:
+            await pool.close()
 
     async def schema_version(self) -> int:
         async with self.pool.acquire() as conn:
