@@ -38,6 +38,13 @@ MIGRATE_LOCK = 0x6275_6465
 APPENDED = "log_appended"  # the NOTIFY channel: the log grew
 ANNOUNCED = "announced"  # the NOTIFY channel of announce()
 LEASE_CHECK_SECONDS = 2.0
+# The server ends a lease whose origin vanished from the network (no FIN, no RST) once these
+# keepalives go unanswered: about 25 s, not the system's default two hours.
+LEASE_KEEPALIVES = {
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+}
 
 
 class PostgresDatabase:
@@ -187,7 +194,9 @@ class PostgresDatabase:
                 return await self._alive()
             if self._leases is None or self._leases.is_closed():
                 self._held.clear()
-                self._leases = await asyncpg.connect(self.url, timeout=LEASE_CHECK_SECONDS)
+                self._leases = await asyncpg.connect(
+                    self.url, timeout=LEASE_CHECK_SECONDS, server_settings=LEASE_KEEPALIVES
+                )
             taken = await self._leases.fetchval("SELECT pg_try_advisory_lock($1)", _key(name))
             if taken:
                 self._held.add(name)
