@@ -99,7 +99,8 @@ async def serve(settings: Settings, with_pushpin: bool = True) -> int:
         print(
             f"Ready: clients connect to http://127.0.0.1:{settings.port}/ "
             f"(try /api/notifications/posts); origin on {settings.origin_host}:"
-            f"{settings.origin_port}, publish on {settings.grip_urls[0]}, data in "
+            f"{settings.origin_port}, its Pushpin takes publishes on 127.0.0.1:"
+            f"{settings.publish_port}, {len(settings.grip_urls)} publish target(s), data in "
             f"{settings.data_dir}. Ctrl-C stops.",
             flush=True,
         )
