@@ -242,3 +242,51 @@ async def _end_connections(url: str) -> int:
     finally:
         await conn.close()
     return ended
+
+
+def test_every_pushpin_gets_every_item_and_clients_of_a_killed_one_move_on(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    env = {"DATABASE_URL": postgres_url, **SHARED_SECRETS}
+    with cluster(tmp_path, 2, **env) as nodes:
+        writer, reader = unique("romeo"), unique("juliet")
+        with nodes[1].account(writer) as w, nodes[1].account(reader) as r:
+            follow(r, f"{writer}/posts")
+            since = last(r)
+            # One request held on each node's Pushpin: one post answers both, by a publish.
+            with Holds(nodes[0]) as on_first, Holds(nodes[1]) as on_second:
+                url = f"/api/notifications/posts?since={since}"
+                with httpx.Client(base_url=nodes[0].url, auth=r.auth, timeout=30) as r0:
+                    held = [
+                        on_first.hold("posts", r0.get, url),
+                        on_second.hold("posts", r.get, url),
+                    ]
+                    created = post(w, writer, "to every Pushpin")
+                    answers = [on_first.published(held[0]), on_second.published(held[1])]
+            assert [[i["id"] for i in a.json()["items"]] for a in answers] == [[created["id"]]] * 2
+            since = answers[0].json()["last"]
+
+            # The first node's Pushpin dies with a request held in it; posts go on meanwhile.
+            with (
+                ThreadPoolExecutor(1) as pool,
+                httpx.Client(base_url=nodes[0].url, auth=r.auth, timeout=30) as r0,
+            ):
+                orphan = pool.submit(r0.get, f"/api/notifications/posts?since={since}")
+                time.sleep(1)
+                kill(pushpin_pids(nodes[0].data_dir))
+                sent = [
+                    post(w, writer, f"while the first Pushpin is down {i}")["id"] for i in range(3)
+                ]
+                try:
+                    orphan.result(timeout=10)
+                    lost_request = False
+                except httpx.HTTPError:
+                    lost_request = True
+            assert lost_request, "positive control: the held request died with its Pushpin"
+            # Its client moves to the other node with its cursor, and misses nothing.
+            got: list[str] = []
+            while len(got) < len(sent):
+                body = r.get(f"/api/notifications/posts?since={since}").json()
+                got.extend(item["id"] for item in body["items"])
+                since = body["last"]
+            assert got == sent
