@@ -210,6 +210,13 @@ def cluster(base: Path, count: int, **env: str) -> Iterator[list[Stack]]:
     for i, node in enumerate(nodes):
         node.env["GRIP_URL"] = publish
         node.env["ORIGINS"] = ",".join(origins[i:] + origins[:i])
+    with started(nodes):
+        yield nodes
+
+
+@contextmanager
+def started(nodes: list[Stack]) -> Iterator[list[Stack]]:
+    """Start ``nodes`` in order; stop those still running at the end, whatever happened."""
     try:
         for node in nodes:
             node.start()

@@ -19,7 +19,7 @@ import yaml
 from app.config import Settings
 from app.pushpin import Pushpin
 from tests.conftest import unique
-from tests.support import Holds, Stack
+from tests.support import Holds, Stack, started
 from tests.test_cluster import one_publisher_each, publishing, wait_for
 from tests.test_posts_feed import follow, last, post
 
@@ -239,14 +239,8 @@ def compose_as_local_nodes(base: Path, database_url: str) -> Iterator[list[Stack
             ORIGINS=",".join(moved(target) for target in targets),
         )
         node.env.update(env)
-    try:
-        for node in nodes:
-            node.start()
+    with started(nodes):
         yield nodes
-    finally:
-        for node in nodes:
-            if node.process is not None:
-                node.stop()
 
 
 def test_the_compose_nodes_run_here_as_one_service(tmp_path: Path, postgres_url: str) -> None:
