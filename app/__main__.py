@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from app.config import ConfigError, Settings
+from app.grip import without_credentials
 from app.main import create_app
 from app.pushpin import Pushpin, PushpinError
 
@@ -99,8 +100,8 @@ async def serve(settings: Settings, with_pushpin: bool = True) -> int:
         print(
             f"Ready: clients connect to http://127.0.0.1:{settings.port}/ "
             f"(try /api/notifications/posts); origin on {settings.origin_host}:"
-            f"{settings.origin_port}, publish on {settings.grip_urls[0]}, data in "
-            f"{settings.data_dir}. Ctrl-C stops.",
+            f"{settings.origin_port}, publish on {without_credentials(settings.grip_urls[0])}, "
+            f"data in {settings.data_dir}. Ctrl-C stops.",
             flush=True,
         )
         supervisor = asyncio.create_task(supervise(pushpin))

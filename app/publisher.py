@@ -20,13 +20,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import jwt
-from gripcontrol import parse_grip_uri
 
 from app.config import ConfigError
-from app.grip import hint_item, response_item
+from app.grip import hint_item, parse_grip_url, response_item, without_credentials
 from app.model import FIREHOSE, FIREHOSE_HINT, feed_body
 from app.publish_client import ClientError, PublishClient
 from app.store import Store
@@ -79,19 +77,11 @@ class Target:
 
     @classmethod
     def parse(cls, url: str) -> Target:
-        parsed: dict[str, Any] = parse_grip_uri(url)
-        key = parsed.get("key")
-        if isinstance(key, bytes) and not parsed.get("control_iss"):
-            raise ConfigError(f"GRIP_URL {url!r}: a key=base64:... needs iss= too")
-        control = parsed["control_uri"]
-        parts = urlsplit(control)
-        label = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))
-        return cls(
-            publish_url=control.rstrip("/") + "/publish/",
-            label=label,
-            iss=parsed.get("control_iss"),
-            key=key.encode() if isinstance(key, str) else key,
-        )
+        try:
+            entry = parse_grip_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"GRIP_URL {without_credentials(url)!r}: {exc}") from None
+        return cls(publish_url=entry.publish_url, label=entry.label, iss=entry.iss, key=entry.key)
 
     def headers(self) -> dict[str, str]:
         if not self.key:
