@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -26,7 +27,7 @@ import jwt
 from app.config import ConfigError
 from app.grip import hint_item, parse_grip_url, response_item, without_credentials
 from app.model import FIREHOSE, FIREHOSE_HINT, feed_body
-from app.publish_client import ClientError, PublishClient
+from app.publish_client import ClientError, PublishClient, publish_client
 from app.store import Store
 from app.store.base import Delivery, Position
 
@@ -94,7 +95,12 @@ class Target:
 
 class Publisher:
     def __init__(
-        self, store: Store, grip_urls: list[str], timeout: float = 5.0, poll_seconds: float = 1.0
+        self,
+        store: Store,
+        grip_urls: list[str],
+        timeout: float = 5.0,
+        poll_seconds: float = 1.0,
+        ca_file: Path | None = None,
     ) -> None:
         self.store = store
         # How often it looks at the log unwoken: a safety net, which also picks up commits
@@ -102,7 +108,7 @@ class Publisher:
         self.poll_seconds = poll_seconds
         self.targets = [Target.parse(url) for url in grip_urls]
         for target in self.targets:
-            target.client = PublishClient(target.publish_url, timeout)
+            target.client = publish_client(target.publish_url, timeout, ca_file)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._progress = asyncio.Event()  # set (and replaced) after each accepted publish
@@ -201,7 +207,7 @@ class Publisher:
                 log.exception("could not save the position of %s", target.label)
         for target in self.targets:
             if target.client is not None:
-                target.client.close()
+                await target.client.aclose()
 
     async def _run(self, target: Target) -> None:
         delay = BACKOFF_FIRST
