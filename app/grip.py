@@ -145,7 +145,8 @@ def parse_grip_url(url: str) -> GripUrl:
     elif parsed.get("verify_iss"):
         raise ValueError("verify-iss needs verify-key=")
     return GripUrl(
-        publish_url=control.rstrip("/") + "/publish/",
+        # Any other query parameter stays on the publish URL, after its path.
+        publish_url=urlunsplit(control_parts._replace(path=control_parts.path + "/publish/")),
         label=without_credentials(control),
         iss=iss,
         key=key.encode() if isinstance(key, str) else key,

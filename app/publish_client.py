@@ -4,9 +4,9 @@
 API, or any https target) it is httpx, a well-kept client: there the request rate is bounded by
 the network's round trip, one publish in flight per target, and what TLS and the open Internet
 ask of a client matters more than its CPU. Plain http is a Pushpin nearby, on this machine or
-its network: there a few hundred publish requests a second are usual, and the hand-written
-``PlainClient`` below spends a quarter to a fifth of httpx's CPU on each
-(``python -m bench.publish_rates``; the numbers and the choice: docs/design.md). It speaks
+its network: there hundreds of publish requests a second are usual, and the hand-written
+``PlainClient`` below spends a fifth of httpx's CPU or less on each, and answers ten times
+sooner (``python -m bench.publish_rates``; the numbers and the choice: docs/design.md). It speaks
 HTTP/1.1 without TLS, answers with Content-Length, chunked or up to the close; no redirects,
 no proxies.
 """

@@ -96,6 +96,8 @@ def test_grip_url_targets_pushpin_and_fanout() -> None:
     assert fastly.publish_url == "https://api.fastly.com/service/SU1Z0isxPaozGVKXdv0eY/publish/"
     assert fastly.label == "https://api.fastly.com/service/SU1Z0isxPaozGVKXdv0eY"
     assert fastly.headers() == {"Authorization": "Bearer tok3n"}
+    with_query = Target.parse("https://proxy.example/base/?region=eu&key=tok3n")
+    assert with_query.publish_url == "https://proxy.example/base/publish/?region=eu"
 
     with pytest.raises(ConfigError, match="needs iss") as refused:
         Target.parse("https://api.fanout.io/realm/r?key=base64:" + base64.b64encode(key).decode())
