@@ -6,6 +6,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -158,6 +161,20 @@ def test_a_proxys_public_key_is_a_setting_and_a_bad_one_stops_the_start(tmp_path
     for message, more in refused.items():
         with pytest.raises(ConfigError, match=message):
             Settings.from_env({**env, **more})
+
+
+def test_the_run_command_names_a_bad_key_and_does_not_start(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DATA_DIR": str(tmp_path),
+        "GRIP_VERIFY_KEY": str(tmp_path / "fastly.pem"),
+        "GRIP_VERIFY_ISS": FASTLY_ISS,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"configuration error: GRIP_VERIFY_KEY ({tmp_path}"), result
 
 
 def test_a_fastly_grip_url_carries_its_verify_key(tmp_path: Path) -> None:
