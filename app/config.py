@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from app.grip import FASTLY_API_HOST, SigKey, parse_grip_url, without_credentials
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -99,6 +101,9 @@ class Settings:
     grip_sig_key: str
     grip_sig_iss: str
     secret_key: str
+    # Every way a request may be signed by one of our proxies: GRIP_SIG_KEY's, GRIP_VERIFY_KEY's,
+    # and each GRIP_URL entry's verify-key (see sig_keys)
+    sig_keys: tuple[SigKey, ...]
     proxy_url: str
     hold_timeout: int = 55
     publish_timeout: int = 5
@@ -120,6 +125,8 @@ class Settings:
     log_level: str = "info"
     pushpin_bin: str = "pushpin"
     pushpin_config: Path = Path("pushpin/pushpin.conf")
+    # More certificate authorities to trust for https publish targets (a PEM bundle)
+    grip_ca_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -140,6 +147,10 @@ class Settings:
             raise ConfigError("GRIP_SIG_KEY must be at least 32 bytes")
         origin_host = env.get("ORIGIN_HOST", "127.0.0.1")
         origin_port = _int(env, "ORIGIN_PORT", 8000, 1)
+        grip_urls = _list(env, "GRIP_URL", f"http://127.0.0.1:{publish_port}")
+        ca_file = env.get("GRIP_CA_FILE", "")
+        if ca_file and not Path(ca_file).is_file():
+            raise ConfigError(f"GRIP_CA_FILE: no such file: {ca_file}")
         settings = cls(
             data_dir=data_dir,
             database_url=database_url,
@@ -150,9 +161,10 @@ class Settings:
             database_pool_size=_int(env, "DATABASE_POOL_SIZE", 10, 2),
             commit_delay=_float(env, "COMMIT_DELAY_FOR_TESTS", 0.0),
             publish_port=publish_port,
-            grip_urls=_list(env, "GRIP_URL", f"http://127.0.0.1:{publish_port}"),
+            grip_urls=grip_urls,
             grip_sig_key=sig_key,
             grip_sig_iss=env.get("GRIP_SIG_ISS", "pushpin"),
+            sig_keys=sig_keys(env, sig_key, grip_urls),
             secret_key=env.get("SECRET_KEY") or _secret(data_dir / "secret_key", 32),
             proxy_url=env.get("PROXY_URL", f"http://127.0.0.1:{port}"),
             hold_timeout=_int(env, "HOLD_TIMEOUT", 55, 5),
@@ -167,13 +179,10 @@ class Settings:
             log_level=env.get("LOG_LEVEL", "info").lower(),
             pushpin_bin=env.get("PUSHPIN_BIN", "pushpin"),
             pushpin_config=Path(env.get("PUSHPIN_CONFIG", "pushpin/pushpin.conf")).resolve(),
+            grip_ca_file=Path(ca_file).resolve() if ca_file else None,
         )
         if not settings.grip_urls:
             raise ConfigError("GRIP_URL lists no publish target")
-        for url in settings.grip_urls:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(f"GRIP_URL: {url!r} is not an http(s) URL")
         for origin in settings.origins:
             host, _, origin_port_text = origin.rpartition(":")
             if not host or not origin_port_text.isdigit():
@@ -181,3 +190,56 @@ class Settings:
         if settings.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         return settings
+
+
+def sig_keys(env: dict[str, str], shared: str, grip_urls: list[str]) -> tuple[SigKey, ...]:
+    """The keys a Grip-Sig may be signed with: the shared key of the run command's own Pushpin
+    (GRIP_SIG_KEY, HS256), GRIP_VERIFY_KEY (a proxy's public key, ES256), and the verify-key
+    of each GRIP_URL entry. Parsing the entries here also refuses a bad one at start."""
+    keys = [SigKey.shared(shared, env.get("GRIP_SIG_ISS", "pushpin"))]
+    verify_key, verify_iss = env.get("GRIP_VERIFY_KEY", ""), env.get("GRIP_VERIFY_ISS", "")
+    if verify_key:
+        if not verify_iss:
+            raise ConfigError(
+                "GRIP_VERIFY_ISS must be set with GRIP_VERIFY_KEY: the iss the proxy signs with "
+                "(Fastly: fastly:<service id>); without it any signer with that key would do"
+            )
+        keys.append(_public_key(verify_key, verify_iss))
+    elif verify_iss:
+        raise ConfigError("GRIP_VERIFY_ISS is set but GRIP_VERIFY_KEY is not")
+    fastly = []
+    for url in grip_urls:
+        try:
+            entry = parse_grip_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"GRIP_URL {without_credentials(url)!r}: {exc}") from None
+        if entry.verify is not None:
+            keys.append(entry.verify)
+        if urlsplit(url).hostname == FASTLY_API_HOST:
+            fastly.append(entry.label)
+    if fastly and not any(key.algorithm == "ES256" for key in keys):
+        raise ConfigError(
+            f"GRIP_URL publishes to Fastly Fanout ({fastly[0]}) but no key checks the Grip-Sig "
+            "Fastly signs with: add verify-key=<Fastly's public key> to that entry, or set "
+            "GRIP_VERIFY_KEY and GRIP_VERIFY_ISS (see the README)"
+        )
+    return tuple(dict.fromkeys(keys))
+
+
+def _public_key(value: str, issuer: str) -> SigKey:
+    """GRIP_VERIFY_KEY: a PEM public key or a JWK given inline, else the path of a PEM file."""
+    inline = value.lstrip().startswith(("-----BEGIN", "{"))
+    where = "GRIP_VERIFY_KEY" if inline else f"GRIP_VERIFY_KEY ({value})"
+    if inline:
+        text = value.encode()
+    else:
+        try:
+            text = Path(value).read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: cannot read it ({exc.strerror}); give a PEM public key or its path"
+            ) from None
+    try:
+        return SigKey.public(text, issuer)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None

@@ -83,7 +83,11 @@ ROUTES = [
 def create_app(settings: Settings) -> Starlette:
     store = open_store(settings.database_url, settings.database_pool_size, settings.commit_delay)
     publisher = Publisher(
-        store, settings.grip_urls, settings.publish_timeout, settings.publish_poll_seconds
+        store,
+        settings.grip_urls,
+        settings.publish_timeout,
+        settings.publish_poll_seconds,
+        settings.grip_ca_file,
     )
     cors = Cors(settings.cors_origins)
     store.on_commit = publisher.notify

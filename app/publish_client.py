@@ -1,10 +1,14 @@
-"""The publisher's HTTP client: POSTs to one GRIP publish endpoint on one keep-alive connection.
+"""The publisher's HTTP clients: each POSTs to one GRIP publish endpoint, keeping its connection.
 
-It does one job (a JSON POST, a short answer) and is fast at it, which matters because a publish
-lies on every post's way to its readers. Measured against a raw Pushpin's publish endpoint on a
-2-core machine (p50 of a 300-byte publish): httpx 1.4-2.5 ms, aiohttp 0.7 ms, this 0.15 ms.
-``python -m bench.publish_clients`` compares it with httpx and pubcontrol (docs/design.md).
-HTTP/1.1 only, http or https, answers with Content-Length or chunked; no redirects, no proxies.
+``publish_client(url)`` picks one by the URL's scheme. Over TLS (a CDN such as Fastly's publish
+API, or any https target) it is httpx, a well-kept client: there the request rate is bounded by
+the network's round trip, one publish in flight per target, and what TLS and the open Internet
+ask of a client matters more than its CPU. Plain http is a Pushpin nearby, on this machine or
+its network: there hundreds of publish requests a second are usual, and the hand-written
+``PlainClient`` below spends a fifth of httpx's CPU or less on each, and answers ten times
+sooner (``python -m bench.publish_rates``; the numbers and the choice: docs/design.md). It speaks
+HTTP/1.1 without TLS, answers with Content-Length, chunked or up to the close; no redirects,
+no proxies.
 """
 
 from __future__ import annotations
@@ -12,7 +16,11 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
+
+import httpx
 
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 1024 * 1024
@@ -22,17 +30,70 @@ class ClientError(Exception):
     """No usable answer: the connection failed, timed out, or the answer was not HTTP."""
 
 
-class PublishClient:
+class PublishClient(Protocol):
+    async def post(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        """POST ``body``; the answer's status and body, or ClientError."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def publish_client(url: str, timeout: float = 5.0, ca_file: Path | None = None) -> PublishClient:
+    """The client for ``url``: httpx over TLS (trusting the system's authorities and those in
+    ``ca_file``), the hand-written one over plain http."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return TlsClient(url, timeout, tls_context(ca_file))
+    return PlainClient(url, timeout)
+
+
+def tls_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """Verifies servers against the system's authorities (SSL_CERT_FILE and SSL_CERT_DIR
+    override where OpenSSL finds them) and, when given, those in ``ca_file`` too."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+class TlsClient:
+    """httpx, one kept-alive HTTP/1.1 connection; no redirects, no proxies from the
+    environment (as the plain client)."""
+
+    def __init__(self, url: str, timeout: float, context: ssl.SSLContext) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._client = httpx.AsyncClient(
+            verify=context,
+            timeout=timeout,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+
+    async def post(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        try:
+            answer = await self._client.post(self.url, content=body, headers=dict(headers))
+        except httpx.TimeoutException as exc:
+            raise ClientError(f"no answer within {self.timeout:g}s ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise ClientError(f"{type(exc).__name__}: {exc}") from exc
+        return answer.status_code, answer.content
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class PlainClient:
+    """HTTP/1.1 over one kept-alive TCP connection, written for this one job."""
+
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"not an http URL: {url!r}")
         self.host = parts.hostname
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.port = parts.port or 80
         self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        default_port = self.port == (443 if parts.scheme == "https" else 80)
-        self.host_header = self.host if default_port else f"{self.host}:{self.port}"
-        self.ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self.host_header = self.host if self.port == 80 else f"{self.host}:{self.port}"
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -65,6 +126,9 @@ class PublishClient:
                 raise ClientError(f"{type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
 
+    async def aclose(self) -> None:
+        self.close()
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -73,7 +137,7 @@ class PublishClient:
     async def _exchange(self, request: bytes) -> tuple[int, bytes]:
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(
-                self.host, self.port, ssl=self.ssl, limit=_MAX_HEAD
+                self.host, self.port, limit=_MAX_HEAD
             )
         assert self._reader is not None
         self._writer.write(request)

@@ -24,16 +24,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import jwt
-from gripcontrol import parse_grip_uri
 
 from app.config import ConfigError
-from app.grip import hint_item, response_item
+from app.grip import hint_item, parse_grip_url, response_item, without_credentials
 from app.model import FIREHOSE, FIREHOSE_HINT, feed_body
-from app.publish_client import ClientError, PublishClient
+from app.publish_client import ClientError, PublishClient, publish_client
 from app.store import Store
 from app.store.base import Delivery, Position
 
@@ -90,19 +89,11 @@ class Target:
 
     @classmethod
     def parse(cls, url: str) -> Target:
-        parsed: dict[str, Any] = parse_grip_uri(url)
-        key = parsed.get("key")
-        if isinstance(key, bytes) and not parsed.get("control_iss"):
-            raise ConfigError(f"GRIP_URL {url!r}: a key=base64:... needs iss= too")
-        control = parsed["control_uri"]
-        parts = urlsplit(control)
-        label = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))
-        return cls(
-            publish_url=control.rstrip("/") + "/publish/",
-            label=label,
-            iss=parsed.get("control_iss"),
-            key=key.encode() if isinstance(key, str) else key,
-        )
+        try:
+            entry = parse_grip_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"GRIP_URL {without_credentials(url)!r}: {exc}") from None
+        return cls(publish_url=entry.publish_url, label=entry.label, iss=entry.iss, key=entry.key)
 
     def headers(self) -> dict[str, str]:
         if not self.key:
@@ -115,7 +106,12 @@ class Target:
 
 class Publisher:
     def __init__(
-        self, store: Store, grip_urls: list[str], timeout: float = 5.0, poll_seconds: float = 1.0
+        self,
+        store: Store,
+        grip_urls: list[str],
+        timeout: float = 5.0,
+        poll_seconds: float = 1.0,
+        ca_file: Path | None = None,
     ) -> None:
         self.store = store
         # How often it looks at the log unwoken: a safety net, which also picks up commits
@@ -123,7 +119,7 @@ class Publisher:
         self.poll_seconds = poll_seconds
         self.targets = [Target.parse(url) for url in grip_urls]
         for target in self.targets:
-            target.client = PublishClient(target.publish_url, timeout)
+            target.client = publish_client(target.publish_url, timeout, ca_file)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._progress = asyncio.Event()  # set (and replaced) after each accepted publish
@@ -274,7 +270,7 @@ class Publisher:
             target.leader = False
         for target in self.targets:
             if target.client is not None:
-                target.client.close()
+                await target.client.aclose()
 
     async def _run(self, target: Target) -> None:
         delay = BACKOFF_FIRST

@@ -3,8 +3,9 @@
 Starts a raw Pushpin on loopback (``bench.common.RawPushpin``: the shipped config, nothing held)
 and publishes the same batches to its publish port, alternating between the clients:
 
-PublishClient
-    The publisher's client (``app/publish_client.py``), on the event loop: one POST per batch.
+PlainClient
+    The publisher's hand-written client for plain http (``app/publish_client.py``), on the
+    event loop: one POST per batch.
 httpx AsyncClient
     The same POST through httpx (a dependency already, for Pushpin's readiness check).
 pubcontrol publish, blocking, in a thread
@@ -46,12 +47,12 @@ from pubcontrol import Item, PubControlClient
 
 from app.grip import response_item
 from app.model import feed_body
-from app.publish_client import PublishClient
+from app.publish_client import PlainClient
 from bench.common import RawPushpin, machine, percentile
 
 WARMUP = 20
 CLIENTS = (
-    "PublishClient",
+    "PlainClient",
     "httpx AsyncClient",
     "pubcontrol publish, blocking, in a thread",
     "pubcontrol publish, non-blocking",
@@ -102,7 +103,7 @@ async def run(runs: int, batch: int, post_bytes: int, seconds: float) -> None:
     with tempfile.TemporaryDirectory() as rundir:
         async with RawPushpin(Path(rundir)) as raw:
             base = raw.publish_url.removesuffix("/publish/")
-            own = PublishClient(raw.publish_url)
+            own = PlainClient(raw.publish_url)
             hx = httpx.AsyncClient()
             pc = PubControlClient(base)
             thread = ThreadPoolExecutor(max_workers=1)  # one target: one publish at a time

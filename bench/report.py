@@ -50,11 +50,13 @@ NOTES = """\
 - The origin runs on uvicorn with httptools and uvloop (`app/__main__.py`): with the default
   h11 parser and asyncio loop, a Starlette app holding 10,000 long-polls itself fanned out 2.5
   times slower (`docs/design.md`). No access log unless `LOG_LEVEL=debug`.
-- The publisher sends each batch on its own keep-alive HTTP client (`app/publish_client.py`):
-  httpx spent 1.4 to 2.5 ms per publish request here, the client 0.15 ms, on every post's way to
-  its readers; pubcontrol's API, one item per request, spent 70 times the client's CPU on a
-  batch of 50 (`python -m bench.publish_clients`, `docs/design.md`). It saves its position at
-  most every 0.2 s, not with a commit per publish.
+- The publisher sends each batch to a Pushpin over plain http on its own hand-written
+  keep-alive client (`app/publish_client.py`): at 1,500 items a second it spent 0.12 cores and
+  answered in 0.5 ms, httpx 0.35 cores and 5 ms, on every post's way to its readers
+  (`python -m bench.publish_rates`); https targets (a CDN), bounded by the network's round
+  trip, go through httpx. pubcontrol's API, one item per request, spent 70 times the client's
+  CPU on a batch of 50 (`python -m bench.publish_clients`, `docs/design.md`). It saves its
+  position at most every 0.2 s, not with a commit per publish.
 - Store calls run inline on the event loop (`app/store/sqlite.py`): handed to a store thread,
   each waited 10 to 18 ms for the interpreter lock under load. A hold costs 0.15 to 0.22 ms of
   origin CPU since, 0.33 to 0.37 ms before.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what is missing: Pushpin (Debian's package), a virtual environment in .venv, and the
-# project with its dev tools. Safe to run again: it only does what is not done yet.
+# Installs what is missing: Pushpin and nginx (Debian's packages; nginx is the TLS front of the
+# publish tests), a virtual environment in .venv, and the project with its dev tools. Safe to run again: it only does what is not done yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,18 @@ if ! command -v pushpin >/dev/null 2>&1; then
     # starts its own, so keep that one off.
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet pushpin 2>/dev/null; then
         as_root systemctl disable --now pushpin || true
+    fi
+fi
+
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    echo "== installing nginx from Debian's packages (the tests' TLS front)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+    # The package may start a system-wide nginx on port 80; the tests start their own.
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
+        as_root systemctl disable --now nginx || true
+    elif [ -s /run/nginx.pid ]; then
+        as_root /usr/sbin/nginx -s quit || true
     fi
 fi
 

@@ -13,6 +13,7 @@ import jwt
 import pytest
 
 from app.accounts import MAX_CACHED_LOGINS, Accounts, check_password, hash_password
+from app.config import ConfigError
 from app.errors import Unauthorized
 from app.publisher import Target
 from app.store import open_store
@@ -89,6 +90,18 @@ def test_grip_url_targets_pushpin_and_fanout() -> None:
 
     with_password = Target.parse("http://user:secret@proxy.example:5561/")
     assert "secret" not in with_password.label
+
+    # Fastly Fanout: the API token is the key, sent as a bearer token (no JWT: no iss).
+    fastly = Target.parse("https://api.fastly.com/service/SU1Z0isxPaozGVKXdv0eY/?key=tok3n")
+    assert fastly.publish_url == "https://api.fastly.com/service/SU1Z0isxPaozGVKXdv0eY/publish/"
+    assert fastly.label == "https://api.fastly.com/service/SU1Z0isxPaozGVKXdv0eY"
+    assert fastly.headers() == {"Authorization": "Bearer tok3n"}
+    with_query = Target.parse("https://proxy.example/base/?region=eu&key=tok3n")
+    assert with_query.publish_url == "https://proxy.example/base/publish/?region=eu"
+
+    with pytest.raises(ConfigError, match="needs iss") as refused:
+        Target.parse("https://api.fanout.io/realm/r?key=base64:" + base64.b64encode(key).decode())
+    assert base64.b64encode(key).decode() not in str(refused.value)
 
 
 def test_cached_credentials_expire(tmp_path: Path) -> None:

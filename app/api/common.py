@@ -115,9 +115,7 @@ def proxied(request: Request) -> bool:
     known: bool | None = getattr(request.state, "proxied", None)
     if known is None:
         settings = services(request).settings
-        known = grip.is_signed(
-            request.headers.get("grip-sig"), settings.grip_sig_key, settings.grip_sig_iss
-        )
+        known = grip.is_signed(request.headers.get("grip-sig"), settings.sig_keys)
         request.state.proxied = known
     return known
 
