@@ -103,11 +103,13 @@ def _source(jid: str) -> str:
 
 @dataclass
 class Route:
-    """The node a client asks (by its client URL), and its moves to the next one."""
+    """The node a client asks (by its client URL), its failed requests, and its moves to the
+    next node."""
 
     urls: list[str]  # every node's
     index: int
     moves: int = 0
+    failures: list[tuple[float, int, str]] = field(default_factory=list)  # (when, node, what)
     failed_in_a_row: int = 0  # requests that failed since the last answer
     most_in_a_row: int = 0
 
@@ -118,9 +120,14 @@ class Route:
     def answered(self) -> None:
         self.failed_in_a_row = 0
 
-    def failed(self, exc: httpx.TransportError | None = None) -> None:
-        """A request failed; if its node could not be reached (refused, or hung up on: not a
-        timeout), go on at the next node."""
+    @property
+    def retries(self) -> Counter[str]:
+        return Counter(what for _, _, what in self.failures)
+
+    def failed(self, what: str, exc: httpx.TransportError | None = None) -> None:
+        """A request failed (``what``: its status or error); if its node could not be reached
+        (refused, or hung up on: not a timeout), go on at the next node."""
+        self.failures.append((time.monotonic(), self.index, what))
         self.failed_in_a_row += 1
         self.most_in_a_row = max(self.most_in_a_row, self.failed_in_a_row)
         if exc is None or isinstance(exc, httpx.TimeoutException) or len(self.urls) == 1:
@@ -137,7 +144,6 @@ class Writer:
     route: Route
     acked: dict[int, str] = field(default_factory=dict)  # sequence number -> post id
     acked_at: dict[str, float] = field(default_factory=dict)  # post id -> monotonic time
-    retries: Counter[str] = field(default_factory=Counter)
     recovered: int = 0  # POSTs that failed for us but had committed (found by the check)
 
     def content(self, seq: int) -> str:
@@ -170,15 +176,13 @@ class Writer:
                     self.route.url + path, json={"content": content}, timeout=POST_TIMEOUT
                 )
             except httpx.TransportError as exc:
-                self.retries[type(exc).__name__] += 1
-                self.route.failed(exc)
+                self.route.failed(type(exc).__name__, exc)
             else:
                 if r.status_code == 201:
                     self.route.answered()
                     post_id: str = r.json()["id"]
                     return post_id
-                self.retries[f"HTTP {r.status_code}"] += 1
-                self.route.failed()
+                self.route.failed(f"HTTP {r.status_code}")
             delay = await _backoff(delay)
             # The request may have reached the origin and committed, with only its answer lost
             # (Pushpin or the whole tree killed meanwhile): posting again would duplicate it.
@@ -202,11 +206,9 @@ class Writer:
                             found: str = post["id"]
                             return found
                     return None
-                self.retries[f"check HTTP {r.status_code}"] += 1
-                self.route.failed()
+                self.route.failed(f"check HTTP {r.status_code}")
             except httpx.TransportError as exc:
-                self.retries[f"check {type(exc).__name__}"] += 1
-                self.route.failed(exc)
+                self.route.failed(f"check {type(exc).__name__}", exc)
             delay = await _backoff(delay)
 
 
@@ -228,7 +230,6 @@ class Reader:
     received: list[Received] = field(default_factory=list)
     requests: int = 0
     empty: int = 0  # holds that timed out
-    retries: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)  # 4xx answers, cursors going back
     # Every answer with items, as (time since start, since asked, last given, post ids): kept
     # in the data folder when something is off, to find the answer that skipped a post.
@@ -256,16 +257,15 @@ class Reader:
                     self.route.url + "/api/notifications/posts", params={"since": self.since}
                 )
             except httpx.TransportError as exc:
-                self.retries[type(exc).__name__] += 1
-                self.route.failed(exc)  # the same cursor, at the next node if this one is gone
+                # The same cursor again, at the next node if this one is gone.
+                self.route.failed(type(exc).__name__, exc)
             else:
                 if r.status_code == 200:
                     self.route.answered()
                     self._take(r.json())
                     delay = BACKOFF_FIRST
                     continue
-                self.retries[f"HTTP {r.status_code}"] += 1
-                self.route.failed()
+                self.route.failed(f"HTTP {r.status_code}")
                 if r.status_code < 500:
                     self.errors.append(f"since={self.since}: HTTP {r.status_code} {r.text[:200]}")
             # Same cursor again, after a pause: nothing is skipped by retrying.
@@ -290,6 +290,7 @@ class Reader:
 class Fault:
     kind: str
     written: int  # posts acknowledged when it was made
+    at: float  # seconds since the soak started
     recovery_seconds: float  # until the run command said Pushpin is back, or was Ready again
     node: int = 0
     exit_code: int | None = None  # of a run command stopped gracefully
@@ -371,7 +372,7 @@ class Soak:
         while True:
             await asyncio.sleep(PROGRESS_SECONDS)
             received = sum(len(r.received) for r in self.readers)
-            retries = sum(sum(r.retries.values()) for r in self.readers)
+            retries = sum(len(r.route.failures) for r in self.readers)
             self.echo(
                 f"[{time.monotonic() - self.started:5.1f}s] written {self.written}/{self.posts}, "
                 f"faults done {len(self.faults)}/{self.planned}, received {received}, "
@@ -434,7 +435,7 @@ class Soak:
                 raise SoakError(f"Pushpin not back after {RECOVERY_TIMEOUT:.0f}s")
             await asyncio.sleep(0.05)
         recovery = time.monotonic() - t0
-        self.faults.append(Fault("pushpin SIGKILL", written, recovery))
+        self.faults.append(Fault("pushpin SIGKILL", written, t0 - self.started, recovery))
         self.echo(f"fault 1: Pushpin back after {recovery:.2f}s")
 
     async def _kill_tree(self, index: int) -> None:
@@ -458,7 +459,8 @@ class Soak:
         # Stack.start keeps the process before it is ready: a failed start is still stopped.
         await asyncio.to_thread(node.start)
         recovery = time.monotonic() - t0
-        self.faults.append(Fault("whole tree SIGKILL and restart", written, recovery, index))
+        kind = "whole tree SIGKILL and restart"
+        self.faults.append(Fault(kind, written, t0 - self.started, recovery, index))
         self.echo(f"fault {number}: node {index}'s run command Ready again after {recovery:.2f}s")
 
     async def _restart(self, index: int) -> None:
@@ -473,7 +475,8 @@ class Soak:
         stopped = time.monotonic() - t0
         await asyncio.to_thread(node.start)
         recovery = time.monotonic() - t0
-        self.faults.append(Fault(f"{kind} SIGTERM and restart", written, recovery, index, code))
+        kind = f"{kind} SIGTERM and restart"
+        self.faults.append(Fault(kind, written, t0 - self.started, recovery, index, code))
         self.echo(
             f"restart {index + 1}: stopped with {code} after {stopped:.2f}s, Ready again after "
             f"{recovery:.2f}s"
@@ -698,9 +701,14 @@ def run(
         exit_codes = [node.stop() for node in stacks if node.process is not None]
     per_reader = [_check_reader(r, truth) for r in rs]
     totals = {k: sum(c[k] for c in per_reader) for k in per_reader[0]}
-    writer_retries = sum((w.retries for w in ws), Counter[str]())
-    reader_retries = sum((r.retries for r in rs), Counter[str]())
-    routes = [w.route for w in ws] + [r.route for r in rs]
+    writer_retries = sum((w.route.retries for w in ws), Counter[str]())
+    reader_retries = sum((r.route.retries for r in rs), Counter[str]())
+    routes = [(w.jid, w.route) for w in ws] + [(r.jid, r.route) for r in rs]
+    failures = [
+        {"t": round(at - soak.started, 3), "client": jid, "node": node, "what": what}
+        for jid, route in routes
+        for at, node, what in route.failures
+    ]
     summary: dict[str, Any] = {
         "clients": clients,
         "writers": writers,
@@ -719,12 +727,15 @@ def run(
         "failed_not_502": sum(
             n for k, n in (writer_retries + reader_retries).items() if not k.endswith("HTTP 502")
         ),
-        "most_failed_in_a_row": max(route.most_in_a_row for route in routes),
+        "most_failed_in_a_row": max(route.most_in_a_row for _, route in routes),
         "writer_moves": sum(w.route.moves for w in ws),
         "reader_moves": sum(r.route.moves for r in rs),
         "reader_requests": sum(r.requests for r in rs),
         "reader_timeouts": sum(r.empty for r in rs),
         "reader_errors": [e for r in rs for e in r.errors],
+        # Every failed request (retried), by time since the soak started: to set beside the
+        # faults' times.
+        "failures": sorted(failures, key=lambda f: f["t"]),
         "faults": [vars(f) for f in soak.faults],
         "exit_codes": exit_codes,
         "exit_code": next((code for code in exit_codes if code != 0), 0),
@@ -775,6 +786,11 @@ def run(
         f"{_ms(latency['max_ms'])}; {summary['seconds']['total']:.1f}s"
         + ("" if not bad else f"; FAILED: {', '.join(bad)}")
     )
+    if failures:
+        # When requests failed, beside when the faults came (seconds since the clients began).
+        timeline = [(f["at"], f"{f['kind']} of node {f['node']}") for f in summary["faults"]]
+        timeline += [(f["t"], f"{f['what']} at node {f['node']}") for f in failures]
+        echo("timeline: " + "; ".join(f"{t:.2f}s {what}" for t, what in sorted(timeline)))
     if bad:
         _dump(folder / "soak-failure.json", rs, truth, soak.contents, started)
         echo(f"wrote {folder / 'soak-failure.json'}: what each reader missed and was answered")
