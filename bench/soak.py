@@ -13,6 +13,22 @@ and 5xx answers. While the writers are writing, two faults are made for real:
    process, as a machine's OOM killer or ``kill -9`` of the group would), and the run command
    is started again on the same data folder and ports.
 
+``--nodes N`` (2 or more) runs N nodes, each a run command, on one PostgreSQL database
+(``--database-url``, by default a new database on the tests' server: TEST_DATABASE_URL, or
+127.0.0.1:5432), each Pushpin and each origin listed in every node's GRIP_URL and ORIGINS.
+Readers and writers are spread over the nodes' ports; one that cannot reach its node (refused,
+or hung up on) moves to the next node with its cursor, as the API's clients may. The fault is
+then one, midway: the whole process tree of the node holding the publisher's leases is killed
+(its clients move), and it is started again.
+
+``--faults rolling-origins`` (with ``--nodes`` 2 or more) makes no kill but a graceful rolling
+restart: each node runs its origin alone (``--origin-only``) behind a Pushpin the soak starts,
+and each origin in turn gets SIGTERM and is started again once it has stopped, while its
+Pushpin sends requests to the other origins. Any failed request other than a 502 (which the
+client retries) then counts as a failure. ``--faults rolling-nodes`` restarts whole run
+commands (Pushpin too, which the run command always stops with the origin) one at a time;
+their clients move to another node.
+
 Then the readers catch up, and for each reader the posts it received are compared with the
 committed posts (read back from the store) of the channels it follows: none may be lost,
 duplicated, out of order within a channel, from a channel it does not follow, or unknown to
@@ -31,6 +47,7 @@ import json
 import random
 import re
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -44,7 +61,17 @@ from typing import Any
 import httpx
 import uvloop
 
-from tests.support import PASSWORD, Stack, kill, pushpin_pids
+from tests.databases import SHARED_SECRETS, Databases
+from tests.support import (
+    PASSWORD,
+    Stack,
+    cluster,
+    health,
+    kill,
+    pushpin_pids,
+    running,
+    split_cluster,
+)
 
 # Holds time out well within a run, so that a post Pushpin failed to deliver would still reach
 # the reader (from the store, by cursor) before the catch-up deadline: a late post is not lost.
@@ -57,7 +84,7 @@ POST_TIMEOUT = 10.0
 RECOVERY_TIMEOUT = 60.0
 PROGRESS_SECONDS = 3.0
 CONTENT = re.compile(r"soak w(\d+) n(\d+)")
-# Process names Pushpin's run folder may hold pids of: nothing else is ever killed.
+FAULTS = ("kills", "rolling-origins", "rolling-nodes")
 
 
 class SoakError(Exception):
@@ -75,13 +102,48 @@ def _source(jid: str) -> str:
 
 
 @dataclass
+class Route:
+    """The node a client asks (by its client URL), its failed requests, and its moves to the
+    next node."""
+
+    urls: list[str]  # every node's
+    index: int
+    moves: int = 0
+    failures: list[tuple[float, int, str]] = field(default_factory=list)  # (when, node, what)
+    failed_in_a_row: int = 0  # requests that failed since the last answer
+    most_in_a_row: int = 0
+
+    @property
+    def url(self) -> str:
+        return self.urls[self.index]
+
+    def answered(self) -> None:
+        self.failed_in_a_row = 0
+
+    @property
+    def retries(self) -> Counter[str]:
+        return Counter(what for _, _, what in self.failures)
+
+    def failed(self, what: str, exc: httpx.TransportError | None = None) -> None:
+        """A request failed (``what``: its status or error); if its node could not be reached
+        (refused, or hung up on: not a timeout), go on at the next node."""
+        self.failures.append((time.monotonic(), self.index, what))
+        self.failed_in_a_row += 1
+        self.most_in_a_row = max(self.most_in_a_row, self.failed_in_a_row)
+        if exc is None or isinstance(exc, httpx.TimeoutException) or len(self.urls) == 1:
+            return
+        self.index = (self.index + 1) % len(self.urls)
+        self.moves += 1
+
+
+@dataclass
 class Writer:
     index: int
     jid: str
     count: int  # posts this writer creates
+    route: Route
     acked: dict[int, str] = field(default_factory=dict)  # sequence number -> post id
     acked_at: dict[str, float] = field(default_factory=dict)  # post id -> monotonic time
-    retries: Counter[str] = field(default_factory=Counter)
     recovered: int = 0  # POSTs that failed for us but had committed (found by the check)
 
     def content(self, seq: int) -> str:
@@ -110,14 +172,17 @@ class Writer:
         while True:
             on_send()
             try:
-                r = await http.post(path, json={"content": content}, timeout=POST_TIMEOUT)
+                r = await http.post(
+                    self.route.url + path, json={"content": content}, timeout=POST_TIMEOUT
+                )
             except httpx.TransportError as exc:
-                self.retries[type(exc).__name__] += 1
+                self.route.failed(type(exc).__name__, exc)
             else:
                 if r.status_code == 201:
+                    self.route.answered()
                     post_id: str = r.json()["id"]
                     return post_id
-                self.retries[f"HTTP {r.status_code}"] += 1
+                self.route.failed(f"HTTP {r.status_code}")
             delay = await _backoff(delay)
             # The request may have reached the origin and committed, with only its answer lost
             # (Pushpin or the whole tree killed meanwhile): posting again would duplicate it.
@@ -131,16 +196,19 @@ class Writer:
         delay = BACKOFF_FIRST
         while True:
             try:
-                r = await http.get(f"/api/{self.jid}/content/posts", params={"max": 5})
+                r = await http.get(
+                    f"{self.route.url}/api/{self.jid}/content/posts", params={"max": 5}
+                )
                 if r.status_code == 200:
+                    self.route.answered()
                     for post in r.json():
                         if post["content"] == content:
                             found: str = post["id"]
                             return found
                     return None
-                self.retries[f"check HTTP {r.status_code}"] += 1
+                self.route.failed(f"check HTTP {r.status_code}")
             except httpx.TransportError as exc:
-                self.retries[f"check {type(exc).__name__}"] += 1
+                self.route.failed(f"check {type(exc).__name__}", exc)
             delay = await _backoff(delay)
 
 
@@ -157,11 +225,11 @@ class Reader:
     index: int
     jid: str
     follows: set[str]  # sources ("jid/posts") of the writers followed
+    route: Route
     since: str = ""
     received: list[Received] = field(default_factory=list)
     requests: int = 0
     empty: int = 0  # holds that timed out
-    retries: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)  # 4xx answers, cursors going back
     # Every answer with items, as (time since start, since asked, last given, post ids): kept
     # in the data folder when something is off, to find the answer that skipped a post.
@@ -173,7 +241,7 @@ class Reader:
         delay = BACKOFF_FIRST
         while True:
             with contextlib.suppress(httpx.TransportError):
-                r = await http.get("/api/notifications/posts")
+                r = await http.get(self.route.url + "/api/notifications/posts")
                 if r.status_code == 200:
                     self.since = r.json()["last"]
                     return
@@ -185,15 +253,19 @@ class Reader:
         while True:
             self.requests += 1
             try:
-                r = await http.get("/api/notifications/posts", params={"since": self.since})
+                r = await http.get(
+                    self.route.url + "/api/notifications/posts", params={"since": self.since}
+                )
             except httpx.TransportError as exc:
-                self.retries[type(exc).__name__] += 1
+                # The same cursor again, at the next node if this one is gone.
+                self.route.failed(type(exc).__name__, exc)
             else:
                 if r.status_code == 200:
+                    self.route.answered()
                     self._take(r.json())
                     delay = BACKOFF_FIRST
                     continue
-                self.retries[f"HTTP {r.status_code}"] += 1
+                self.route.failed(f"HTTP {r.status_code}")
                 if r.status_code < 500:
                     self.errors.append(f"since={self.since}: HTTP {r.status_code} {r.text[:200]}")
             # Same cursor again, after a pause: nothing is skipped by retrying.
@@ -218,23 +290,29 @@ class Reader:
 class Fault:
     kind: str
     written: int  # posts acknowledged when it was made
+    at: float  # seconds since the soak started
     recovery_seconds: float  # until the run command said Pushpin is back, or was Ready again
+    node: int = 0
+    exit_code: int | None = None  # of a run command stopped gracefully
 
 
 class Soak:
     def __init__(
         self,
-        stack: Stack,
+        nodes: list[Stack],
         writers: list[Writer],
         readers: list[Reader],
         rate: float,
+        faults: str,
         echo: Callable[[str], None],
     ) -> None:
-        self.stack = stack  # replaced by the restarted run command after the whole-tree kill
+        self.nodes = nodes  # a node killed or stopped is started again on the same Stack
         self.writers = writers
         self.readers = readers
         self.interval = len(writers) / rate
         self.posts = sum(w.count for w in writers)
+        self.plan = faults
+        self.planned = _planned(faults, len(nodes))
         self.echo = echo
         self.written = 0
         self.faults: list[Fault] = []
@@ -250,9 +328,9 @@ class Soak:
         """Write, break things, catch up; return each writer's committed post ids in order."""
 
         def client(jid: str, timeout: float) -> httpx.AsyncClient:
-            return httpx.AsyncClient(base_url=self.stack.url, auth=(jid, PASSWORD), timeout=timeout)
+            return httpx.AsyncClient(auth=(jid, PASSWORD), timeout=timeout)
 
-        hold_timeout = float(self.stack.env.get("HOLD_TIMEOUT", "55"))
+        hold_timeout = float(self.nodes[0].env.get("HOLD_TIMEOUT", "55"))
         async with contextlib.AsyncExitStack() as exits:
             reader_http = [
                 await exits.enter_async_context(client(r.jid, hold_timeout + 10))
@@ -294,10 +372,10 @@ class Soak:
         while True:
             await asyncio.sleep(PROGRESS_SECONDS)
             received = sum(len(r.received) for r in self.readers)
-            retries = sum(sum(r.retries.values()) for r in self.readers)
+            retries = sum(len(r.route.failures) for r in self.readers)
             self.echo(
                 f"[{time.monotonic() - self.started:5.1f}s] written {self.written}/{self.posts}, "
-                f"faults done {len(self.faults)}/2, received {received}, "
+                f"faults done {len(self.faults)}/{self.planned}, received {received}, "
                 f"reader retries {retries}"
             )
 
@@ -313,16 +391,36 @@ class Soak:
         await asyncio.sleep(random.uniform(0.0, 0.01))
 
     async def _faults(self) -> None:
-        # Both while the writers are writing: a third and two thirds of the way through.
-        await self._reach(self.posts // 3)
-        await self._kill_pushpin()
-        await self._reach(2 * self.posts // 3)
-        await self._kill_tree()
+        # All while the writers are writing, spread evenly over their posts.
+        if self.plan != "kills":
+            for index in range(len(self.nodes)):
+                await self._reach((index + 1) * self.posts // (len(self.nodes) + 1))
+                await self._restart(index)
+        elif len(self.nodes) == 1:
+            await self._reach(self.posts // 3)
+            await self._kill_pushpin()
+            await self._reach(2 * self.posts // 3)
+            await self._kill_tree(0)
+        else:
+            await self._reach(self.posts // 2)
+            await self._kill_tree(await asyncio.to_thread(self._publishing_node))
+
+    def _publishing_node(self) -> int:
+        """The node whose origin holds the publisher's leases (for every target)."""
+        holders = [
+            index
+            for index, node in enumerate(self.nodes)
+            if all(target["publishing"] for target in health(node)["targets"])
+        ]
+        if len(holders) != 1:
+            raise SoakError(f"not one node holds every publisher lease: {holders}")
+        return holders[0]
 
     async def _kill_pushpin(self) -> None:
-        log = self.stack.log_path
+        stack = self.nodes[0]
+        log = stack.log_path
         offset = log.stat().st_size
-        pids = pushpin_pids(self.stack.data_dir)
+        pids = pushpin_pids(stack.data_dir)
         if not pids:
             raise SoakError("no Pushpin pids in the run folder")
         written, t0 = self.written, time.monotonic()
@@ -330,39 +428,59 @@ class Soak:
         self.echo(f"fault 1: SIGKILL of Pushpin alone (pids {pids}) at {written} posts written")
         # The run command restarts Pushpin itself; the soak only watches its log.
         while b"pushpin is back" not in log.read_bytes()[offset:]:
-            process = self.stack.process
+            process = stack.process
             if process is None or process.poll() is not None:
                 raise SoakError("the run command died when Pushpin was killed")
             if time.monotonic() - t0 > RECOVERY_TIMEOUT:
                 raise SoakError(f"Pushpin not back after {RECOVERY_TIMEOUT:.0f}s")
             await asyncio.sleep(0.05)
         recovery = time.monotonic() - t0
-        self.faults.append(Fault("pushpin SIGKILL", written, recovery))
+        self.faults.append(Fault("pushpin SIGKILL", written, t0 - self.started, recovery))
         self.echo(f"fault 1: Pushpin back after {recovery:.2f}s")
 
-    async def _kill_tree(self) -> None:
-        old = self.stack
-        process = old.process
+    async def _kill_tree(self, index: int) -> None:
+        node = self.nodes[index]
+        process = node.process
         if process is None:
-            raise SoakError("the run command is not running")
+            raise SoakError(f"node {index}'s run command is not running")
         written, t0 = self.written, time.monotonic()
         # Python first, then Pushpin (its own session, so it outlives Python): nothing gets to
         # shut down cleanly, as with kill -9 of the whole group.
         process.kill()
         await asyncio.to_thread(process.wait)
-        old.process = None
-        pids = pushpin_pids(old.data_dir)
+        node.process = None
+        pids = pushpin_pids(node.data_dir)
         kill(pids)
+        number = len(self.faults) + 1
         self.echo(
-            f"fault 2: SIGKILL of the run command (pid {process.pid}) and Pushpin (pids {pids}) "
-            f"at {written} posts written"
+            f"fault {number}: SIGKILL of node {index}'s run command (pid {process.pid}) and "
+            f"Pushpin (pids {pids}) at {written} posts written"
         )
-        # Kept before it is ready, so that a failed start is still stopped at the end.
-        self.stack = Stack(old.data_dir, env=dict(old.env))
-        await asyncio.to_thread(self.stack.start)
+        # Stack.start keeps the process before it is ready: a failed start is still stopped.
+        await asyncio.to_thread(node.start)
         recovery = time.monotonic() - t0
-        self.faults.append(Fault("whole tree SIGKILL and restart", written, recovery))
-        self.echo(f"fault 2: run command Ready again after {recovery:.2f}s")
+        kind = "whole tree SIGKILL and restart"
+        self.faults.append(Fault(kind, written, t0 - self.started, recovery, index))
+        self.echo(f"fault {number}: node {index}'s run command Ready again after {recovery:.2f}s")
+
+    async def _restart(self, index: int) -> None:
+        """Stop node ``index``'s run command gracefully (SIGTERM), then start it again."""
+        node = self.nodes[index]
+        written, t0 = self.written, time.monotonic()
+        alone = "--origin-only" in node.args
+        kind = "origin" if alone else "node"
+        what = "origin" if alone else "run command (origin and Pushpin)"
+        self.echo(f"restart {index + 1}: SIGTERM to node {index}'s {what} at {written} written")
+        code = await asyncio.to_thread(node.stop, signal.SIGTERM)
+        stopped = time.monotonic() - t0
+        await asyncio.to_thread(node.start)
+        recovery = time.monotonic() - t0
+        kind = f"{kind} SIGTERM and restart"
+        self.faults.append(Fault(kind, written, t0 - self.started, recovery, index, code))
+        self.echo(
+            f"restart {index + 1}: stopped with {code} after {stopped:.2f}s, Ready again after "
+            f"{recovery:.2f}s"
+        )
 
     async def _committed(self, writer_http: list[httpx.AsyncClient]) -> dict[str, list[str]]:
         """Each writer's posts as the store has them, oldest first: the ground truth."""
@@ -373,7 +491,8 @@ class Soak:
                 params: dict[str, str | int] = {"max": 100}
                 if newest_first:
                     params["after"] = newest_first[-1]["id"]
-                page = await self._get_list(http, f"/api/{writer.jid}/content/posts", params)
+                path = f"{writer.route.url}/api/{writer.jid}/content/posts"
+                page = await self._get_list(http, path, params)
                 if not page:
                     break
                 newest_first += page
@@ -477,11 +596,19 @@ def _latencies(writers: list[Writer], readers: list[Reader]) -> dict[str, float 
 
 
 def _setup(
-    stack: Stack, writers: int, readers: int, posts: int, seed: int
+    nodes: list[Stack], writers: int, readers: int, posts: int, seed: int
 ) -> tuple[list[Writer], list[Reader]]:
+    """The accounts and follows, made through the first node; each client is given a node,
+    in turn."""
     rng = random.Random(seed)
+    stack, urls = nodes[0], [node.url for node in nodes]
     ws = [
-        Writer(i, f"writer{i}@soak.example", posts // writers + (1 if i < posts % writers else 0))
+        Writer(
+            i,
+            f"writer{i}@soak.example",
+            posts // writers + (1 if i < posts % writers else 0),
+            Route(urls, i % len(urls)),
+        )
         for i in range(writers)
     ]
     for w in ws:
@@ -492,7 +619,8 @@ def _setup(
         # reader does not follow then counts as foreign.
         k = rng.randint(1, max(1, writers - 1))
         followed = rng.sample(ws, k)
-        reader = Reader(i, f"reader{i}@soak.example", {_source(w.jid) for w in followed})
+        follows = {_source(w.jid) for w in followed}
+        reader = Reader(i, f"reader{i}@soak.example", follows, Route(urls, i % len(urls)))
         with stack.account(reader.jid) as c:
             r = c.post("/api/subscribed", json={source: "publisher" for source in reader.follows})
             if r.status_code != 200:
@@ -501,12 +629,37 @@ def _setup(
     return ws, rs
 
 
+def _planned(faults: str, nodes: int) -> int:
+    """How many faults the plan makes: a kill of Pushpin and of the whole tree on one node, a
+    kill of one node's whole tree among several, or a restart of each node."""
+    if faults == "kills":
+        return 2 if nodes == 1 else 1
+    return nodes
+
+
+def _nodes(
+    exits: contextlib.ExitStack,
+    folder: Path,
+    count: int,
+    faults: str,
+    env: dict[str, str],
+) -> list[Stack]:
+    if count == 1:
+        return [exits.enter_context(running(folder, **env))]
+    start = split_cluster if faults == "rolling-origins" else cluster
+    nodes: list[Stack] = exits.enter_context(start(folder, count, **env))
+    return nodes
+
+
 def run(
     clients: int,
     writers: int,
     posts: int,
     data_dir: Path | None = None,
     *,
+    nodes: int = 1,
+    database_url: str | None = None,
+    faults: str = "kills",
     rate: float = RATE,
     hold_timeout: int = HOLD_TIMEOUT,
     seed: int = 1,
@@ -514,49 +667,78 @@ def run(
 ) -> dict[str, Any]:
     """Run the soak; return the counts (summed over readers), the faults and the timings.
 
-    ``data_dir`` None: a temporary folder, removed afterwards unless something was off."""
+    ``data_dir`` None: a temporary folder, removed afterwards unless something was off.
+    ``database_url`` None, with several nodes: a new database on the tests' server, dropped
+    afterwards unless something was off (one node: SQLite in the data folder)."""
     if clients < 1 or writers < 1 or posts < 3:
         raise ValueError("need at least 1 client, 1 writer and 3 posts")
+    if faults not in FAULTS or (faults != "kills" and nodes < 2) or nodes < 1:
+        raise ValueError(f"faults {faults!r} on {nodes} nodes: rolling restarts need 2 or more")
     started = time.monotonic()
     temporary = data_dir is None
     folder = Path(tempfile.mkdtemp(prefix="soak-")) / "data" if data_dir is None else data_dir
+    env = {"HOLD_TIMEOUT": str(hold_timeout)}
+    made: Databases | None = None
+    if database_url is None and nodes > 1:
+        made = Databases()
+        database_url = made.fresh()
+    if database_url is not None:
+        env |= {"DATABASE_URL": database_url, **SHARED_SECRETS}
     echo(
         f"soak: {clients} readers, {writers} writers, {posts} posts at {rate:g}/s, "
-        f"HOLD_TIMEOUT={hold_timeout}, data in {folder}"
+        f"HOLD_TIMEOUT={hold_timeout}, {nodes} node{'s' if nodes > 1 else ''}, faults {faults}, "
+        f"data in {folder}" + (f", database {database_url}" if database_url else "")
     )
-    first = Stack(folder, env={"HOLD_TIMEOUT": str(hold_timeout)}).start()
-    try:
-        ws, rs = _setup(first, writers, clients, posts, seed)
-    except BaseException:
-        first.stop()
-        raise
-    setup_seconds = time.monotonic() - started
-    soak = Soak(first, ws, rs, rate, echo)
-    try:
+    with contextlib.ExitStack() as exits:
+        stacks = _nodes(exits, folder, nodes, faults, env)
+        ws, rs = _setup(stacks, writers, clients, posts, seed)
+        setup_seconds = time.monotonic() - started
+        soak = Soak(stacks, ws, rs, rate, faults, echo)
         # Past the hold timeout, so that even a post Pushpin never delivered reaches the
         # reader by cursor when its hold times out: what is still missing then is lost.
         truth = uvloop.run(soak.run(catch_up_seconds=2 * hold_timeout + 10))
-    finally:
-        # The run command now running: the first one, or the one started after the crash.
-        exit_code = soak.stack.stop() if soak.stack.process is not None else None
+        # Every node still running (the contexts would stop them too, but not keep the codes).
+        exit_codes = [node.stop() for node in stacks if node.process is not None]
     per_reader = [_check_reader(r, truth) for r in rs]
     totals = {k: sum(c[k] for c in per_reader) for k in per_reader[0]}
+    writer_retries = sum((w.route.retries for w in ws), Counter[str]())
+    reader_retries = sum((r.route.retries for r in rs), Counter[str]())
+    routes = [(w.jid, w.route) for w in ws] + [(r.jid, r.route) for r in rs]
+    failures = [
+        {"t": round(at - soak.started, 3), "client": jid, "node": node, "what": what}
+        for jid, route in routes
+        for at, node, what in route.failures
+    ]
     summary: dict[str, Any] = {
         "clients": clients,
         "writers": writers,
         "posts": posts,
+        "nodes": nodes,
+        "plan": faults,
         "committed": sum(len(ids) for ids in truth.values()),
         **totals,
         "clients_without_posts": sum(1 for c in per_reader if c["received"] == 0),
         **_check_writers(ws, truth, soak.contents),
         "recovered_writes": sum(w.recovered for w in ws),
-        "writer_retries": dict(sum((w.retries for w in ws), Counter[str]())),
-        "reader_retries": dict(sum((r.retries for r in rs), Counter[str]())),
+        "writer_retries": dict(writer_retries),
+        "reader_retries": dict(reader_retries),
+        # Failed requests other than 502s (which a graceful restart may cause, and the client
+        # retries): none may happen in a rolling restart of the origins.
+        "failed_not_502": sum(
+            n for k, n in (writer_retries + reader_retries).items() if not k.endswith("HTTP 502")
+        ),
+        "most_failed_in_a_row": max(route.most_in_a_row for _, route in routes),
+        "writer_moves": sum(w.route.moves for w in ws),
+        "reader_moves": sum(r.route.moves for r in rs),
         "reader_requests": sum(r.requests for r in rs),
         "reader_timeouts": sum(r.empty for r in rs),
         "reader_errors": [e for r in rs for e in r.errors],
+        # Every failed request (retried), by time since the soak started: to set beside the
+        # faults' times.
+        "failures": sorted(failures, key=lambda f: f["t"]),
         "faults": [vars(f) for f in soak.faults],
-        "exit_code": exit_code,
+        "exit_codes": exit_codes,
+        "exit_code": next((code for code in exit_codes if code != 0), 0),
         "latency": _latencies(ws, rs),
         "seconds": {
             "setup": setup_seconds,
@@ -583,20 +765,32 @@ def run(
     ]
     if summary["reader_errors"]:
         bad.append("reader_errors")
-    if len(summary["faults"]) != 2 or exit_code != 0:
+    if faults == "rolling-origins" and summary["failed_not_502"]:
+        bad.append("failed_not_502")
+    stopped = [f["exit_code"] for f in summary["faults"] if f["exit_code"] is not None]
+    if len(summary["faults"]) != soak.planned or summary["exit_code"] != 0 or any(stopped):
         bad.append("faults or exit")
     summary["ok"] = not bad
     latency = summary["latency"]
+    retried = ", ".join(f"{k} {n}" for k, n in sorted((writer_retries + reader_retries).items()))
     echo(
         f"summary: {summary['committed']}/{posts} posts committed, {totals['expected']} "
         f"expected by {clients} readers, {totals['received']} received; lost {totals['lost']}, "
         f"duplicated {totals['duplicated']}, out of order {totals['out_of_order']}, foreign "
         f"{totals['foreign']}, unknown {totals['unknown']}; writes lost "
         f"{summary['lost_writes']}, duplicated {summary['duplicate_writes']}; faults "
-        f"{len(summary['faults'])}/2, exit {exit_code}; latency p50 {_ms(latency['p50_ms'])}, "
-        f"p99 {_ms(latency['p99_ms'])}, max {_ms(latency['max_ms'])}; "
-        f"{summary['seconds']['total']:.1f}s" + ("" if not bad else f"; FAILED: {', '.join(bad)}")
+        f"{len(summary['faults'])}/{soak.planned}, exit {exit_codes}; failed requests retried: "
+        f"{retried or 'none'} (at most {summary['most_failed_in_a_row']} in a row); clients "
+        f"moved {summary['writer_moves'] + summary['reader_moves']} times; latency p50 "
+        f"{_ms(latency['p50_ms'])}, p99 {_ms(latency['p99_ms'])}, max "
+        f"{_ms(latency['max_ms'])}; {summary['seconds']['total']:.1f}s"
+        + ("" if not bad else f"; FAILED: {', '.join(bad)}")
     )
+    if failures:
+        # When requests failed, beside when the faults came (seconds since the clients began).
+        timeline = [(f["at"], f"{f['kind']} of node {f['node']}") for f in summary["faults"]]
+        timeline += [(f["t"], f"{f['what']} at node {f['node']}") for f in failures]
+        echo("timeline: " + "; ".join(f"{t:.2f}s {what}" for t, what in sorted(timeline)))
     if bad:
         _dump(folder / "soak-failure.json", rs, truth, soak.contents, started)
         echo(f"wrote {folder / 'soak-failure.json'}: what each reader missed and was answered")
@@ -605,6 +799,11 @@ def run(
             echo(f"kept {folder} for its logs (run.log, pushpin/pushpin.log)")
         else:
             shutil.rmtree(folder.parent, ignore_errors=True)
+    if made is not None:
+        if bad:
+            echo(f"kept the database {database_url}")
+        else:
+            made.drop_all()
     return summary
 
 
@@ -656,14 +855,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=1, help="who follows whom (1)")
     parser.add_argument("--data-dir", type=Path, help="data folder (default: a temporary one)")
+    parser.add_argument(
+        "--nodes", type=int, default=1, help="nodes (run commands) on one database (1)"
+    )
+    parser.add_argument(
+        "--database-url",
+        help="the PostgreSQL database the nodes share (default, with --nodes 2 or more: a new "
+        "one on TEST_DATABASE_URL's server, or postgres@127.0.0.1:5432; one node: SQLite)",
+    )
+    parser.add_argument(
+        "--faults",
+        choices=FAULTS,
+        default="kills",
+        help="kills (default); or, with --nodes 2 or more, a graceful rolling restart of the "
+        "origins alone (behind Pushpins the soak runs) or of whole nodes",
+    )
     args = parser.parse_args(argv)
     if args.clients < 1 or args.writers < 1 or args.posts < 3 or args.rate <= 0:
         parser.error("need --clients and --writers >= 1, --posts >= 3, --rate > 0")
+    if args.nodes < 1 or (args.faults != "kills" and args.nodes < 2):
+        parser.error("need --nodes >= 1, and 2 or more for a rolling restart")
     summary = run(
         args.clients,
         args.writers,
         args.posts,
         args.data_dir,
+        nodes=args.nodes,
+        database_url=args.database_url,
+        faults=args.faults,
         rate=args.rate,
         hold_timeout=args.hold_timeout,
         seed=args.seed,

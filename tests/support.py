@@ -28,7 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import httpx
 
-from app.pushpin import sockets_dir
+from app.pushpin import Pushpin, sockets_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -204,14 +204,47 @@ def cluster(base: Path, count: int, **env: str) -> Iterator[list[Stack]]:
     database (``env`` gives DATABASE_URL and the shared keys), every Pushpin in each node's
     GRIP_URL, every origin in each node's ORIGINS (its own first). Started in order: the
     first takes the publisher's leases."""
-    nodes = [Stack(base / f"node{i}", env=dict(env)) for i in range(count)]
+    with _cluster(base, count, env, origins_only=False) as nodes:
+        yield nodes
+
+
+@contextmanager
+def split_cluster(base: Path, count: int, **env: str) -> Iterator[list[Stack]]:
+    """``cluster``, but each node runs its origin alone (``--origin-only``) and its Pushpin is
+    started here, as a deployment with Pushpin in a container of its own does: stopping a node
+    then stops its origin only, and its Pushpin sends requests to the other origins meanwhile.
+    """
+    with _cluster(base, count, env, origins_only=True) as nodes:
+        yield nodes
+
+
+@contextmanager
+def _cluster(
+    base: Path, count: int, env: dict[str, str], origins_only: bool
+) -> Iterator[list[Stack]]:
+    args = ["--origin-only"] if origins_only else []
+    nodes = [Stack(base / f"node{i}", env=dict(env), args=list(args)) for i in range(count)]
     publish = ",".join(f"http://127.0.0.1:{n.env['PUSHPIN_PUBLISH_PORT']}" for n in nodes)
     origins = [f"127.0.0.1:{n.env['ORIGIN_PORT']}" for n in nodes]
     for i, node in enumerate(nodes):
         node.env["GRIP_URL"] = publish
         node.env["ORIGINS"] = ",".join(origins[i:] + origins[:i])
-    with started(nodes):
-        yield nodes
+    background = Background() if origins_only else None
+    pushpins: list[Pushpin] = []
+    try:
+        with started(nodes):
+            if background is not None:
+                # Once every origin runs: a Pushpin is ready when a request through it is
+                # answered.
+                for node in nodes:
+                    pushpins.append(node_pushpin(node))
+                    background.call(pushpins[-1].start())
+            yield nodes
+    finally:
+        if background is not None:
+            for pushpin in pushpins:
+                background.call(pushpin.stop())
+            background.close()
 
 
 @contextmanager
@@ -225,6 +258,19 @@ def started(nodes: list[Stack]) -> Iterator[list[Stack]]:
         for node in nodes:
             if node.process is not None:
                 node.stop()
+
+
+def node_pushpin(node: Stack) -> Pushpin:
+    """The Pushpin the run command would start for ``node``, for a node that runs its origin
+    alone: same ports, run folder, routes (ORIGINS) and signing key."""
+    return Pushpin(
+        config=ROOT / "pushpin" / "pushpin.conf",
+        rundir=node.data_dir / "pushpin",
+        http_port=int(node.env["PORT"]),
+        publish_port=int(node.env["PUSHPIN_PUBLISH_PORT"]),
+        origin=node.env["ORIGINS"],
+        sig_key=node.sig_key,
+    )
 
 
 def health(stack: Stack) -> dict[str, Any]:
