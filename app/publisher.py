@@ -85,6 +85,7 @@ class Target:
     accepted_at: float = field(default_factory=time.monotonic)  # its last accepted publish
     passed_over: int = 0  # items it refused alone as too large, sent as hints instead
     leader: bool = False  # this process holds the target's lease and publishes to it
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # its holder let it go
     lease_checked: float = 0.0
 
     @classmethod
@@ -167,18 +168,23 @@ class Publisher:
         return True
 
     def _heard(self, message: str) -> None:
-        """Another origin's publisher announced an accepted publish."""
+        """Another origin's publisher announced an accepted publish (``channels``: the
+        channels it published on), or that it let the target's lease go (``channels`` None)."""
         try:
             label, event_id, channel, channels = json.loads(message)
         except ValueError:
             log.warning("ignored an announcement that is not ours: %.100r", message)
             return
         for target in self.targets:
+            if target.label != label or target.leader:
+                continue
+            if channels is None:
+                target.released.set()  # try to take the lease now, not at the next retry
             position = Position(event_id, channel)
-            if target.label == label and not target.leader and position > target.position:
+            if position > target.position:
                 target.position = position
                 target.accepted_at = time.monotonic()
-                self.on_sending(channels)
+                self.on_sending(channels or [])
                 self._progress.set()
                 self._progress = asyncio.Event()
 
@@ -265,6 +271,8 @@ class Publisher:
             try:
                 await self._save(target, now=math.inf)
                 await self.store.release_lease(self._lease(target))
+                released = [target.label, target.position.event_id, target.position.channel]
+                await self.store.announce(json.dumps([*released, None]))
             except Exception:
                 log.exception("could not save the position of %s", target.label)
             target.leader = False
@@ -278,7 +286,9 @@ class Publisher:
             target.wake.clear()
             try:
                 if not await self._lead(target):
-                    await asyncio.sleep(LEASE_RETRY_SECONDS)
+                    target.released.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(target.released.wait(), LEASE_RETRY_SECONDS)
                     continue
                 sent = await self._publish_next(target)
             except Exception as exc:
