@@ -8,6 +8,11 @@ Each operation gets a fresh origin holding real data (the README's two lovers, a
 a private one, posts, a follow and a follow request); most requests log in as one of the two,
 and generated path parameters and bodies often name that data, to get past 401 and 404.
 
+The run goes on SQLite, then on PostgreSQL (a fresh database for each operation's origin) with
+the same coverage cases but POSTGRES_EXAMPLES fuzzed requests an operation, not EXAMPLES: on
+this machine the full run took about 280 s there against 150 s on SQLite, and CI runs both;
+with 30, PostgreSQL adds about 50 s.
+
 Every answer must be documented (status, content type, headers, body) and never a 5xx, but
 for the 501 of a realtime request that would be held and did not come through the proxy; the
 answer is 401 (or 429) without a valid login, and neither with one; and a request answered
@@ -45,10 +50,12 @@ from starlette.types import Message, Receive, Scope, Send
 from app.api.openapi import JID_PATTERN, NODE_PATTERN, SPEC
 from app.config import Settings
 from app.main import ROUTES, create_app
+from tests.databases import database_env
 from tests.support import RAISED_LIMITS
 from tests.test_publisher import recorder
 
 EXAMPLES = 220  # fuzzed requests per operation; the issue asks for at least 200
+POSTGRES_EXAMPLES = 30  # the same on PostgreSQL (see above)
 
 
 def basic(user: str, secret: str) -> str:
@@ -72,7 +79,8 @@ HELD = {
     for method, operation in item.items()
     if method != "parameters" and "501" in operation["responses"]
 }
-CALLS: Counter[tuple[str, str | None]] = Counter()  # requests sent, by operation and phase
+# requests sent, by backend, operation and phase
+CALLS: Counter[tuple[str, str, str | None]] = Counter()
 View = tuple[str | None, str]  # (login, path) of a GET
 Snapshot = dict[View, tuple[int, str]]  # what each view answered: status and body
 
@@ -136,6 +144,7 @@ schema.config.generation.update(with_security_parameters=False)  # see Login
 class Api:
     """The running test's origin, and what its views showed after the last request."""
 
+    backend: str
     origin: Origin
     proxy_url: str
     seen: Snapshot = field(default_factory=dict)
@@ -219,11 +228,23 @@ def publish_target() -> Iterator[str]:
 
 @pytest.fixture
 def api(tmp_path: Path, publish_target: str) -> Iterator[Api]:
-    """A fresh origin with real data, shared by every generated request of one operation."""
+    """A fresh origin on SQLite with real data, shared by every generated request of one
+    operation."""
+    yield from _origin("sqlite", tmp_path, publish_target)
+
+
+@pytest.fixture
+def api_on_postgresql(tmp_path: Path, publish_target: str) -> Iterator[Api]:
+    """The same on a fresh PostgreSQL database."""
+    yield from _origin("postgresql", tmp_path, publish_target)
+
+
+def _origin(backend: str, tmp_path: Path, publish_target: str) -> Iterator[Api]:
     settings = Settings.from_env(
         {
             **RAISED_LIMITS,  # the generated requests all come from one address, as two users
             "DATA_DIR": str(tmp_path),
+            **database_env(backend),
             "GRIP_URL": publish_target,
             # Juliet and Romeo stay logged in for the whole run, though the generated failed
             # logins trip the per-address throttle (every request comes from one address).
@@ -235,7 +256,7 @@ def api(tmp_path: Path, publish_target: str) -> Iterator[Api]:
         # This starts the lifespan; it runs until the plugin ends it, after the test.
         with asgi.get_client(cast(asgi.ASGIApp, ORIGIN)) as client:
             assert client.get("/openapi.json").json() == schema.raw_schema
-            api = Api(ORIGIN, settings.proxy_url)
+            api = Api(backend, ORIGIN, settings.proxy_url)
             SEEDED_POSTS[:] = _seed(client)
             api.seen = api.snapshot()
             # The control: a view that answers an error shows nothing of the store.
@@ -424,9 +445,7 @@ def _valid_jid(value: str) -> bool:
     return len(value) <= 255 and bool(re.search(JID_PATTERN, value))
 
 
-@schema.parametrize()
-@hypothesis.settings(
-    max_examples=EXAMPLES,
+SETTINGS = hypothesis.settings(
     derandomize=True,
     database=None,
     deadline=None,
@@ -434,8 +453,22 @@ def _valid_jid(value: str) -> bool:
     # The origin is meant to be shared by all the examples of one operation (see `api`).
     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
 )
+
+
+@schema.parametrize()
+@hypothesis.settings(SETTINGS, max_examples=EXAMPLES)
 def test_generated_requests(case: Case, api: Api) -> None:
-    CALLS[case.operation.label, case.meta.phase.name if case.meta else None] += 1
+    check(case, api)
+
+
+@schema.parametrize()
+@hypothesis.settings(SETTINGS, max_examples=POSTGRES_EXAMPLES)
+def test_generated_requests_on_postgresql(case: Case, api_on_postgresql: Api) -> None:
+    check(case, api_on_postgresql)
+
+
+def check(case: Case, api: Api) -> None:
+    CALLS[api.backend, case.operation.label, case.meta.phase.name if case.meta else None] += 1
     assert WHO not in case.headers, "Login did not set the drawn login"
     # Nothing but requests changes what the views show: the last snapshot shows it now.
     made = created_views(case)
@@ -478,16 +511,18 @@ def test_generated_requests(case: Case, api: Api) -> None:
 
 
 def test_every_operation_got_its_examples() -> None:
-    """Runs after the generated run (pytest keeps the file's order)."""
+    """Runs after the generated runs (pytest keeps the file's order)."""
     if not CALLS:
         pytest.skip("the generated run did not run")
-    fuzzed = {
-        f"{method.upper()} {path}": CALLS[f"{method.upper()} {path}", "fuzzing"]
-        for path, item in SPEC["paths"].items()
-        for method in item
-        if method != "parameters"
-    }
-    assert {label: n for label, n in fuzzed.items() if n < 200} == {}
+    least = {"sqlite": 200, "postgresql": POSTGRES_EXAMPLES}
+    for backend in sorted({backend for backend, _, _ in CALLS}):
+        fuzzed = {
+            f"{method.upper()} {path}": CALLS[backend, f"{method.upper()} {path}", "fuzzing"]
+            for path, item in SPEC["paths"].items()
+            for method in item
+            if method != "parameters"
+        }
+        assert {label: n for label, n in fuzzed.items() if n < least[backend]} == {}, backend
 
 
 def test_the_description_has_every_route() -> None:
