@@ -1,31 +1,46 @@
-"""The event log in a real SQLite file: ids, same-millisecond writes, schema versions."""
+"""The store's own interface on each backend, on real databases: ids, same-millisecond and
+concurrent writes, schema versions."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import defaultdict
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from app.errors import Conflict
 from app.model import POSTS_NODE
 from app.store import Store, open_store
 from app.store.base import Position, SubscriptionChange
-from app.store.schema import MIGRATIONS
+from app.store.schema import MIGRATIONS, POSTGRES_MIGRATIONS
+from tests.databases import fresh_database
 
 NOW = "2014-06-24T15:34:54.449Z"
+# Each backend's migrations, as the module that applies them names them (to add one).
+SCHEMAS = {
+    "sqlite": ("app.store.sqlite.MIGRATIONS", MIGRATIONS),
+    "postgresql": ("app.store.postgres.POSTGRES_MIGRATIONS", POSTGRES_MIGRATIONS),
+}
 
 
-async def _store(path: Path) -> Store:
-    store = open_store(f"sqlite://{path}")
+@pytest.fixture
+def url(backend: str, tmp_path: Path) -> str:
+    """A new, empty database on ``backend``."""
+    return f"sqlite://{tmp_path}/log.sqlite3" if backend == "sqlite" else fresh_database()
+
+
+async def _store(url: str) -> Store:
+    store = open_store(url)
     await store.open()
     return store
 
 
-def test_two_posts_in_the_same_millisecond_get_distinct_growing_cursors(tmp_path: Path) -> None:
+def test_two_posts_in_the_same_millisecond_get_distinct_growing_cursors(url: str) -> None:
     async def scenario() -> None:
-        store = await _store(tmp_path / "log.sqlite3")
+        store = await _store(url)
         jid = "juliet@example.com"
         await store.create_account(jid, "hash", "key", NOW)
         node = await store.get_node(jid, POSTS_NODE)
@@ -46,7 +61,7 @@ def test_two_posts_in_the_same_millisecond_get_distinct_growing_cursors(tmp_path
         await store.close()
 
         # Ids keep growing after a reopen, and are never reused.
-        again = await _store(tmp_path / "log.sqlite3")
+        again = await _store(url)
         third = (await again.append_post(node, "p3", jid, '{"id":"p3"}', NOW)).event_id
         assert third > second
         await again.close()
@@ -54,54 +69,128 @@ def test_two_posts_in_the_same_millisecond_get_distinct_growing_cursors(tmp_path
     asyncio.run(scenario())
 
 
-def test_a_new_file_gets_the_current_schema_and_a_newer_one_is_refused(tmp_path: Path) -> None:
+def test_posts_from_two_processes_at_once_chain_on_each_channel(url: str) -> None:
+    """Two stores on one database, as two origins are: each post gets its own id, and on each
+    channel every delivery chains to the one before it (two sharing a prev-id would be a gap
+    Pushpin cannot see)."""
+
     async def scenario() -> None:
-        store = await _store(tmp_path / "a.sqlite3")
-        assert await store.schema_version() == len(MIGRATIONS)
+        one, other = await _store(url), await _store(url)
+        writer, reader = "juliet@example.com", "romeo@example.com"
+        await one.create_account(writer, "hash", "key", NOW)
+        await other.create_account(reader, "hash", "another key", NOW)
+        node = await one.get_node(writer, POSTS_NODE)
+        assert node is not None
+        await other.apply_subscriptions(
+            [SubscriptionChange(reader, node.id, "publisher", [], None)], NOW
+        )
+        posts = [
+            (one if n % 2 else other).append_post(node, f"p{n}", writer, f'{{"id":"p{n}"}}', NOW)
+            for n in range(50)
+        ]
+        ids = [written.event_id for written in await asyncio.gather(*posts)]
+        assert len(set(ids)) == 50 and min(ids) > 0
+
+        chains: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for d in await one.deliveries_after(Position(0, ""), 1000):
+            chains[d.channel].append((d.event_id, d.prev_id))
+        feeds = [await one.read_feed("posts", jid, 0, 100) for jid in (writer, reader)]
+        assert sorted(chains) == sorted(["firehose", *(feed.channel for feed in feeds)])
+        for channel, chain in chains.items():
+            assert sorted(id_ for id_, _ in chain) == sorted(ids), channel
+            # deliveries_after orders by id: each delivery names the one before it.
+            assert [prev for _, prev in chain] == [0] + [id_ for id_, _ in chain[:-1]], channel
+        for feed in feeds:
+            assert [item.event_id for item in feed.items] == sorted(ids)
+            assert feed.head == max(ids)
+        await one.close()
+        await other.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_new_database_gets_the_current_schema(backend: str, url: str) -> None:
+    async def scenario() -> None:
+        store = await _store(url)
+        assert await store.schema_version() == len(SCHEMAS[backend][1])
         await store.close()
 
-        # A file from a later server: no store method writes a version ahead of its own
-        # migrations, so the test writes the file itself.
-        newer = tmp_path / "newer.sqlite3"
-        with sqlite3.connect(newer) as db:
-            db.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
+    asyncio.run(scenario())
+
+
+def test_a_database_from_a_later_server_is_refused(backend: str, url: str) -> None:
+    async def scenario() -> None:
+        await (await _store(url)).close()
+        # No store method writes a version ahead of its own migrations, so the test writes
+        # the version a later server would have left, where each backend keeps it.
+        await _write_schema_version(url, len(SCHEMAS[backend][1]) + 1)
         with pytest.raises(RuntimeError, match="newer than this server"):
-            await _store(newer)
+            await _store(url)
+
+    asyncio.run(scenario())
+
+
+async def _write_schema_version(url: str, version: int) -> None:
+    if url.startswith("sqlite://"):
+        with sqlite3.connect(url.removeprefix("sqlite://")) as db:
+            db.execute(f"PRAGMA user_version={version}")
+        return
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute("INSERT INTO schema_versions (version) VALUES ($1)", version)
+    finally:
+        await connection.close()
+
+
+def test_a_file_from_a_pre_release_build_is_refused(tmp_path: Path) -> None:
+    """SQLite only: the first migration changed once before any release, and only SQLite
+    files were made then (every PostgreSQL database has the released schema)."""
+
+    async def scenario() -> None:
+        path = tmp_path / "old.sqlite3"
+        # No store method makes such a file: the test writes it as that build left it.
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE accounts (jid TEXT PRIMARY KEY)")
+            db.execute("PRAGMA user_version=1")
+        with pytest.raises(RuntimeError, match="pre-release build"):
+            await _store(f"sqlite://{path}")
 
     asyncio.run(scenario())
 
 
 def test_database_url_picks_the_backend(tmp_path: Path) -> None:
     assert open_store(f"sqlite://{tmp_path}/x.sqlite3").label == f"{tmp_path}/x.sqlite3"
+    # (not connected: a label only, without the credentials)
+    postgres = open_store("postgresql://juliet:secret@db.example.com:5432/buddycloud")
+    assert postgres.label == "postgresql://db.example.com:5432/buddycloud"
     with pytest.raises(Exception, match="expected sqlite://PATH or postgresql"):
         open_store("mysql://somewhere/db")
 
 
-def test_an_older_file_migrates_forward_keeping_its_data(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_an_older_database_migrates_forward_keeping_its_data(
+    backend: str, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def scenario() -> None:
-        store = await _store(tmp_path / "log.sqlite3")
+        store = await _store(url)
         await store.create_account("juliet@example.com", "hash", "key", NOW)
         await store.close()
 
         # A later version of the server adds a migration.
-        later = [*MIGRATIONS, "ALTER TABLE accounts ADD COLUMN nickname TEXT DEFAULT 'jules'"]
-        monkeypatch.setattr("app.store.sqlite.MIGRATIONS", later)
-        upgraded = await _store(tmp_path / "log.sqlite3")
+        where, migrations = SCHEMAS[backend]
+        later = [*migrations, "UPDATE channels SET title = 'Capulet'"]
+        monkeypatch.setattr(where, later)
+        upgraded = await _store(url)
         assert await upgraded.schema_version() == len(later)
         assert await upgraded.get_account("juliet@example.com") is not None
+        assert (await upgraded.metadata("juliet@example.com"))["title"] == "Capulet"
         await upgraded.close()
-        # The column is the test's own migration's: no store method reads it.
-        with sqlite3.connect(tmp_path / "log.sqlite3") as db:
-            assert db.execute("SELECT nickname FROM accounts").fetchone() == ("jules",)
 
     asyncio.run(scenario())
 
 
-def test_a_change_decided_from_a_stale_role_is_refused(tmp_path: Path) -> None:
+def test_a_change_decided_from_a_stale_role_is_refused(url: str) -> None:
     async def scenario() -> None:
-        store = await _store(tmp_path / "log.sqlite3")
+        store = await _store(url)
         await store.create_account("juliet@example.com", "hash", "key", NOW)
         await store.create_account("romeo@example.com", "hash", "another key", NOW)
         node = await store.get_node("juliet@example.com", POSTS_NODE)

@@ -182,8 +182,13 @@ class SqlStore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self, check_names: Callable[[list[str]], list[str]] | None = None) -> None:
-        """Connect, migrating to this version's schema (``check_names``: see the backend)."""
-        await self.db.open(check_names)
+        """Connect, migrating to this version's schema (``check_names``: see the backend).
+        An open that fails (a database from a later server, say) leaves nothing connected."""
+        try:
+            await self.db.open(check_names)
+        except BaseException:
+            await self.db.close()
+            raise
 
     async def close(self) -> None:
         await self.db.close()
