@@ -24,6 +24,7 @@ import pytest
 
 from app.pushpin import Pushpin
 from tests.conftest import unique
+from tests.databases import database_env
 from tests.support import ROOT, Background, DelayProxy, Holds, Stack, free_ports
 from tests.test_posts_feed import follow, last, post
 
@@ -86,9 +87,14 @@ class Split:
 
 
 @contextmanager
-def split_stack(tmp_path: Path, failing_publish: bool = False) -> Iterator[Split]:
+def split_stack(tmp_path: Path, backend: str, failing_publish: bool = False) -> Iterator[Split]:
     port, publish_port = free_ports(2)
-    env = {"PORT": str(port), "PUSHPIN_PUBLISH_PORT": str(publish_port), "GRIP_SIG_KEY": SIG_KEY}
+    env = {
+        **database_env(backend),
+        "PORT": str(port),
+        "PUSHPIN_PUBLISH_PORT": str(publish_port),
+        "GRIP_SIG_KEY": SIG_KEY,
+    }
     failing = FailingPublish(publish_port) if failing_publish else None
     if failing:
         env["GRIP_URL"] = failing.url
@@ -117,8 +123,8 @@ def split_stack(tmp_path: Path, failing_publish: bool = False) -> Iterator[Split
 
 
 @pytest.fixture
-def split(tmp_path: Path) -> Iterator[Split]:
-    with split_stack(tmp_path) as s:
+def split(tmp_path: Path, backend: str) -> Iterator[Split]:
+    with split_stack(tmp_path, backend) as s:
         yield s
 
 
@@ -167,10 +173,10 @@ def test_race_on_a_channel_without_subscribers(split: Split) -> None:
 
 
 def test_a_failed_publish_on_one_node_holds_back_the_later_one_on_another(
-    tmp_path: Path,
+    tmp_path: Path, backend: str
 ) -> None:
     reader, a, b = unique("juliet"), unique("romeo"), unique("mercutio")
-    with split_stack(tmp_path, failing_publish=True) as split:
+    with split_stack(tmp_path, backend, failing_publish=True) as split:
         assert split.failing is not None
         split.accounts(reader, a, b)
         with (

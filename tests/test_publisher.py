@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import unique
+from tests.databases import database_env
 from tests.support import Holds, Stack, free_ports
 from tests.test_posts_feed import follow, last, post
 
@@ -133,8 +134,9 @@ def test_a_hanging_target_blocks_neither_posts_nor_the_other_proxies(tmp_path: P
         assert "retrying in" in stack.log()
 
 
-def test_a_failed_publish_is_retried_before_anything_later(tmp_path: Path) -> None:
-    with recorder(failures=4) as target, stack_with(tmp_path, target.url) as stack:
+def test_a_failed_publish_is_retried_before_anything_later(tmp_path: Path, backend: str) -> None:
+    env = database_env(backend)
+    with recorder(failures=4) as target, stack_with(tmp_path, target.url, **env) as stack:
         a, b = unique("romeo"), unique("mercutio")
         with stack.account(a) as wa, stack.account(b) as wb:
             created = [post(wa if i % 2 else wb, a if i % 2 else b, f"post {i}") for i in range(8)]
@@ -164,9 +166,10 @@ def test_a_failed_publish_is_retried_before_anything_later(tmp_path: Path) -> No
     assert sum(gaps) > 0.15
 
 
-def test_parallel_writers_leave_no_gaps_forks_or_repeats(tmp_path: Path) -> None:
+def test_parallel_writers_leave_no_gaps_forks_or_repeats(tmp_path: Path, backend: str) -> None:
     writers, per_writer = 8, 25
-    with recorder(failures=0) as target, stack_with(tmp_path, target.url) as stack:
+    env = database_env(backend)
+    with recorder(failures=0) as target, stack_with(tmp_path, target.url, **env) as stack:
         owner = unique("capulet")
         topics = [f"t{i}-{owner.partition('@')[0]}@topics.example.com" for i in range(4)]
         users = [unique("writer") for _ in range(writers)]

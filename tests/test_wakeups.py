@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import unique
+from tests.databases import database_env
 from tests.support import Stack, running
 from tests.test_aloha import Aloha
 from tests.test_posts_feed import follow, post
@@ -21,8 +22,9 @@ SOON = 1.0
 
 
 @pytest.fixture(scope="module")
-def slow_poll(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running(tmp_path_factory.mktemp("wakeups"), PUBLISH_POLL_SECONDS="60") as stack:
+def slow_poll(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {**database_env(backend), "PUBLISH_POLL_SECONDS": "60"}
+    with running(tmp_path_factory.mktemp("wakeups"), **env) as stack:
         yield stack
 
 
