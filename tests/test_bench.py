@@ -8,15 +8,20 @@ from pathlib import Path
 import pytest
 
 from bench import report, suite
+from bench.setups import Setup
+
+QUICK = suite.selected(suite.NAMES, quick=True)
 
 
-@pytest.mark.parametrize("case", suite.CASES, ids=suite.NAMES)
-def test_bench_case_smoke(case: suite.Case, tmp_path: Path) -> None:
-    record = suite.run_case(case, quick=True, out=tmp_path)
+@pytest.mark.parametrize(
+    ("case", "setup"), QUICK, ids=[case.name + setup.key for case, setup in QUICK]
+)
+def test_bench_case_smoke(case: suite.Case, setup: Setup, tmp_path: Path) -> None:
+    record = suite.run_case(case, quick=True, out=tmp_path, setup=setup)
     assert suite.failures(record) == 0, record["summary"]
     assert record["targets"], "each case judges at least one target"
-    assert (tmp_path / f"{case.name}.json").exists()
-    table = report.render({case.name: record})
+    assert (tmp_path / f"{case.name}{setup.key}.json").exists()
+    table = report.render({record["key"]: record})
     assert case.title in table
     for target in record["targets"]:
         assert target["target"] in table
