@@ -12,7 +12,7 @@ from bench.throughput import TARGET_P99_MS, within_target
 from tests.support import ROOT
 
 DOCS = ROOT / "docs" / "performance.md"
-ORDER = ["fanout", "fanout10k", "holdcost", "throughput", "latency"]
+ORDER = ["fanout", "fanout10k", "holdcost", "throughput", "latency", "bigpost"]
 
 INTRO = """\
 # Performance
@@ -179,7 +179,39 @@ def _why(records: dict[str, dict[str, Any]], label: str) -> list[str]:
             f"straight to the origin, the same post reached its reader "
             f"{_n(s['direct_difference_ms'], 2)} ms after a raw publish would have."
         )
+    bigpost = records.get("bigpost")
+    if bigpost and not all(t["met"] for t in bigpost["targets"]):
+        out.append(_why_bigpost(bigpost, label))
     return out
+
+
+def _why_bigpost(record: dict[str, Any], label: str) -> str:
+    parts = []
+    for row in record["summary"]["sizes"]:
+        per_item = row["published_ms"] / row["followers"] * 1000 if row["published_ms"] else None
+        raw_item = (
+            row["raw_published_ms"] / row["followers"] * 1000 if row["raw_published_ms"] else None
+        )
+        parts.append(
+            f"at {row['followers']:,} followers the commit took {_n(row['commit_ms'], 0)} ms "
+            f"({_n(_per(row['commit_ms'], row['followers']), 1)} us a follower) and the publish "
+            f"{_n(per_item, 1)} us an item (raw Pushpin {_n(raw_item, 1)} us), the origin "
+            f"using {_n(row['origin_cpu_seconds'], 1)} s of CPU"
+        )
+    return (
+        f"- **A post to many followers ({label}).** Fan-out on write makes the post's "
+        "transaction, and then the publisher, do work in proportion to the followers: "
+        + "; ".join(parts)
+        + ". The commit holds the one write lock all along, so every other write on the "
+        "database waits behind it; the publisher reads, encodes and sends each item in "
+        "Python, one request of 500 items after another, to every Pushpin "
+        "(`docs/scaling.md` models what this does at scale, and what would change it)."
+    )
+
+
+def _per(total_ms: float | None, count: int) -> float | None:
+    """Microseconds per unit."""
+    return None if total_ms is None or not count else total_ms / count * 1000
 
 
 def _why_fanout(record: dict[str, Any], label: str) -> str:
@@ -367,12 +399,52 @@ def _latency(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _bigpost(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "| followers | commit (POST answered) | every item published | raw Pushpin: as many "
+        "items | ratio | held sample: last delivery (raw) | failed (origin, raw) "
+        "| CPU: origin, Pushpin (raw Pushpin) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["summary"]["sizes"]:
+        lines.append(
+            f"| {row['followers']:,} | {_n(row['commit_ms'], 0)} ms (slowest "
+            f"{_n(row['commit_max_ms'], 0)}) | {_n(row['published_ms'], 0)} ms "
+            f"| {_n(row['raw_published_ms'], 0)} ms | {_n(row['ratio'], 2)} "
+            f"| {_n(row['last_delivery_ms'], 0)} ms ({_n(row['raw_last_delivery_ms'], 0)} ms) "
+            f"| {row['origin_failures']}, {row['raw_failures']} "
+            f"| {_n(row['origin_cpu_seconds'], 2)} s, {_n(row['pushpin_cpu_seconds'], 2)} s "
+            f"({_n(row['raw_pushpin_cpu_seconds'], 2)} s) |"
+        )
+    p = r["params"]
+    limits = r["summary"]["limits"]
+    lines += [
+        "",
+        f"Median of {p['runs']} posts each, from the POST (sent straight to the origin) or the "
+        "first raw publish request. Every item published: until the origin's /health shows no "
+        "item waiting for any target (looked at every 5% of the time so far), i.e. one item per "
+        "follower, "
+        "and the owner's and the firehose's, accepted by every Pushpin; raw Pushpin: its "
+        f"publish requests of 500 items answered. {p['held']:,} followers hold a long-poll "
+        "each, spread evenly through the publish order (the last one in it among them); "
+        "Pushpin drops the items for channels nobody holds. The followers were written "
+        f"straight into the store (`bench/seed.py`) in {r['summary']['seed_seconds']:.1f} s. "
+        "Why not 100,000 held: each held long-poll is a socket in the client and in Pushpin "
+        f"(open files: hard limit {limits['open_files_hard_limit']:,} a process here), one "
+        f"client address reaches one Pushpin port through at most "
+        f"{limits['ephemeral_ports']:,} ephemeral ports, and Pushpin took about 60 KB a held "
+        "request in the fan-out case.",
+    ]
+    return lines
+
+
 TABLES = {
     "fanout": _fanout,
     "fanout10k": _fanout_runs,
     "holdcost": _holdcost,
     "throughput": _throughput,
     "latency": _latency,
+    "bigpost": _bigpost,
 }
 
 
@@ -436,6 +508,19 @@ def _holdcost_cell(r: dict[str, Any]) -> str:
     return f"{_n(hold, 2)} ms, {_n(post, 2)} ms"
 
 
+def _bigpost_cell(followers: int) -> Any:
+    def cell(r: dict[str, Any]) -> str | None:
+        row = next((x for x in r["summary"]["sizes"] if x["followers"] == followers), None)
+        if row is None:
+            return None
+        return (
+            f"{_n(row['commit_ms'], 0)} ms; {_n(row['published_ms'], 0)} ms "
+            f"({_n(row['raw_published_ms'], 0)} ms)"
+        )
+
+    return cell
+
+
 def _side_by_side(records: dict[str, dict[str, Any]]) -> list[str]:
     """The main numbers of every case on every setup, in one table."""
     present = _ordered(records)
@@ -462,6 +547,14 @@ def _side_by_side(records: dict[str, dict[str, Any]]) -> list[str]:
     rows += [
         ("latency p50: POST through Pushpin, POST direct (raw Pushpin)", "latency", _latency_cell),
         ("origin CPU: a hold with 1,000 follows, a post", "holdcost", _holdcost_cell),
+    ]
+    rows += [
+        (
+            f"a post to {n:,} followers: commit; every item published (raw Pushpin)",
+            "bigpost",
+            _bigpost_cell(n),
+        )
+        for n in sizes("bigpost", "sizes", "followers")
     ]
     out = [
         "## Side by side",

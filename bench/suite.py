@@ -11,7 +11,7 @@ results table in docs/performance.md made from that JSON.
 A setup (``bench.setups``) is where a case runs: SQLite, PostgreSQL, or two nodes on one
 PostgreSQL database; each case runs on the setups it has a meaning on, and each (case, setup)
 writes its own file (``fanout.json``, ``fanout.postgresql.json``, ``fanout.postgresql.2.json``).
-``--quick`` runs each case on SQLite.
+``--quick`` runs each case on SQLite, and one small PostgreSQL smoke (a big post on two nodes).
 
 The cases run one after another, never side by side: they share the machine with the servers
 they measure.
@@ -31,9 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import fanout, holdcost, latency, report, throughput
+from bench import bigpost, fanout, holdcost, latency, report, throughput
 from bench.common import machine
-from bench.setups import DATABASES, POSTGRESQL, SETUPS, SQLITE, Setup, database_facts
+from bench.setups import DATABASES, POSTGRESQL, SETUPS, SQLITE, TWO_NODES, Setup, database_facts
 from tests.support import ROOT
 
 RESULTS = ROOT / "bench" / "results"
@@ -91,6 +91,14 @@ CASES = [
         {"samples": 200},
         {"samples": 20},
         latency.run,
+    ),
+    Case(
+        "bigpost",
+        "A post to a node with many followers: commit, and every item published",
+        {"sizes": [10000, 100000], "runs": 3, "held": 1000},
+        {"sizes": [200], "runs": 1, "held": 20},
+        bigpost.run,
+        quick_setups=(SQLITE, TWO_NODES),  # the smoke test's PostgreSQL
     ),
 ]
 NAMES = [case.name for case in CASES]
@@ -162,6 +170,8 @@ def failures(record: dict[str, Any]) -> int:
         )
     if record["case"] == "latency":
         return int(summary["failures"])
+    if record["case"] == "bigpost":
+        return sum(int(row["origin_failures"] + row["raw_failures"]) for row in summary["sizes"])
     return 0
 
 

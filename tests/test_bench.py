@@ -1,5 +1,6 @@
 """The benchmark suite, small (``python -m bench --quick``): every case runs, delivers every
-post exactly once, and its results make the table. In full: ``python -m bench``."""
+post exactly once, and its results make the table; one small case runs on PostgreSQL, two nodes.
+In full: ``python -m bench``."""
 
 from __future__ import annotations
 
@@ -25,3 +26,9 @@ def test_bench_case_smoke(case: suite.Case, setup: Setup, tmp_path: Path) -> Non
     assert case.title in table
     for target in record["targets"]:
         assert target["target"] in table
+
+
+def test_quick_runs_postgresql_once() -> None:
+    """CI's smoke stays small: every case on SQLite, and one on PostgreSQL."""
+    assert {case.name for case, setup in QUICK if setup.database == "sqlite"} == set(suite.NAMES)
+    assert len([setup for _, setup in QUICK if setup.database == "postgresql"]) == 1
