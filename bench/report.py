@@ -12,7 +12,7 @@ from bench.throughput import TARGET_P99_MS, within_target
 from tests.support import ROOT
 
 DOCS = ROOT / "docs" / "performance.md"
-ORDER = ["fanout", "fanout10k", "holdcost", "throughput", "latency", "bigpost"]
+ORDER = ["fanout", "fanout10k", "holdcost", "throughput", "latency", "bigpost", "writes"]
 
 INTRO = """\
 # Performance
@@ -182,6 +182,9 @@ def _why(records: dict[str, dict[str, Any]], label: str) -> list[str]:
     bigpost = records.get("bigpost")
     if bigpost and not all(t["met"] for t in bigpost["targets"]):
         out.append(_why_bigpost(bigpost, label))
+    writes = records.get("writes")
+    if writes and not all(t["met"] for t in writes["targets"]):
+        out.append(_why_writes(writes, label))
     return out
 
 
@@ -212,6 +215,21 @@ def _why_bigpost(record: dict[str, Any], label: str) -> str:
 def _per(total_ms: float | None, count: int) -> float | None:
     """Microseconds per unit."""
     return None if total_ms is None or not count else total_ms / count * 1000
+
+
+def _why_writes(record: dict[str, Any], label: str) -> str:
+    parts = [
+        f"{row['followers']:,} followers: {_n(row['one']['mean_ms'], 2)} ms a post alone, "
+        f"{row['many']['posts_per_second']:,.0f} posts/s with "
+        f"{row['many']['processes'] * row['many']['writers']} writers"
+        for row in record["summary"]["followers"]
+    ]
+    return (
+        f"- **Writes ({label}).** Every write transaction holds the one write lock through its "
+        "commit, so posts go one at a time whatever the number of writers: "
+        + "; ".join(parts)
+        + ". A post's time alone, commit included, bounds the rate (`docs/scaling.md`)."
+    )
 
 
 def _why_fanout(record: dict[str, Any], label: str) -> str:
@@ -438,6 +456,35 @@ def _bigpost(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _writes(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "| followers | deliveries a post | one writer: a post, mean (p50, p99) "
+        "| one writer: posts/s | many writers: posts/s | deliveries rows/s | many: p50, p99 "
+        "| writers' CPU |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["summary"]["followers"]:
+        one, many = row["one"], row["many"]
+        lines.append(
+            f"| {row['followers']:,} | {row['deliveries_per_post']:,} "
+            f"| {_n(one['mean_ms'], 2)} ms ({_n(one['p50_ms'], 2)}, {_n(one['p99_ms'], 2)}) "
+            f"| {one['posts_per_second']:,.0f} | {many['posts_per_second']:,.0f} "
+            f"| {row['deliveries_per_second']:,.0f} "
+            f"| {_n(many['p50_ms'], 1)}, {_n(many['p99_ms'], 1)} ms "
+            f"| {many['cpu_cores']:.2f} cores |"
+        )
+    many = r["summary"]["followers"][0]["many"]
+    lines += [
+        "",
+        f"{r['params']['seconds']:.0f} s of each, posts written through the store "
+        "(`append_post`) with no HTTP and no Pushpin. Many writers: "
+        f"{many['writers']} at once in each of {many['processes']} process(es). One "
+        "writer's mean time a post is how long the write lock is held, commit included: "
+        "one over it is the most posts a second the lock lets through.",
+    ]
+    return lines
+
+
 TABLES = {
     "fanout": _fanout,
     "fanout10k": _fanout_runs,
@@ -445,6 +492,7 @@ TABLES = {
     "throughput": _throughput,
     "latency": _latency,
     "bigpost": _bigpost,
+    "writes": _writes,
 }
 
 
@@ -521,6 +569,16 @@ def _bigpost_cell(followers: int) -> Any:
     return cell
 
 
+def _writes_cell(followers: int) -> Any:
+    def cell(r: dict[str, Any]) -> str | None:
+        row = next((x for x in r["summary"]["followers"] if x["followers"] == followers), None)
+        if row is None:
+            return None
+        return f"{_n(row['one']['mean_ms'], 2)} ms; {row['many']['posts_per_second']:,.0f}/s"
+
+    return cell
+
+
 def _side_by_side(records: dict[str, dict[str, Any]]) -> list[str]:
     """The main numbers of every case on every setup, in one table."""
     present = _ordered(records)
@@ -555,6 +613,10 @@ def _side_by_side(records: dict[str, dict[str, Any]]) -> list[str]:
             _bigpost_cell(n),
         )
         for n in sizes("bigpost", "sizes", "followers")
+    ]
+    rows += [
+        (f"writes, {n:,} followers: a post alone; posts/s, many writers", "writes", _writes_cell(n))
+        for n in sizes("writes", "followers", "followers")
     ]
     out = [
         "## Side by side",

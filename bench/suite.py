@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import bigpost, fanout, holdcost, latency, report, throughput
+from bench import bigpost, fanout, holdcost, latency, report, throughput, writes
 from bench.common import machine
 from bench.setups import DATABASES, POSTGRESQL, SETUPS, SQLITE, TWO_NODES, Setup, database_facts
 from tests.support import ROOT
@@ -99,6 +99,13 @@ CASES = [
         {"sizes": [200], "runs": 1, "held": 20},
         bigpost.run,
         quick_setups=(SQLITE, TWO_NODES),  # the smoke test's PostgreSQL
+    ),
+    Case(
+        "writes",
+        "Posts a second through the store's one write lock, by followers per post",
+        {"followers": [0, 100, 1000, 10000], "seconds": 5.0},
+        {"followers": [0, 10], "seconds": 0.5},
+        writes.run,
     ),
 ]
 NAMES = [case.name for case in CASES]
