@@ -14,13 +14,16 @@ writes its own file (``fanout.json``, ``fanout.postgresql.json``, ``fanout.postg
 ``--quick`` runs each case on SQLite, and one small PostgreSQL smoke (a big post on two nodes).
 
 The cases run one after another, never side by side: they share the machine with the servers
-they measure.
+they measure. On a machine shared with other work, ``--wait-load 1.5`` waits before each case
+until the 1-minute load average is that low (up to 20 minutes, then runs anyway); each record
+keeps the load average it started under.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -37,6 +40,7 @@ from bench.setups import DATABASES, POSTGRESQL, SETUPS, SQLITE, TWO_NODES, Setup
 from tests.support import ROOT
 
 RESULTS = ROOT / "bench" / "results"
+WAIT_MAX, WAIT_STEP = 1200.0, 15.0  # --wait-load: seconds at most, and between looks
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,19 @@ def failures(record: dict[str, Any]) -> int:
     return 0
 
 
+def wait_for_load(limit: float, echo: Callable[[str], None] = print) -> float:
+    """Wait until the 1-minute load average is at most ``limit``, or WAIT_MAX; seconds waited."""
+    started = time.monotonic()
+    while (load := os.getloadavg()[0]) > limit:
+        waited = time.monotonic() - started
+        if waited >= WAIT_MAX:
+            echo(f"   load {load:.2f} after {waited:.0f} s of waiting: running anyway")
+            break
+        echo(f"   load {load:.2f} > {limit}: waiting")
+        time.sleep(WAIT_STEP)
+    return time.monotonic() - started
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -200,6 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         "--database",
         choices=DATABASES,
         help="run on this database only (without it and --origins: each case's own setups)",
+    )
+    parser.add_argument(
+        "--wait-load",
+        type=float,
+        metavar="L",
+        help="before each case, wait until the 1-minute load average is at most L "
+        f"(at most {WAIT_MAX / 60:.0f} minutes)",
     )
     parser.add_argument(
         "--origins",
@@ -238,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for case, setup in runs:
         print(f"== {case.name} on {setup.label}: {case.title}", flush=True)
+        if args.wait_load is not None:
+            wait_for_load(args.wait_load)
         record = run_case(case, args.quick, out, setup=setup)
         failed += failures(record)
         for target in record["targets"]:
