@@ -27,6 +27,8 @@ from tests.support import ROOT, Stack, free_ports, read_response
 HOST = "127.0.0.1"
 PUSHPIN_CONFIG = ROOT / "pushpin" / "pushpin.conf"
 HOLD_TIMEOUT = 55
+QUIET_INTERVAL = 0.5  # idle: no request and almost no CPU over this long
+IDLE_CORES = 0.1
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -311,6 +313,19 @@ class RawPushpin:
         if self._pushpin is None or self._pushpin.pid is None:
             return []
         return [self._pushpin.pid, *descendants(self._pushpin.pid)]
+
+    async def idle(self) -> bool:
+        """The tiny origin answers at once; Pushpin is done holding when it stops asking it
+        again and working."""
+        pids = self.pids()
+        before = self.tiny.requests
+        try:
+            cpu = sum(map(cpu_seconds, pids))
+            await asyncio.sleep(QUIET_INTERVAL)
+            cores = (sum(map(cpu_seconds, pids)) - cpu) / QUIET_INTERVAL
+        except OSError:  # a process ended meanwhile
+            return False
+        return self.tiny.requests == before and cores < IDLE_CORES
 
     async def __aenter__(self) -> RawPushpin:
         self._server = await asyncio.start_server(self.tiny.handle, HOST, self.origin_port)

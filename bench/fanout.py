@@ -17,6 +17,9 @@ raw
     published straight to Pushpin's publish port. Measured: from just before the publish request
     until the last delivery: Pushpin's fan-out alone, the floor for the origin case.
 
+With two nodes (``--origins 2``), the N requests are spread over both nodes' Pushpins and the
+post is made on the first node, whose publisher publishes to both.
+
 The ratio origin/raw is what the origin adds on top of Pushpin. The post (or publish) is sent
 once every request is held: no client waits to send a refused request again, none was refused
 for a second, and the servers got no request and used next to no CPU for half a second (on 2
@@ -28,6 +31,7 @@ publish) are counted, never retried once the publish has been sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import time
@@ -43,10 +47,11 @@ import uvloop
 from bench.common import (
     HOLD_TIMEOUT,
     HOST,
+    IDLE_CORES,
+    QUIET_INTERVAL,
     BenchError,
     RawPushpin,
     cpu_seconds,
-    descendants,
     followers,
     median,
     ms,
@@ -55,7 +60,8 @@ from bench.common import (
     rss_bytes,
     tree_rss_bytes,
 )
-from tests.support import PASSWORD, Stack, basic, raw_get, running
+from bench.setups import SQLITE, Deployment, Setup, deployed
+from tests.support import PASSWORD, basic, raw_get
 
 # Each account costs a slow scrypt hash (about 50 ms) to create; a user may hold many
 # long-polls at once, so a few readers carry all N of them.
@@ -69,9 +75,7 @@ MAX_RETRIES = 20
 # waits to retry a refusal, none was refused for a while, and the origin and Pushpin are idle.
 SETTLE_SECONDS = 2.0
 QUIET_TIMEOUT = 30.0
-QUIET_INTERVAL = 0.5  # idle means no request and almost no CPU over this long
-REFUSAL_GAP = 1.0  # ... and no refusal for this long
-IDLE_CORES = 0.1
+REFUSAL_GAP = 1.0  # ... and no refusal for this long (idle: bench.common's QUIET_INTERVAL)
 DELIVERY_TIMEOUT = 15.0  # far above any expected fan-out time, far below the hold timeout
 REQUEST_TIMEOUT = HOLD_TIMEOUT + 15.0
 TARGET_CLIENTS, TARGET_RATIO = 5000, 1.2
@@ -112,8 +116,10 @@ class RunResult:
 class Holds:
     """N requests held through Pushpin, opened in ramped batches, then answered by one publish."""
 
-    def __init__(self, port: int, request: Callable[[int], tuple[str, dict[str, str]]]) -> None:
-        self.port = port
+    def __init__(
+        self, ports: list[int], request: Callable[[int], tuple[str, dict[str, str]]]
+    ) -> None:
+        self.ports = ports  # the i-th request goes to ports[i % len(ports)]
         self.request = request  # the path and headers of the i-th request
         self.published = False
         self.retried = 0
@@ -121,11 +127,11 @@ class Holds:
         self.last_refusal = 0.0  # time.monotonic() of the last refusal
         self.tasks: list[asyncio.Task[Answer]] = []
 
-    async def _one(self, path: str, headers: dict[str, str]) -> Answer:
+    async def _one(self, port: int, path: str, headers: dict[str, str]) -> Answer:
         attempt = 0
         while True:
             try:
-                status, _, body = await raw_get(HOST, self.port, path, headers, REQUEST_TIMEOUT)
+                status, _, body = await raw_get(HOST, port, path, headers, REQUEST_TIMEOUT)
                 error = ""
             except (OSError, EOFError, ValueError) as exc:  # TimeoutError is an OSError
                 status, body, error = 0, b"", type(exc).__name__
@@ -151,7 +157,8 @@ class Holds:
         step = max(BATCH, -(-n // 4 // BATCH) * BATCH)  # about four progress lines per run
         for i in range(n):
             path, headers = self.request(i)
-            self.tasks.append(asyncio.create_task(self._one(path, headers)))
+            port = self.ports[i % len(self.ports)]
+            self.tasks.append(asyncio.create_task(self._one(port, path, headers)))
             opened = i + 1
             if opened % BATCH == 0 or opened == n:
                 await asyncio.sleep(BATCH_PAUSE)
@@ -179,11 +186,14 @@ class Holds:
             await asyncio.sleep(0.1)
 
     async def measure(
-        self, publish: Callable[[], Awaitable[Callable[[bytes], bool]]]
+        self,
+        publish: Callable[[], Awaitable[Callable[[bytes], bool]]],
+        timeout: float = DELIVERY_TIMEOUT,
     ) -> tuple[float, float, list[float], Counter[str], bytes | None]:
-        """Publish, then wait for every answer. ``publish`` sends the item and returns the check
-        each answer must pass. Returns the publish time, how long the publish request took, each
-        delivery's delay in ms, the failures by reason, and one delivered body."""
+        """Publish, then wait up to ``timeout`` for every answer. ``publish`` sends the item and
+        returns the check each answer must pass. Returns the publish time, how long the publish
+        request took, each delivery's delay in ms, the failures by reason, and one delivered
+        body."""
         failures: Counter[str] = Counter()
         for task in self.tasks:
             if task.done():  # answered before anything was published: not held
@@ -203,13 +213,13 @@ class Holds:
                 failures[f"the post failed: {type(exc).__name__} {exc}"[:200]] += 1
                 check = _never
             request_ms = (time.perf_counter() - t0) * 1000
-            done, pending = await asyncio.wait(waiting, timeout=DELIVERY_TIMEOUT)
+            done, pending = await asyncio.wait(waiting, timeout=timeout)
         finally:
             gc.enable()
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        failures[f"no answer within {DELIVERY_TIMEOUT:.0f} s"] += len(pending)
+        failures[f"no answer within {timeout:.0f} s"] += len(pending)
         delays, sample = [], None
         for task in done:
             answer = task.result()
@@ -264,9 +274,42 @@ def _result(
     )
 
 
+def origins_idle(
+    d: Deployment, origins: list[httpx.AsyncClient], echo: Callable[[str], None], label: str
+) -> Callable[[], Awaitable[bool]]:
+    """Whether Pushpin, not an origin, holds the requests: between two looks at each origin's
+    /health, no origin got another request, none had one in hand, and neither they nor their
+    Pushpins worked. (``origins``: a client for each node's origin, in order.)"""
+
+    async def idle() -> bool:
+        pids = d.origin_pids() + d.pushpin_pids()
+        try:
+            before = [(await o.get("/health", timeout=30)).json() for o in origins]
+            cpu = sum(map(cpu_seconds, pids))
+            await asyncio.sleep(QUIET_INTERVAL)
+            after = [(await o.get("/health", timeout=30)).json() for o in origins]
+            cores = (sum(map(cpu_seconds, pids)) - cpu) / QUIET_INTERVAL
+        except (httpx.HTTPError, OSError) as exc:  # OSError: a process ended meanwhile
+            echo(f"  {label}: cannot tell if idle ({type(exc).__name__})")
+            return False
+        # The second /health of each origin is one request.
+        asked = [a["requests"] - b["requests"] for a, b in zip(after, before, strict=True)]
+        busy = any(a["requests_in_flight"] for a in after)
+        return all(n == 1 for n in asked) and not busy and cores < IDLE_CORES
+
+    return idle
+
+
+def held_memory(d: Deployment) -> tuple[float, float]:
+    """Resident memory of the origins, and of their Pushpins' processes, in MB (summed over
+    the nodes)."""
+    origins = sum(rss_bytes(pid) for pid in d.origin_pids())
+    return origins / 2**20, tree_rss_bytes(d.pushpin_pids()) / 2**20
+
+
 class Bench:
-    def __init__(self, stack: Stack, writer: str, readers: list[str], rundir: Path) -> None:
-        self.stack, self.writer, self.readers = stack, writer, readers
+    def __init__(self, d: Deployment, writer: str, readers: list[str], rundir: Path) -> None:
+        self.d, self.writer, self.readers = d, writer, readers
         self.raw = RawPushpin(rundir)
         self.body: bytes | None = None  # an origin answer: the raw case publishes the same bytes
 
@@ -274,37 +317,37 @@ class Bench:
         self, sizes: list[int], runs: int, echo: Callable[[str], None]
     ) -> list[RunResult]:
         results = []
+        first = self.d.nodes[0]
         async with (
             self.raw,
-            httpx.AsyncClient(base_url=self.stack.url, auth=(self.writer, PASSWORD)) as w,
-            httpx.AsyncClient(base_url=self.stack.origin_url) as origin,
+            httpx.AsyncClient(base_url=first.url, auth=(self.writer, PASSWORD)) as w,
+            contextlib.AsyncExitStack() as clients,
             httpx.AsyncClient() as publisher,
         ):
+            origins = [
+                await clients.enter_async_context(httpx.AsyncClient(base_url=node.origin_url))
+                for node in self.d.nodes
+            ]
             # Open the connections (and fill the origin's login cache) before any timing.
             assert (await w.get("/api/subscribed")).status_code == 200
             assert (await publisher.post(self.raw.publish_url, json={"items": []})).is_success
-            for clients in sizes:
+            for clients_count in sizes:
                 for run in range(1, runs + 1):
                     for case in ("origin", "raw"):
                         if case == "origin":
-                            result = await self._origin_run(run, clients, w, origin, echo)
+                            result = await self._origin_run(run, clients_count, w, origins, echo)
                         else:
-                            result = await self._raw_run(run, clients, publisher, echo)
+                            result = await self._raw_run(run, clients_count, publisher, echo)
                         results.append(result)
                         echo(_run_line(result, runs))
         return results
-
-    def _origin_memory(self) -> tuple[float | None, float]:
-        assert self.stack.process is not None
-        pid = self.stack.process.pid
-        return rss_bytes(pid) / 2**20, tree_rss_bytes(descendants(pid)) / 2**20
 
     async def _origin_run(
         self,
         run: int,
         clients: int,
         w: httpx.AsyncClient,
-        origin: httpx.AsyncClient,
+        origins: list[httpx.AsyncClient],
         echo: Callable[[str], None],
     ) -> RunResult:
         r = await w.get("/api/notifications/posts")
@@ -313,30 +356,11 @@ class Bench:
         since = r.json()["last"]
         path = f"/api/notifications/posts?since={since}"
         auth = [{"Authorization": basic(reader)} for reader in self.readers]
-        holds = Holds(int(self.stack.env["PORT"]), lambda i: (path, auth[i % len(auth)]))
+        ports = [int(node.env["PORT"]) for node in self.d.nodes]
+        holds = Holds(ports, lambda i: (path, auth[i % len(auth)]))
         ramp = await holds.open(clients, echo, f"origin run {run}")
-
-        assert self.stack.process is not None
-        pid = self.stack.process.pid
-
-        async def idle() -> bool:
-            # Pushpin, not the origin, must be holding the requests: between two looks at
-            # /health the origin got no other request, and neither it nor Pushpin worked.
-            pids = [pid, *descendants(pid)]
-            try:
-                before = (await origin.get("/health", timeout=30)).json()
-                cpu = sum(map(cpu_seconds, pids))
-                await asyncio.sleep(QUIET_INTERVAL)
-                after = (await origin.get("/health", timeout=30)).json()
-                cores = (sum(map(cpu_seconds, pids)) - cpu) / QUIET_INTERVAL
-            except (httpx.HTTPError, OSError) as exc:  # OSError: a process ended meanwhile
-                echo(f"  origin run {run}: cannot tell if idle ({type(exc).__name__})")
-                return False
-            asked = after["requests"] - before["requests"]  # the second /health is one
-            return asked == 1 and after["requests_in_flight"] == 0 and cores < IDLE_CORES
-
-        quiet, settle = await holds.settle(idle)
-        memory = self._origin_memory()
+        quiet, settle = await holds.settle(origins_idle(self.d, origins, echo, f"origin run {run}"))
+        held = held_memory(self.d)
 
         async def publish() -> Callable[[bytes], bool]:
             r = await w.post(
@@ -352,31 +376,17 @@ class Bench:
         measured = await holds.measure(publish)
         self.body = self.body or measured[4]
         size = len(self.body or b"")
-        return _result("origin", run, clients, holds, (ramp, settle, quiet), measured, size, memory)
+        return _result("origin", run, clients, holds, (ramp, settle, quiet), measured, size, held)
 
     async def _raw_run(
         self, run: int, clients: int, publisher: httpx.AsyncClient, echo: Callable[[str], None]
     ) -> RunResult:
         # A new channel each run: Pushpin drops a (channel, id) pair it saw in the last 60 s.
         channel = f"bench{clients}-{run}"
-        holds = Holds(self.raw.http_port, lambda i: (f"/hold/{channel}", {}))
+        holds = Holds([self.raw.http_port], lambda i: (f"/hold/{channel}", {}))
         ramp = await holds.open(clients, echo, f"raw run {run}")
-
-        async def idle() -> bool:
-            # The tiny origin answers at once; Pushpin is done when it stops re-requesting
-            # and working.
-            pids = self.raw.pids()
-            before = self.raw.tiny.requests
-            try:
-                cpu = sum(map(cpu_seconds, pids))
-                await asyncio.sleep(QUIET_INTERVAL)
-                cores = (sum(map(cpu_seconds, pids)) - cpu) / QUIET_INTERVAL
-            except OSError:  # a process ended meanwhile
-                return False
-            return self.raw.tiny.requests == before and cores < IDLE_CORES
-
-        quiet, settle = await holds.settle(idle)
-        memory = (None, tree_rss_bytes(self.raw.pids()) / 2**20)
+        quiet, settle = await holds.settle(self.raw.idle)
+        held = (None, tree_rss_bytes(self.raw.pids()) / 2**20)
         body = self.body or FALLBACK_BODY
         item = {
             "channel": channel,
@@ -392,9 +402,7 @@ class Bench:
             return lambda answer: answer == body
 
         measured = await holds.measure(publish)
-        return _result(
-            "raw", run, clients, holds, (ramp, settle, quiet), measured, len(body), memory
-        )
+        return _result("raw", run, clients, holds, (ramp, settle, quiet), measured, len(body), held)
 
 
 def _run_line(r: RunResult, runs: int) -> str:
@@ -429,16 +437,24 @@ def _median(results: list[RunResult], case: str, clients: int, what: str) -> flo
 
 
 def run(
-    sizes: list[int], runs: int, workdir: Path, *, echo: Callable[[str], None] = print
+    sizes: list[int],
+    runs: int,
+    workdir: Path,
+    *,
+    setup: Setup = SQLITE,
+    echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Fan-out to each number of clients in ``sizes``, ``runs`` times, origin and raw."""
     if min(sizes) < 1 or runs < 1:
         raise ValueError("clients and runs must be at least 1")
     raise_file_limit(max(sizes))
-    echo(f"fan-out of one post to {', '.join(map(str, sizes))} held long-polls, {runs} run(s)")
-    with running(workdir / "data") as stack:
-        writer, readers = followers(stack, min(READERS, min(sizes)))
-        bench = Bench(stack, writer, readers, workdir / "raw-pushpin")
+    echo(
+        f"fan-out of one post to {', '.join(map(str, sizes))} held long-polls, {runs} run(s), "
+        f"on {setup.label}"
+    )
+    with deployed(setup, workdir) as d:
+        writer, readers = followers(d.nodes[0], min(READERS, min(sizes)))
+        bench = Bench(d, writer, readers, workdir / "raw-pushpin")
         results = uvloop.run(bench.run(sizes, runs, echo))
     rows = []
     for clients in sizes:
@@ -447,6 +463,7 @@ def run(
         row = {
             "clients": clients,
             "users": len(readers),
+            "nodes": setup.origins,
             "runs": runs,
             "origin_ms": origin_ms,
             "raw_ms": raw_ms,
@@ -478,13 +495,18 @@ def run(
 
 
 def run_repeated(
-    sizes: list[int], runs: int, workdir: Path, *, echo: Callable[[str], None] = print
+    sizes: list[int],
+    runs: int,
+    workdir: Path,
+    *,
+    setup: Setup = SQLITE,
+    echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The same case, many runs in a row at one size, judged on failures alone: a failure
     that happens in one run of six is seen here."""
     if len(sizes) != 1:
         raise ValueError("a repeated fan-out is at one size")
-    record = run(sizes, runs, workdir, echo=echo)
+    record = run(sizes, runs, workdir, setup=setup, echo=echo)
     record["targets"] = _repeat_targets(record["summary"]["sizes"][0], record["results"])
     return record
 

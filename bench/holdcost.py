@@ -27,7 +27,8 @@ import jwt
 import uvloop
 
 from bench.common import BenchError, Conn, cpu_seconds
-from tests.support import Stack, basic, running
+from bench.setups import SQLITE, Setup, deployed
+from tests.support import Stack, basic
 
 FOLLOWS = (1, 100, 1000)
 CONNECTIONS = 8
@@ -162,14 +163,25 @@ async def _measure(
 
 
 def run(
-    requests: int, workdir: Path, *, nodes: int = max(FOLLOWS), echo: Callable[[str], None] = print
+    requests: int,
+    workdir: Path,
+    *,
+    nodes: int = max(FOLLOWS),
+    setup: Setup = SQLITE,
+    echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    echo(f"hold cost: {requests} held requests per reader, {CONNECTIONS} connections")
+    if setup.origins != 1:
+        raise ValueError("the hold cost is one origin's")
+    echo(
+        f"hold cost: {requests} held requests per reader, {CONNECTIONS} connections, "
+        f"on {setup.label}"
+    )
     # One owner creates every node, and each reader's holds are never published: lift the
     # per-user limits on channels owned and requests held (past them the origin answers 409
     # and 429, and nothing is measured).
     limits = {"MAX_CHANNELS": str(nodes + 1), "MAX_HELD_PER_USER": str(2 * requests + 1000)}
-    with running(workdir / "data", GRIP_SIG_KEY=SIG_KEY, **limits) as stack:
+    with deployed(setup, workdir, GRIP_SIG_KEY=SIG_KEY, **limits) as d:
+        stack = d.nodes[0]
         readers = _setup(stack, nodes)
         assert stack.process is not None
         rows = uvloop.run(_measure(stack, readers, requests, stack.process.pid, echo))

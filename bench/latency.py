@@ -13,6 +13,10 @@ raw
     item published straight to Pushpin's publish port. Measured: from just before the publish
     request until the delivery: Pushpin's own round trip, the floor.
 
+With two nodes (``--origins 2``), the reader holds through the second node's Pushpin and the
+writer posts through (or direct to) the first node: from a commit on one node to a delivery by
+the other's Pushpin (the first node's publisher publishes to both).
+
 Samples alternate (origin, direct, raw, origin, ...) with a pause before each publish, longer
 than Pushpin's 25 ms delivery batching, so that each sample sees an idle Pushpin. Also timed:
 Pushpin's own proxy hop, a GET through the raw Pushpin to an origin that answers at once.
@@ -41,7 +45,8 @@ from bench.common import (
     percentile,
     publish_body,
 )
-from tests.support import PASSWORD, Stack, basic, running
+from bench.setups import SQLITE, Deployment, Setup, deployed
+from tests.support import PASSWORD, basic
 
 # Long enough for Pushpin to hold the request (and for its 25 ms batching window to close).
 HOLD_PAUSE = 0.08
@@ -84,10 +89,11 @@ async def _sample(
 
 
 class Latency:
-    def __init__(self, stack: Stack, writer: str, reader: str, rundir: Path) -> None:
-        self.stack, self.writer, self.reader, self.rundir = stack, writer, reader, rundir
-        self.port = int(stack.env["PORT"])
-        self.origin_port = int(stack.env["ORIGIN_PORT"])
+    def __init__(self, d: Deployment, writer: str, reader: str, rundir: Path) -> None:
+        self.writer, self.reader, self.rundir = writer, reader, rundir
+        self.poll_port = int(d.nodes[-1].env["PORT"])  # the reader's node
+        self.port = int(d.nodes[0].env["PORT"])  # the writer's
+        self.origin_port = int(d.nodes[0].env["ORIGIN_PORT"])
         self.reader_auth = {"Authorization": basic(reader)}
         self.since = ""
         self.body_sample = b'{"last":"1","items":[]}'  # an origin answer, published raw too
@@ -95,7 +101,7 @@ class Latency:
     async def run(self, samples: int, echo: Callable[[str], None]) -> dict[str, list[Any]]:
         found: dict[str, list[Any]] = {case: [] for case in CASES} | {"failures": [], "hop": []}
         async with RawPushpin(self.rundir) as raw:
-            poll = Conn(self.port)
+            poll = Conn(self.poll_port)
             posts = {"origin": Conn(self.port), "direct": Conn(self.origin_port)}
             raw_poll, raw_publish, hop = (
                 Conn(raw.http_port),
@@ -214,12 +220,21 @@ def _items(body: bytes) -> list[dict[str, Any]]:
     return [i for i in items if isinstance(i, dict)]
 
 
-def run(samples: int, workdir: Path, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run(
+    samples: int,
+    workdir: Path,
+    *,
+    setup: Setup = SQLITE,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Measure ``samples`` deliveries of each case; return the summary and every sample."""
-    echo(f"latency: one client, {samples} samples of each case ({WARMUP} warm-up not counted)")
-    with running(workdir / "data") as stack:
-        writer, (reader,) = followers(stack, 1)
-        latency = Latency(stack, writer, reader, workdir / "raw-pushpin")
+    echo(
+        f"latency: one client, {samples} samples of each case ({WARMUP} warm-up not counted), "
+        f"on {setup.label}"
+    )
+    with deployed(setup, workdir) as d:
+        writer, (reader,) = followers(d.nodes[0], 1)
+        latency = Latency(d, writer, reader, workdir / "raw-pushpin")
         found = uvloop.run(latency.run(samples, echo))
     raw = [s["delay_ms"] for s in found["raw"]]
     r50 = percentile(raw, 50)

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.setups import SETUPS, Setup
 from bench.throughput import LABELS as THROUGHPUT_LABELS
 from bench.throughput import TARGET_P99_MS, within_target
 from tests.support import ROOT
 
 DOCS = ROOT / "docs" / "performance.md"
-ORDER = ["fanout", "fanout10k", "holdcost", "throughput", "latency"]
+ORDER = ["fanout", "fanout10k", "holdcost", "throughput", "latency", "bigpost", "writes"]
 
 INTRO = """\
 # Performance
@@ -25,6 +26,12 @@ alternating, on the same machine and the same shipped `pushpin/pushpin.conf`. Th
 generator, Pushpin and the origin share the machine's cores. What each case does is written at
 the top of its module in `bench/`. What Pushpin does with the shipped settings, and what of it
 was measured or read in its source: `docs/pushpin.md`.
+
+Each case runs on SQLite and on PostgreSQL, and where two origins mean something, on two nodes
+(each a Pushpin and an origin) sharing one PostgreSQL database (`bench/setups.py`). On this
+machine's 2 cores the two nodes, PostgreSQL and the load generator share the cores: two nodes
+measure contention, not the capacity a second machine would add. What these numbers say about
+more machines is modelled in `docs/scaling.md`.
 """
 
 # Why each shipped setting and design choice is what it is, as measured here.
@@ -85,13 +92,14 @@ NOTES = """\
 """
 
 
-def _why(records: dict[str, dict[str, Any]]) -> list[str]:
-    """For each target missed, what the numbers say about why."""
+def _why(records: dict[str, dict[str, Any]], label: str) -> list[str]:
+    """For each target missed on one setup (``records`` by case), what the numbers say about
+    why."""
     out = []
     for name in ("fanout", "fanout10k"):
         fanout = records.get(name)
         if fanout and not all(t["met"] for t in fanout["targets"]):
-            out.append(_why_fanout(fanout, name))
+            out.append(_why_fanout(fanout, label))
     throughput = records.get("throughput")
     if throughput and not all(t["met"] for t in throughput["targets"]):
         cases = {c["case"]: c for c in throughput["summary"]["cases"]}
@@ -130,9 +138,10 @@ def _why(records: dict[str, dict[str, Any]]) -> list[str]:
                     f"({left:.2f}) would allow {max(left, 0) / rate * 1000:.2f} ms per post."
                 )
         out += [
-            f"- **Throughput.** Everything shares {cpus} cores. The raw case, with no POST at "
-            f"all, shows Pushpin alone needs {raw['pushpin_cpu_cores']:.2f} cores to carry "
-            f"{raw['delivered_per_second']:,.0f} long-poll answers a second. With the origin:",
+            f"- **Throughput ({label}).** Everything shares {cpus} cores. The raw case, with "
+            f"no POST at all, shows Pushpin alone needs {raw['pushpin_cpu_cores']:.2f} cores to "
+            f"carry {raw['delivered_per_second']:,.0f} long-poll answers a second. With the "
+            "origin:",
             *lines,
             f"  So {rate:,.0f} posts/s with POSTs direct takes about {need:.1f} cores of "
             f"user CPU (Pushpin as in the raw case, the origin at its measured cost per post, "
@@ -166,23 +175,74 @@ def _why(records: dict[str, dict[str, Any]]) -> list[str]:
     if latency and not all(t["met"] for t in latency["targets"]):
         s = latency["summary"]
         out.append(
-            f"- **Latency, POST through Pushpin.** The POST itself crosses Pushpin's proxy "
-            f"(condure, pushpin-proxy, zurl) before the origin sees it: that hop alone took "
+            f"- **Latency, POST through Pushpin ({label}).** The POST itself crosses Pushpin's "
+            f"proxy (condure, pushpin-proxy, zurl) before the origin sees it: that hop alone took "
             f"{_n(s['proxy_hop_p50_ms'], 2)} ms (p50) to an origin that answers at once. Sent "
             f"straight to the origin, the same post reached its reader "
             f"{_n(s['direct_difference_ms'], 2)} ms after a raw publish would have."
         )
-    return ["## Where a target is missed, and why", "", *out, ""] if out else []
+    bigpost = records.get("bigpost")
+    if bigpost and not all(t["met"] for t in bigpost["targets"]):
+        out.append(_why_bigpost(bigpost, label))
+    writes = records.get("writes")
+    if writes and not all(t["met"] for t in writes["targets"]):
+        out.append(_why_writes(writes, label))
+    return out
 
 
-def _why_fanout(record: dict[str, Any], name: str) -> str:
+def _why_bigpost(record: dict[str, Any], label: str) -> str:
+    parts = []
+    for row in record["summary"]["sizes"]:
+        per_item = row["published_ms"] / row["followers"] * 1000 if row["published_ms"] else None
+        raw_item = (
+            row["raw_published_ms"] / row["followers"] * 1000 if row["raw_published_ms"] else None
+        )
+        parts.append(
+            f"at {row['followers']:,} followers the commit took {_n(row['commit_ms'], 0)} ms "
+            f"({_n(_per(row['commit_ms'], row['followers']), 1)} us a follower) and the publish "
+            f"{_n(per_item, 1)} us an item (raw Pushpin {_n(raw_item, 1)} us), the origin "
+            f"using {_n(row['origin_cpu_seconds'], 1)} s of CPU"
+        )
+    return (
+        f"- **A post to many followers ({label}).** Fan-out on write makes the post's "
+        "transaction, and then the publisher, do work in proportion to the followers: "
+        + "; ".join(parts)
+        + ". The commit holds the one write lock all along, so every other write on the "
+        "database waits behind it; the publisher reads, encodes and sends each item in "
+        "Python, one request of 500 items after another, to every Pushpin "
+        "(`docs/scaling.md` models what this does at scale, and what would change it)."
+    )
+
+
+def _per(total_ms: float | None, count: int) -> float | None:
+    """Microseconds per unit."""
+    return None if total_ms is None or not count else total_ms / count * 1000
+
+
+def _why_writes(record: dict[str, Any], label: str) -> str:
+    parts = [
+        f"{row['followers']:,} followers: {_n(row['one']['mean_ms'], 2)} ms a post alone, "
+        f"{row['many']['posts_per_second']:,.0f} posts/s with "
+        f"{row['many']['processes'] * row['many']['writers']} writers"
+        for row in record["summary"]["followers"]
+    ]
+    return (
+        f"- **Writes ({label}).** Every write transaction holds the one write lock through its "
+        "commit, so posts go one at a time whatever the number of writers: "
+        + "; ".join(parts)
+        + ". A post's time alone, commit included, bounds the rate (`docs/scaling.md`)."
+    )
+
+
+def _why_fanout(record: dict[str, Any], label: str) -> str:
     failed = [
         r for r in record["results"] if r["case"] == "origin" and (r["failures"] or not r["quiet"])
     ]
     if not failed:
         return (
-            "- **Fan-out.** Every run delivered to every client; the ratio to raw Pushpin is "
-            f"over the target. The runs are in the JSON (`bench/results/{name}.json`)."
+            f"- **Fan-out ({label}).** Every run delivered to every client; the ratio to raw "
+            f"Pushpin is over the target. The runs are in the JSON "
+            f"(`bench/results/{record.get('key', record['case'])}.json`)."
         )
     runs = "; ".join(
         f"{r['clients']:,} clients, run {r['run']}: {r['failures']:,} failed "
@@ -191,22 +251,28 @@ def _why_fanout(record: dict[str, Any], name: str) -> str:
         for r in failed
     )
     return (
-        "- **Fan-out.** Runs that failed deliveries, or where not every request was held (or the "
-        f"servers were still busy) when the post was made: {runs}. The raw case, same load "
-        "generator and same Pushpin config, lost none. Three causes of such runs were found "
-        "(docs/design.md, and the notes below): every request of a user whose cached login "
-        "had expired computed its own 50 ms password hash (hundreds at once); zurl kept pooled "
-        "connections the origin had closed; and the benchmark made its post while Pushpin "
-        "still refused requests it was not yet holding. Runs failing here again are a fourth."
+        f"- **Fan-out ({label}).** Runs that failed deliveries, or where not every request was "
+        f"held (or the servers were still busy) when the post was made: {runs}. The raw case, "
+        "same load generator and same Pushpin config, lost none. Three causes of such runs "
+        "were found (docs/design.md, and the notes below): every request of a user whose "
+        "cached login had expired computed its own 50 ms password hash (hundreds at once); "
+        "zurl kept pooled connections the origin had closed; and the benchmark made its post "
+        "while Pushpin still refused requests it was not yet holding. Runs failing here again "
+        "are a fourth."
     )
 
 
 def _load(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every record in ``folder``, by its key (case and setup: ``fanout.postgresql``)."""
     records = {}
     for path in sorted(folder.glob("*.json")):
         record = json.loads(path.read_text())
-        records[record["case"]] = record
+        records[record.get("key", record["case"])] = record
     return records
+
+
+def _setup(record: dict[str, Any]) -> Setup:
+    return Setup.from_dict(record.get("setup"))
 
 
 def _n(value: float | None, digits: int = 1, unit: str = "") -> str:
@@ -353,40 +419,260 @@ def _latency(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _bigpost(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "| followers | commit (POST answered) | every item published | raw Pushpin: as many "
+        "items | ratio | held sample: last delivery (raw) | failed (origin, raw) "
+        "| CPU: origin, Pushpin (raw Pushpin) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["summary"]["sizes"]:
+        lines.append(
+            f"| {row['followers']:,} | {_n(row['commit_ms'], 0)} ms (slowest "
+            f"{_n(row['commit_max_ms'], 0)}) | {_n(row['published_ms'], 0)} ms "
+            f"| {_n(row['raw_published_ms'], 0)} ms | {_n(row['ratio'], 2)} "
+            f"| {_n(row['last_delivery_ms'], 0)} ms ({_n(row['raw_last_delivery_ms'], 0)} ms) "
+            f"| {row['origin_failures']}, {row['raw_failures']} "
+            f"| {_n(row['origin_cpu_seconds'], 2)} s, {_n(row['pushpin_cpu_seconds'], 2)} s "
+            f"({_n(row['raw_pushpin_cpu_seconds'], 2)} s) |"
+        )
+    p = r["params"]
+    limits = r["summary"]["limits"]
+    lines += [
+        "",
+        f"Median of {p['runs']} posts each, from the POST (sent straight to the origin) or the "
+        "first raw publish request. Every item published: until the origin's /health shows no "
+        "item waiting for any target (looked at every 5% of the time so far), i.e. one item per "
+        "follower, "
+        "and the owner's and the firehose's, accepted by every Pushpin; raw Pushpin: its "
+        f"publish requests of 500 items answered. {p['held']:,} followers hold a long-poll "
+        "each, spread evenly through the publish order (the last one in it among them); "
+        "Pushpin drops the items for channels nobody holds. The followers were written "
+        f"straight into the store (`bench/seed.py`) in {r['summary']['seed_seconds']:.1f} s. "
+        "Why not 100,000 held: each held long-poll is a socket in the client and in Pushpin "
+        f"(open files: hard limit {limits['open_files_hard_limit']:,} a process here), one "
+        f"client address reaches one Pushpin port through at most "
+        f"{limits['ephemeral_ports']:,} ephemeral ports, and Pushpin took about 60 KB a held "
+        "request in the fan-out case.",
+    ]
+    return lines
+
+
+def _writes(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "| followers | deliveries a post | one writer: a post, mean (p50, p99) "
+        "| one writer: posts/s | many writers: posts/s | deliveries rows/s | many: p50, p99 "
+        "| writers' CPU |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["summary"]["followers"]:
+        one, many = row["one"], row["many"]
+        lines.append(
+            f"| {row['followers']:,} | {row['deliveries_per_post']:,} "
+            f"| {_n(one['mean_ms'], 2)} ms ({_n(one['p50_ms'], 2)}, {_n(one['p99_ms'], 2)}) "
+            f"| {one['posts_per_second']:,.0f} | {many['posts_per_second']:,.0f} "
+            f"| {row['deliveries_per_second']:,.0f} "
+            f"| {_n(many['p50_ms'], 1)}, {_n(many['p99_ms'], 1)} ms "
+            f"| {many['cpu_cores']:.2f} cores |"
+        )
+    many = r["summary"]["followers"][0]["many"]
+    lines += [
+        "",
+        f"{r['params']['seconds']:.0f} s of each, posts written through the store "
+        "(`append_post`) with no HTTP and no Pushpin. Many writers: "
+        f"{many['writers']} at once in each of {many['processes']} process(es). One "
+        "writer's mean time a post is how long the write lock is held, commit included: "
+        "one over it is the most posts a second the lock lets through.",
+    ]
+    return lines
+
+
 TABLES = {
     "fanout": _fanout,
     "fanout10k": _fanout_runs,
     "holdcost": _holdcost,
     "throughput": _throughput,
     "latency": _latency,
+    "bigpost": _bigpost,
+    "writes": _writes,
 }
 
 
+def _ordered(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records in the suite's order: by case, then setup."""
+    keys = [name + setup.key for name in ORDER for setup in SETUPS]
+    return [records[key] for key in keys if key in records]
+
+
+def _database(record: dict[str, Any]) -> str:
+    facts = record.get("database") or {}
+    if "server_version" in facts:
+        return (
+            f"PostgreSQL {facts['server_version'].split()[0]} (fsync {facts['fsync']}, "
+            f"synchronous_commit {facts['synchronous_commit']}; the server is shared: "
+            f"{facts['other_sessions']} other sessions when the case began)"
+        )
+    if "sqlite" in facts:
+        return f"SQLite {facts['sqlite']} (WAL, synchronous=NORMAL)"
+    return "SQLite"
+
+
+# -- side by side ---------------------------------------------------------------------------
+
+
+def _fanout_cells(clients: int) -> Any:
+    def cell(r: dict[str, Any]) -> str | None:
+        row = next((x for x in r["summary"]["sizes"] if x["clients"] == clients), None)
+        if row is None:
+            return None
+        return f"{_n(row['origin_ms'], 0)} ms ({_n(row['ratio'], 2)} x raw)"
+
+    return cell
+
+
+def _throughput_cell(case: str) -> Any:
+    def cell(r: dict[str, Any]) -> str | None:
+        row = next((c for c in r["summary"]["cases"] if c["case"] == case), None)
+        if row is None:
+            return None
+        return (
+            f"{row['stored_per_second']:,.0f}/s, {row['delivered_per_second']:,.0f}/s; p99 "
+            f"{_n(row['delivery_p99_ms'], 0)} ms"
+        )
+
+    return cell
+
+
+def _latency_cell(r: dict[str, Any]) -> str:
+    s = r["summary"]
+    return (
+        f"{_n(s['origin_p50_ms'], 1)} ms, {_n(s['direct_p50_ms'], 1)} ms "
+        f"({_n(s['raw_p50_ms'], 1)} ms)"
+    )
+
+
+def _holdcost_cell(r: dict[str, Any]) -> str:
+    by_case = {c["case"]: c["cpu_ms_per_request"] for c in r["summary"]["cases"]}
+    hold = by_case.get("hold, 1000 follows")
+    post = next((v for k, v in by_case.items() if k.startswith("POST")), None)
+    return f"{_n(hold, 2)} ms, {_n(post, 2)} ms"
+
+
+def _bigpost_cell(followers: int) -> Any:
+    def cell(r: dict[str, Any]) -> str | None:
+        row = next((x for x in r["summary"]["sizes"] if x["followers"] == followers), None)
+        if row is None:
+            return None
+        return (
+            f"{_n(row['commit_ms'], 0)} ms; {_n(row['published_ms'], 0)} ms "
+            f"({_n(row['raw_published_ms'], 0)} ms)"
+        )
+
+    return cell
+
+
+def _writes_cell(followers: int) -> Any:
+    def cell(r: dict[str, Any]) -> str | None:
+        row = next((x for x in r["summary"]["followers"] if x["followers"] == followers), None)
+        if row is None:
+            return None
+        return f"{_n(row['one']['mean_ms'], 2)} ms; {row['many']['posts_per_second']:,.0f}/s"
+
+    return cell
+
+
+def _side_by_side(records: dict[str, dict[str, Any]]) -> list[str]:
+    """The main numbers of every case on every setup, in one table."""
+    present = _ordered(records)
+    setups = [s for s in SETUPS if any(_setup(r) == s for r in present)]
+    if len(setups) < 2:
+        return []
+
+    def sizes(case: str, key: str, field: str) -> list[int]:
+        found = {row[field] for r in present if r["case"] == case for row in r["summary"][key]}
+        return sorted(found)
+
+    rows: list[tuple[str, str, Any]] = [
+        (f"fan-out to {n:,}: POST to last delivery", "fanout", _fanout_cells(n))
+        for n in sizes("fanout", "sizes", "clients")
+    ]
+    rows += [
+        (
+            f"throughput, {THROUGHPUT_LABELS[case]}: stored, delivered a second; p99",
+            "throughput",
+            _throughput_cell(case),
+        )
+        for case in ("origin", "direct", "raw")
+    ]
+    rows += [
+        ("latency p50: POST through Pushpin, POST direct (raw Pushpin)", "latency", _latency_cell),
+        ("origin CPU: a hold with 1,000 follows, a post", "holdcost", _holdcost_cell),
+    ]
+    rows += [
+        (
+            f"a post to {n:,} followers: commit; every item published (raw Pushpin)",
+            "bigpost",
+            _bigpost_cell(n),
+        )
+        for n in sizes("bigpost", "sizes", "followers")
+    ]
+    rows += [
+        (f"writes, {n:,} followers: a post alone; posts/s, many writers", "writes", _writes_cell(n))
+        for n in sizes("writes", "followers", "followers")
+    ]
+    out = [
+        "## Side by side",
+        "",
+        "The main numbers of each case on each setup, medians as in the sections below.",
+        "",
+        "| | " + " | ".join(s.label for s in setups) + " |",
+        "|---|" + "---:|" * len(setups),
+    ]
+    for label, case, cell in rows:
+        cells = []
+        for setup in setups:
+            record = records.get(case + setup.key)
+            value = cell(record) if record is not None else None
+            cells.append(value or "not run")
+        if any(c != "not run" for c in cells):
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
 def render(records: dict[str, dict[str, Any]]) -> str:
-    present = [records[name] for name in ORDER if name in records]
+    present = _ordered(records)
     command = present[0]["command"] if present else "python -m bench"
     out = [INTRO.format(command=command), "## Targets", ""]
-    out += ["| target | measured | met |", "|---|---|---|"]
+    out += ["| on | target | measured | met |", "|---|---|---|---|"]
     for record in present:
         for target in record["targets"]:
             verdict = "yes" if target["met"] else "**no**"
-            out.append(f"| {target['target']} | {target['measured']} | {verdict} |")
+            out.append(
+                f"| {_setup(record).label} | {target['target']} | {target['measured']} "
+                f"| {verdict} |"
+            )
     out.append("")
+    out += _side_by_side(records)
     for record in present:
         m = record["machine"]
         out += [
-            f"## {record['title']}",
+            f"## {record['title']}: {_setup(record).label}",
             "",
             f"`{record['command']}`, {record['date']}, {record['seconds']} s; {m['cpus']} "
             f"cores ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}, "
-            f"{m['pushpin']}; load average before: "
+            f"{m['pushpin']}; {_database(record)}; load average before: "
             + ", ".join(f"{x:.2f}" for x in m["load_average"])
             + ("; **quick run**" if record.get("quick") else ""),
             "",
             *TABLES[record["case"]](record),
             "",
         ]
-    out += _why(records)
+    why = []
+    for setup in SETUPS:
+        mine = {r["case"]: r for r in present if _setup(r) == setup}
+        why += _why(mine, setup.label)
+    if why:
+        out += ["## Where a target is missed, and why", "", *why, ""]
     out.append(NOTES)
     return "\n".join(out)
 

@@ -18,6 +18,10 @@ raw
     publishes them straight to Pushpin, batched every few ms. No HTTP request per post, no
     store: what Pushpin alone sustains with these long-polls on this machine, the floor.
 
+With two nodes (``--origins 2``), readers and writers are spread over both nodes (reader i and
+writer i on node i mod 2), and the origins' CPU is their sum, Pushpin's the sum of both
+Pushpins'.
+
 Measured: posts stored per second (201 answers, or items added, over the posting time), posts
 delivered per second (to the reader of the post's channel, from the first post to the last
 delivery), and from each post's start to its delivery, p50 and p99; CPU of the origin, of
@@ -45,12 +49,12 @@ from bench.common import (
     Conn,
     RawPushpin,
     cpu_seconds,
-    descendants,
     median,
     ms,
     percentile,
 )
-from tests.support import PASSWORD, Stack, basic, running
+from bench.setups import SQLITE, Deployment, Setup, deployed
+from tests.support import PASSWORD, Stack, basic
 
 WRITERS = 25  # connections posting at once
 RAW_TICK = 0.005  # the raw case publishes what is due every 5 ms, in one request
@@ -87,8 +91,8 @@ class Tally:
 class Run:
     """One case: readers long-polling ``poll_port``, posts made by ``post_all``."""
 
-    def __init__(self, case: str, channels: int, poll_port: int) -> None:
-        self.case, self.channels, self.poll_port = case, channels, poll_port
+    def __init__(self, case: str, channels: int, poll_ports: list[int]) -> None:
+        self.case, self.channels, self.poll_ports = case, channels, poll_ports
         self.tally = Tally()
         self.stopping = False
 
@@ -102,7 +106,7 @@ class Run:
         raise NotImplementedError
 
     async def _reader(self, index: int, since: str) -> None:
-        conn = Conn(self.poll_port)
+        conn = Conn(self.poll_ports[index % len(self.poll_ports)])
         tally = self.tally
         while not self.stopping:
             path, headers = self.poll(index, since)
@@ -193,18 +197,19 @@ class Run:
 
 
 class OriginRun(Run):
-    def __init__(self, stack: Stack, readers: list[str], direct: bool) -> None:
-        super().__init__("direct" if direct else "origin", len(readers), int(stack.env["PORT"]))
+    def __init__(self, d: Deployment, readers: list[str], direct: bool) -> None:
+        ports = [int(node.env["PORT"]) for node in d.nodes]
+        super().__init__("direct" if direct else "origin", len(readers), ports)
         self.readers = readers
         self.auth = [{"Authorization": basic(reader)} for reader in readers]
         # Writers POST through Pushpin, or (direct) straight to the origin's own port.
-        self.post_port = int(stack.env["ORIGIN_PORT" if direct else "PORT"])
+        self.post_ports = [int(node.env["ORIGIN_PORT" if direct else "PORT"]) for node in d.nodes]
 
     def poll(self, index: int, since: str) -> tuple[str, dict[str, str]]:
         return f"/api/notifications/posts?since={since}", self.auth[index]
 
     async def first_cursor(self) -> str:
-        conn = Conn(self.poll_port)
+        conn = Conn(self.poll_ports[0])
         status, _, body = await conn.request("GET", "/api/notifications/posts", self.auth[0])
         conn.close()
         if status != 200:
@@ -213,12 +218,14 @@ class OriginRun(Run):
 
     async def post_all(self, total: int, start: float, rate: float) -> None:
         numbers = itertools.count()
-        await asyncio.gather(*(self._writer(numbers, total, start, rate) for _ in range(WRITERS)))
+        await asyncio.gather(
+            *(self._writer(i, numbers, total, start, rate) for i in range(WRITERS))
+        )
 
     async def _writer(
-        self, numbers: itertools.count[int], total: int, start: float, rate: float
+        self, index: int, numbers: itertools.count[int], total: int, start: float, rate: float
     ) -> None:
-        conn = Conn(self.post_port)
+        conn = Conn(self.post_ports[index % len(self.post_ports)])
         headers = {"Authorization": basic(WRITER, PASSWORD), "Content-Type": "application/json"}
         tally = self.tally
         while (number := next(numbers)) < total:
@@ -245,7 +252,7 @@ class OriginRun(Run):
 
 class RawRun(Run):
     def __init__(self, raw: RawPushpin, channels: int) -> None:
-        super().__init__("raw", channels, raw.http_port)
+        super().__init__("raw", channels, [raw.http_port])
         self.raw = raw
 
     def poll(self, index: int, since: str) -> tuple[str, dict[str, str]]:
@@ -339,25 +346,25 @@ def run(
     workdir: Path,
     *,
     sweep: Sequence[float] = (),
+    setup: Setup = SQLITE,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The three cases at ``rate``; then POSTs direct at each lower rate of ``sweep``, to find
     what the origin sustains within the p99 target."""
     echo(
         f"throughput: {rate:.0f} posts/s offered for {seconds:.0f} s over {channels} channels, "
-        f"one long-poll per channel"
+        f"one long-poll per channel, on {setup.label}"
     )
     rows, swept = [], []
-    with running(workdir / "data") as stack:
-        readers = _setup(stack, channels)
-        assert stack.process is not None
-        origin_pid = stack.process.pid
-        pids = [origin_pid, *descendants(origin_pid)]
+    with deployed(setup, workdir) as d:
+        readers = _setup(d.nodes[0], channels)
+        origin_pids = d.origin_pids()
+        pids = origin_pids + d.pushpin_pids()
 
         def origin_case(direct: bool, offered: float) -> dict[str, Any]:
-            row = uvloop.run(OriginRun(stack, readers, direct).run(offered, seconds, pids, echo))
+            row = uvloop.run(OriginRun(d, readers, direct).run(offered, seconds, pids, echo))
             cpu = row.pop("cpu")
-            row["origin_cpu_cores"] = cpu.pop(origin_pid)
+            row["origin_cpu_cores"] = sum(cpu.pop(pid) for pid in origin_pids)
             row["pushpin_cpu_cores"] = sum(cpu.values())
             echo(f"{_line(row)} (offered {offered:,.0f}/s)")
             return row
