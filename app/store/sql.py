@@ -893,14 +893,17 @@ class SqlStore:
         answer 0; or, at the limit, count nothing and answer the seconds until a slot frees.
         One check and count per key at a time, across processes: no concurrency passes it."""
         async with self.db.keyed(f"{name}\x00{key}") as conn:
-            rows = await conn.fetchall(
-                "SELECT at FROM rate_slots WHERE name = ? AND key = ? AND at > ? ORDER BY at",
+            # The limit-th newest slot: taken within the window, it makes ``limit`` there.
+            # (Read from the newest down, so the cost is bounded by the limit, not by history.)
+            row = await conn.fetchone(
+                "SELECT at FROM rate_slots WHERE name = ? AND key = ?"
+                " ORDER BY at DESC LIMIT 1 OFFSET ?",
                 name,
                 key,
-                now - window,
+                limit - 1,
             )
-            if len(rows) >= limit:
-                return float(rows[len(rows) - limit][0]) + window - now
+            if row is not None and float(row[0]) > now - window:
+                return float(row[0]) + window - now
             await conn.execute(
                 "INSERT INTO rate_slots (name, key, at) VALUES (?, ?, ?)", name, key, now
             )
