@@ -458,7 +458,7 @@ def _bigpost(r: dict[str, Any]) -> list[str]:
 
 def _writes(r: dict[str, Any]) -> list[str]:
     lines = [
-        "| followers | deliveries a post | one writer: a post, mean (p50, p99) "
+        "| followers | deliveries a post | one writer: a post, mean (first, last tenth; p99) "
         "| one writer: posts/s | many writers: posts/s | deliveries rows/s | many: p50, p99 "
         "| writers' CPU |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -467,7 +467,8 @@ def _writes(r: dict[str, Any]) -> list[str]:
         one, many = row["one"], row["many"]
         lines.append(
             f"| {row['followers']:,} | {row['deliveries_per_post']:,} "
-            f"| {_n(one['mean_ms'], 2)} ms ({_n(one['p50_ms'], 2)}, {_n(one['p99_ms'], 2)}) "
+            f"| {_n(one['mean_ms'], 2)} ms ({_n(one.get('first_tenth_mean_ms'), 2)}, "
+            f"{_n(one.get('last_tenth_mean_ms'), 2)}; {_n(one['p99_ms'], 2)}) "
             f"| {one['posts_per_second']:,.0f} | {many['posts_per_second']:,.0f} "
             f"| {row['deliveries_per_second']:,.0f} "
             f"| {_n(many['p50_ms'], 1)}, {_n(many['p99_ms'], 1)} ms "
