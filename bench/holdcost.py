@@ -9,8 +9,11 @@ requests back to back.
 
 Measured: the origin process's CPU time (all threads) over the requests, divided by their
 number, and requests per second. For scale, the same for ``GET /health`` (the cost of the
-origin's HTTP stack alone) and for a post (``POST /api/NODE/content/posts`` straight to the
+origin's HTTP stack alone) and for a post (``POST /api/USER/content/posts`` straight to the
 origin: stored, and published to Pushpin by the origin's publisher, whose CPU is counted too).
+Each connection posts as a user of its own, to that user's channel: a post is counted against
+its author's rate limit in the store, which reads every slot of the author's last minute, so
+one author making every post would be measured, not a post.
 """
 
 from __future__ import annotations
@@ -37,13 +40,17 @@ TARGET_CPU_MS = 2.0
 OWNER = "owner@bench.example"
 
 
+def _poster(i: int) -> str:
+    return f"poster{i}@bench.example"
+
+
 def _node(i: int) -> str:
     return f"n{i}@bench.example"
 
 
 def _setup(stack: Stack, nodes: int) -> list[str]:
     """``nodes`` channels with one post each; a reader per entry of FOLLOWS that follows as
-    many of them."""
+    many of them; a poster per connection."""
     readers = []
     with stack.account(OWNER) as owner:
         owner.base_url = stack.origin_url
@@ -65,6 +72,8 @@ def _setup(stack: Stack, nodes: int) -> list[str]:
             r = owner.post(f"/api/{_node(i)}/content/posts", json={"content": f"post {i}"})
             if r.status_code != 201:
                 raise BenchError(f"cannot post to {_node(i)}: HTTP {r.status_code} {r.text}")
+    for i in range(CONNECTIONS):
+        stack.account(_poster(i)).close()  # logged in by the warm-up, before any timing
     return readers
 
 
@@ -74,8 +83,8 @@ class Kind:
 
     label: str
     follows: int  # nodes the user follows (0: not a hold)
-    path: str
-    user: str | None
+    path: str  # "{user}" in it is the connection's user
+    users: list[str | None]  # the connections take turns as these
     content_type: str
     method: str = "GET"
     body: bytes = b""
@@ -83,28 +92,33 @@ class Kind:
 
 
 async def _load(
-    port: int, kind: Kind, headers: Callable[[], dict[str, str]], requests: int, pid: int
+    port: int,
+    kind: Kind,
+    signed: Callable[[str | None], Callable[[], dict[str, str]]],
+    requests: int,
+    pid: int,
 ) -> dict[str, float]:
     """Send ``requests`` requests over CONNECTIONS connections; the origin's CPU per request
     and the requests per second."""
     remaining = requests
     failures: list[str] = []
 
-    async def worker() -> None:
+    async def worker(index: int) -> None:
         nonlocal remaining
+        user = kind.users[index % len(kind.users)]
+        path = kind.path.replace("{user}", user or "")
+        headers = signed(user)
         conn = Conn(port)
         while remaining > 0:
             remaining -= 1
-            status, answer_headers, _ = await conn.request(
-                kind.method, kind.path, headers(), kind.body
-            )
+            status, answer_headers, _ = await conn.request(kind.method, path, headers(), kind.body)
             content_type = answer_headers.get("content-type")
             if (status, content_type) != (kind.status, kind.content_type):
                 failures.append(f"HTTP {status} {content_type}")
         conn.close()
 
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
+    await asyncio.gather(*(worker(i) for i in range(CONNECTIONS)))
     cpu1, t1 = cpu_seconds(pid), time.perf_counter()
     if failures:
         raise BenchError(f"{len(failures)} requests did not end as expected: {failures[0]}")
@@ -132,18 +146,17 @@ async def _measure(
         raise BenchError(f"/health: HTTP {status}")
     last = json.loads(body)["last"]
     since = f"/api/notifications/posts?since={last}"
-    kinds = [Kind("GET /health", 0, "/health", None, "application/json")]
+    kinds = [Kind("GET /health", 0, "/health", [None], "application/json")]
     kinds += [
-        Kind(f"hold, {count} follows", count, since, reader, "application/grip-instruct")
+        Kind(f"hold, {count} follows", count, since, [reader], "application/grip-instruct")
         for count, reader in zip(FOLLOWS, readers, strict=False)
     ]
-    # Last: its posts move the readers' feeds on.
     kinds.append(
         Kind(
             "POST a post (stored, published)",
             0,
-            f"/api/{_node(0)}/content/posts",
-            OWNER,
+            "/api/{user}/content/posts",
+            [_poster(i) for i in range(CONNECTIONS)],
             "application/json",
             method="POST",
             body=json.dumps({"content": "a post"}).encode(),
@@ -152,8 +165,8 @@ async def _measure(
     )
     rows = []
     for kind in kinds:
-        await _load(port, kind, signed(kind.user), max(50, requests // 10), pid)  # warm up
-        numbers = await _load(port, kind, signed(kind.user), requests, pid)
+        await _load(port, kind, signed, max(50, requests // 10), pid)  # warm up
+        numbers = await _load(port, kind, signed, requests, pid)
         echo(
             f"  {kind.label}: {numbers['cpu_ms_per_request']:.3f} ms of origin CPU per request, "
             f"{numbers['requests_per_second']:.0f} requests/s"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.common import HOLD_TIMEOUT
 from bench.setups import SETUPS, Setup
 from bench.throughput import LABELS as THROUGHPUT_LABELS
 from bench.throughput import TARGET_P99_MS, within_target
@@ -98,7 +99,8 @@ def _why(records: dict[str, dict[str, Any]], label: str) -> list[str]:
     out = []
     for name in ("fanout", "fanout10k"):
         fanout = records.get(name)
-        if fanout and not all(t["met"] for t in fanout["targets"]):
+        failed = fanout and any(r["origin_failures"] for r in fanout["summary"]["sizes"])
+        if fanout and (failed or not all(t["met"] for t in fanout["targets"])):
             out.append(_why_fanout(fanout, label))
     throughput = records.get("throughput")
     if throughput and not all(t["met"] for t in throughput["targets"]):
@@ -107,11 +109,11 @@ def _why(records: dict[str, dict[str, Any]], label: str) -> list[str]:
         cpus = throughput["machine"]["cpus"]
         rate = throughput["params"]["rate"]
         lines = []
-        for name, label in (("origin", "through Pushpin"), ("direct", "POSTs direct")):
+        for name, what in (("origin", "through Pushpin"), ("direct", "POSTs direct")):
             c = cases[name]
             per_post = c["origin_cpu_cores"] / max(c["stored_per_second"], 1) * 1000
             lines.append(
-                f"  - {label}, the origin used {per_post:.2f} ms of CPU per post (its reader's "
+                f"  - {what}, the origin used {per_post:.2f} ms of CPU per post (its reader's "
                 f"long-poll included) and Pushpin {c['pushpin_cpu_cores']:.2f} cores at "
                 f"{c['stored_per_second']:,.0f} posts/s;"
             )
@@ -137,6 +139,28 @@ def _why(records: dict[str, dict[str, Any]], label: str) -> list[str]:
                     f"What the raw case leaves of the {cpus} cores at that rate "
                     f"({left:.2f}) would allow {max(left, 0) / rate * 1000:.2f} ms per post."
                 )
+        used = sum(direct[k] for k in ("origin_cpu_cores", "pushpin_cpu_cores", "client_cpu_cores"))
+        if direct["origin_cpu_cores"] >= 0.9:
+            bound = (
+                f"with POSTs direct the origin used {direct['origin_cpu_cores']:.2f} cores: its "
+                "one event loop is saturated, and past saturation deliveries queue, which is "
+                "what the p99 shows."
+            )
+        elif used >= 0.8 * cpus:
+            bound = (
+                f"the {cpus} cores are saturated, and past saturation deliveries queue, which is "
+                "what the p99 shows. Through Pushpin each POST also crosses Pushpin's proxy, and "
+                "Pushpin's CPU bounds the rate."
+            )
+        else:
+            bound = (
+                f"but with POSTs direct the origin, Pushpin and the clients used {used:.2f} of "
+                f"the {cpus} cores: the posts waited, not the CPU. Every post is a write "
+                "transaction under the store's one write lock, held across its statements' "
+                "round trips to the database"
+                + _writes_note(records.get("writes"))
+                + ", and the origin's one event loop carries every other request between them."
+            )
         out += [
             f"- **Throughput ({label}).** Everything shares {cpus} cores. The raw case, with "
             f"no POST at all, shows Pushpin alone needs {raw['pushpin_cpu_cores']:.2f} cores to "
@@ -145,10 +169,8 @@ def _why(records: dict[str, dict[str, Any]], label: str) -> list[str]:
             *lines,
             f"  So {rate:,.0f} posts/s with POSTs direct takes about {need:.1f} cores of "
             f"user CPU (Pushpin as in the raw case, the origin at its measured cost per post, "
-            f"the clients), with the kernel's loopback TCP on top: the {cpus} cores are "
-            f"saturated, and past saturation deliveries queue, which is what the p99 shows. "
-            f"Through Pushpin each POST also crosses Pushpin's proxy, and Pushpin's CPU bounds "
-            f"the rate. Lost or duplicated posts in these cases: {wrong}.{parts}",
+            f"the clients), with the kernel's loopback TCP on top; {bound} Lost or duplicated "
+            f"posts in these cases: {wrong}.{parts}",
         ]
         swept = throughput["summary"].get("sweep", [])
         if swept:
@@ -174,12 +196,21 @@ def _why(records: dict[str, dict[str, Any]], label: str) -> list[str]:
     latency = records.get("latency")
     if latency and not all(t["met"] for t in latency["targets"]):
         s = latency["summary"]
+        direct_missed = not latency["targets"][-1]["met"]
         out.append(
             f"- **Latency, POST through Pushpin ({label}).** The POST itself crosses Pushpin's "
             f"proxy (condure, pushpin-proxy, zurl) before the origin sees it: that hop alone took "
             f"{_n(s['proxy_hop_p50_ms'], 2)} ms (p50) to an origin that answers at once. Sent "
             f"straight to the origin, the same post reached its reader "
-            f"{_n(s['direct_difference_ms'], 2)} ms after a raw publish would have."
+            f"{_n(s['direct_difference_ms'], 2)} ms after a raw publish would have"
+            + (
+                ": most of that is the post's own write transaction"
+                + _writes_note(records.get("writes"))
+                + ", and the POST's answer took "
+                f"{_n(s['direct_post_request_p50_ms'], 2)} ms (p50)."
+                if direct_missed
+                else "."
+            )
         )
     bigpost = records.get("bigpost")
     if bigpost and not all(t["met"] for t in bigpost["targets"]):
@@ -188,6 +219,17 @@ def _why(records: dict[str, dict[str, Any]], label: str) -> list[str]:
     if writes and not all(t["met"] for t in writes["targets"]):
         out.append(_why_writes(writes, label))
     return out
+
+
+def _writes_note(writes: dict[str, Any] | None) -> str:
+    """What bench writes measured of a post alone on the same setup, as a parenthesis."""
+    if writes is None:
+        return ""
+    row = writes["summary"]["followers"][0]
+    return (
+        f" (bench writes: a post to {row['followers']:,} followers took "
+        f"{_n(row['one']['mean_ms'], 2)} ms alone through the store, with no HTTP)"
+    )
 
 
 def _why_bigpost(record: dict[str, Any], label: str) -> str:
@@ -220,17 +262,32 @@ def _per(total_ms: float | None, count: int) -> float | None:
 
 
 def _why_writes(record: dict[str, Any], label: str) -> str:
-    parts = [
-        f"{row['followers']:,} followers: {_n(row['one']['mean_ms'], 2)} ms a post alone, "
-        f"{row['many']['posts_per_second']:,.0f} posts/s with "
-        f"{row['many']['processes'] * row['many']['writers']} writers"
-        for row in record["summary"]["followers"]
-    ]
+    parts = []
+    for row in record["summary"]["followers"]:
+        one, many = row["one"], row["many"]
+        growth = ""
+        if one.get("first_tenth_mean_ms") and one.get("last_tenth_mean_ms"):
+            growth = (
+                f", from {_n(one['first_tenth_mean_ms'], 2)} in its first tenth to "
+                f"{_n(one['last_tenth_mean_ms'], 2)} in its last"
+            )
+        parts.append(
+            f"{row['followers']:,} followers: {_n(one['mean_ms'], 2)} ms a post alone"
+            f"{growth} ({one['posts_per_second']:,.0f} posts/s), "
+            f"{many['posts_per_second']:,.0f} posts/s with "
+            f"{many['processes'] * many['writers']} writers"
+        )
     return (
-        f"- **Writes ({label}).** Every write transaction holds the one write lock through its "
-        "commit, so posts go one at a time whatever the number of writers: "
+        f"- **Writes ({label}).** Every write transaction holds the one write lock until it "
+        "has committed, so posts commit one at a time whatever the number of writers or "
+        "processes: "
         + "; ".join(parts)
-        + ". A post's time alone, commit included, bounds the rate (`docs/scaling.md`)."
+        + ". Many writers gain only what of a post lies outside the lock (on PostgreSQL, the "
+        "round trips before the lock is granted and after the commit). A post's time grows "
+        "with the deliveries already made to the same followers (each is an insert into its "
+        "follower's own range of the deliveries index), and the many writers ran after the "
+        "one: where they got fewer posts through, that growth is at least part of why. "
+        "`docs/scaling.md` models where this stops."
     )
 
 
@@ -247,13 +304,28 @@ def _why_fanout(record: dict[str, Any], label: str) -> str:
     runs = "; ".join(
         f"{r['clients']:,} clients, run {r['run']}: {r['failures']:,} failed "
         f"({', '.join(f'{n:,} {why}' for why, n in r['failure_reasons'].items()) or 'none'})"
-        f"{'' if r['quiet'] else ', not all held or the servers busy when the post was made'}"
+        f"{'' if r['quiet'] else ', not all held or the servers busy when the post was made'}; "
+        f"{r['retried']:,} refusals retried while opening, opened in {r['ramp_seconds']:.0f} s "
+        f"and all held {r['settle_seconds']:.0f} s later"
         for r in failed
     )
+    sizes = {r["clients"] for r in failed}
+    raw = [r for r in record["results"] if r["case"] == "raw" and r["clients"] in sizes]
+    slow = any(r["ramp_seconds"] + r["settle_seconds"] > HOLD_TIMEOUT for r in failed)
     return (
         f"- **Fan-out ({label}).** Runs that failed deliveries, or where not every request was "
-        f"held (or the servers were still busy) when the post was made: {runs}. The raw case, "
-        "same load generator and same Pushpin config, lost none. Three causes of such runs "
+        f"held (or the servers were still busy) when the post was made: {runs}. The raw case "
+        f"at the same sizes, same load generator and same Pushpin config, lost none, with "
+        f"{min((r['retried'] for r in raw), default=0):,} to "
+        f"{max((r['retried'] for r in raw), default=0):,} refusals while opening"
+        + (
+            f". A hold ends after {HOLD_TIMEOUT} s: where opening and settling took longer, "
+            "the first requests were answered by their timeout before the post (counted as "
+            "answered before the publish)"
+            if slow
+            else ""
+        )
+        + ". Three causes of such runs "
         "were found (docs/design.md, and the notes below): every request of a user whose "
         "cached login had expired computed its own 50 ms password hash (hundreds at once); "
         "zurl kept pooled connections the origin had closed; and the benchmark made its post "
@@ -460,7 +532,7 @@ def _bigpost(r: dict[str, Any]) -> list[str]:
 
 def _writes(r: dict[str, Any]) -> list[str]:
     lines = [
-        "| followers | deliveries a post | one writer: a post, mean (p50, p99) "
+        "| followers | deliveries a post | one writer: a post, mean (first, last tenth; p99) "
         "| one writer: posts/s | many writers: posts/s | deliveries rows/s | many: p50, p99 "
         "| writers' CPU |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -469,7 +541,8 @@ def _writes(r: dict[str, Any]) -> list[str]:
         one, many = row["one"], row["many"]
         lines.append(
             f"| {row['followers']:,} | {row['deliveries_per_post']:,} "
-            f"| {_n(one['mean_ms'], 2)} ms ({_n(one['p50_ms'], 2)}, {_n(one['p99_ms'], 2)}) "
+            f"| {_n(one['mean_ms'], 2)} ms ({_n(one.get('first_tenth_mean_ms'), 2)}, "
+            f"{_n(one.get('last_tenth_mean_ms'), 2)}; {_n(one['p99_ms'], 2)}) "
             f"| {one['posts_per_second']:,.0f} | {many['posts_per_second']:,.0f} "
             f"| {row['deliveries_per_second']:,.0f} "
             f"| {_n(many['p50_ms'], 1)}, {_n(many['p99_ms'], 1)} ms "

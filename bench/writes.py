@@ -9,7 +9,10 @@ writes F + 2 deliveries (the owner's own feed, the firehose). For each node:
 one writer
     One process posts one post after another. No other writer waits, so a post's time is how
     long it holds the write lock, its commit included: 1 / that is the most posts a second the
-    lock lets through at that follower count, from however many origins.
+    lock lets through at that follower count, from however many origins. A post's time grows
+    with the posts already delivered to the same followers (each delivery is an insert into
+    the followers' own ranges of the deliveries index): the first and last tenth of the phase
+    are reported apart.
 many writers
     WRITERS tasks in each process post at once (with ``--origins 2``, two processes on the
     same database, as two origins would), each as soon as its last post is committed.
@@ -146,6 +149,7 @@ def _phase(url: str, channel: str, processes: int, writers: int, seconds: float)
                 worker.wait()
     times = [t for f in found for t in f["times_ms"]]
     elapsed = max(f["seconds"] for f in found)
+    tenth = max(1, len(found[0]["times_ms"]) // 10)  # of the first process's posts, in order
     return {
         "processes": processes,
         "writers": writers,
@@ -153,6 +157,8 @@ def _phase(url: str, channel: str, processes: int, writers: int, seconds: float)
         "seconds": elapsed,
         "posts_per_second": len(times) / elapsed,
         "mean_ms": sum(times) / len(times) if times else None,
+        "first_tenth_mean_ms": _mean(found[0]["times_ms"][:tenth]),
+        "last_tenth_mean_ms": _mean(found[0]["times_ms"][-tenth:]),
         "p50_ms": percentile(times, 50),
         "p99_ms": percentile(times, 99),
         "cpu_cores": sum(f["cpu_seconds"] for f in found) / elapsed,
@@ -197,7 +203,8 @@ def run(
             rows.append(row)
             echo(
                 f"  {count:,} followers: one writer {_n(one['mean_ms'])} ms a post on average "
-                f"(p50 {_n(one['p50_ms'])}, p99 {_n(one['p99_ms'])}), "
+                f"(first tenth {_n(one['first_tenth_mean_ms'])}, last "
+                f"{_n(one['last_tenth_mean_ms'])}; p99 {_n(one['p99_ms'])}), "
                 f"{one['posts_per_second']:,.0f} posts/s; "
                 f"{many['processes'] * many['writers']} writers {many['posts_per_second']:,.0f} "
                 f"posts/s ({row['deliveries_per_second']:,.0f} deliveries rows/s), p50 "
@@ -240,6 +247,10 @@ def _targets(rows: list[dict[str, Any]], setup: Setup) -> list[dict[str, Any]]:
             "met": many["posts_per_second"] >= TARGET_RATE,
         }
     ]
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _n(value: float | None) -> str:
