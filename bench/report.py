@@ -714,8 +714,8 @@ def _side_by_side(records: dict[str, dict[str, Any]]) -> list[str]:
 
 def render(records: dict[str, dict[str, Any]]) -> str:
     present = _ordered(records)
-    command = present[0]["command"] if present else "python -m bench"
-    out = [INTRO.format(command=command), "## Targets", ""]
+    commands = list(dict.fromkeys(r["command"] for r in present)) or ["python -m bench"]
+    out = [INTRO.format(command="` and `".join(commands)), "## Targets", ""]
     out += ["| on | target | measured | met |", "|---|---|---|---|"]
     for record in present:
         for target in record["targets"]:
