@@ -108,3 +108,21 @@ async def _execute(url: str, *statements: str) -> None:
             await connection.execute(statement)
     finally:
         await connection.close()
+
+
+def end_connections(url: str) -> int:
+    """End every other connection to the database at ``url``, as a restart or failover of the
+    server would (a fault a test injects; it reads and writes no data); how many it ended."""
+    return asyncio.run(_end_connections(url))
+
+
+async def _end_connections(url: str) -> int:
+    connection = await asyncpg.connect(url, timeout=5)
+    try:
+        ended: int = await connection.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+    return ended

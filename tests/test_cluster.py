@@ -4,21 +4,24 @@ order lose nothing; a client moves from node to node with its cursor."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 
 from tests.conftest import unique
-from tests.databases import SHARED_SECRETS
+from tests.databases import SHARED_SECRETS, end_connections
 from tests.support import Holds, Stack, cluster, health, kill, pushpin_pids
 from tests.test_aloha import Aloha
 from tests.test_posts_feed import follow, last, post
+
+
+def node_env(postgres_url: str, **extra: str) -> dict[str, str]:
+    """What every node of these clusters is given: the database and the keys they share."""
+    return {"DATABASE_URL": postgres_url, **SHARED_SECRETS, **extra}
 
 
 def wait_for(predicate: Callable[[], object], timeout: float) -> float:
@@ -52,7 +55,7 @@ def test_one_origin_publishes_to_each_target_and_another_takes_over_within_5s(
 ) -> None:
     # A publisher that only looked at the log every 30 s would miss every deadline below: the
     # commits made on the other origin must wake it.
-    env = {"DATABASE_URL": postgres_url, **SHARED_SECRETS, "PUBLISH_POLL_SECONDS": "30"}
+    env = node_env(postgres_url, PUBLISH_POLL_SECONDS="30")
     with cluster(tmp_path, 2, **env) as nodes:
         wait_for(lambda: one_publisher_each(nodes), 5)
         targets = publishing(nodes)
@@ -100,7 +103,7 @@ def test_commits_that_finish_out_of_id_order_lose_nothing(
     """The first node's commits wait 1.5 s after the log hands them an id (a test-only
     setting): a post made meanwhile on the second node must not commit first, or a reader
     who saw it would move past the first post for good."""
-    env = {"DATABASE_URL": postgres_url, **SHARED_SECRETS, "HOLD_TIMEOUT": "5"}
+    env = node_env(postgres_url, HOLD_TIMEOUT="5")
     with cluster(tmp_path, 2, **env) as nodes:
         slow, fast = nodes
         slow.stop()
@@ -139,7 +142,7 @@ def test_commits_that_finish_out_of_id_order_lose_nothing(
 def test_a_client_moves_between_nodes_with_its_cursor_and_misses_nothing(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    env = {"DATABASE_URL": postgres_url, **SHARED_SECRETS}
+    env = node_env(postgres_url)
     with cluster(tmp_path, 2, **env) as nodes:
         writer, reader = unique("romeo"), unique("juliet")
         with nodes[0].account(writer) as w, nodes[1].account(reader) as r:
@@ -160,7 +163,7 @@ def test_a_client_moves_between_nodes_with_its_cursor_and_misses_nothing(
 def test_a_pushpin_fails_over_to_another_origin_when_its_own_is_down(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    env = {"DATABASE_URL": postgres_url, **SHARED_SECRETS}
+    env = node_env(postgres_url)
     with cluster(tmp_path, 2, **env) as nodes:
         first, second = nodes
         reader = unique("juliet")
@@ -185,7 +188,7 @@ def test_limits_queues_and_keys_agree_across_origins(tmp_path: Path, postgres_ur
     """What must agree across origins does: a login limit counts failures made on either
     node, an Aloha queue registered on one is polled on the other, and a login works on both
     (one SECRET_KEY and GRIP_SIG_KEY)."""
-    env = {"DATABASE_URL": postgres_url, **SHARED_SECRETS, "LOGIN_FAILURES_PER_ACCOUNT": "4"}
+    env = node_env(postgres_url, LOGIN_FAILURES_PER_ACCOUNT="4")
     with cluster(tmp_path, 2, **env) as nodes:
         user = unique("juliet")
         nodes[0].account(user).close()
@@ -210,12 +213,12 @@ def test_origins_recover_when_their_database_connections_are_cut(
     They connect again and listen again: a post made on the second node still wakes the
     publisher in the first at once (it looks at the log on its own only every 30 s here), and
     each target has one publisher again."""
-    env = {"DATABASE_URL": postgres_url, **SHARED_SECRETS, "PUBLISH_POLL_SECONDS": "30"}
+    env = node_env(postgres_url, PUBLISH_POLL_SECONDS="30")
     with cluster(tmp_path, 2, **env) as nodes:
         writer, reader = unique("romeo"), unique("juliet")
         with nodes[0].account(writer), nodes[0].account(reader) as r:
             follow(r, f"{writer}/posts")
-            ended = asyncio.run(_end_connections(postgres_url))
+            ended = end_connections(postgres_url)
             assert ended >= 6  # each origin's pool, listener and leases
             time.sleep(1.5)  # the origins notice, and their publishers check their leases
             wait_for(lambda: one_publisher_each(nodes), 5)
@@ -231,23 +234,10 @@ def test_origins_recover_when_their_database_connections_are_cut(
             assert "listens for commits: connecting again" in nodes[leader].log()
 
 
-async def _end_connections(url: str) -> int:
-    """End every other connection to the database at ``url`` (a fault, as a restart is)."""
-    conn = await asyncpg.connect(url)
-    try:
-        ended: int = await conn.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-    finally:
-        await conn.close()
-    return ended
-
-
 def test_every_pushpin_gets_every_item_and_clients_of_a_killed_one_move_on(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    env = {"DATABASE_URL": postgres_url, **SHARED_SECRETS}
+    env = node_env(postgres_url)
     with cluster(tmp_path, 2, **env) as nodes:
         writer, reader = unique("romeo"), unique("juliet")
         with nodes[1].account(writer) as w, nodes[1].account(reader) as r:
