@@ -31,6 +31,17 @@ PENDING = "pending"  # a follow request to a private channel, not approved yet
 FIREHOSE = "firehose"  # the Pushpin channel of the posts of every open channel
 # Each firehose item is also published as a hint here, for banned users' logged-in holds.
 FIREHOSE_HINT = "firehose-hint"
+# Pushpin channels, by account: its posts feed, its events feed, its Aloha queues.
+POSTS, EVENTS, QUEUES = "u", "e", "z"
+
+
+def feed_of(channel: str) -> str | None:
+    """The feed a Pushpin channel carries ("posts", "events", "firehose"), None for the
+    channels of Aloha queues and the firehose's hints."""
+    if channel == FIREHOSE:
+        return "firehose"
+    kind = {POSTS: "posts", EVENTS: "events"}.get(channel[:1])
+    return kind if kind and channel[1:].isdigit() else None
 
 
 @functools.lru_cache(maxsize=10_000)

@@ -31,10 +31,11 @@ import jwt
 
 from app.config import ConfigError
 from app.grip import hint_item, parse_grip_url, response_item, without_credentials
-from app.model import FIREHOSE, FIREHOSE_HINT, feed_body
+from app.model import FIREHOSE, FIREHOSE_HINT, feed_body, feed_of
 from app.publish_client import ClientError, PublishClient, publish_client
 from app.store import Store
 from app.store.base import Delivery, Position
+from app.streams import item_event
 
 log = logging.getLogger("app.publisher")
 
@@ -413,19 +414,26 @@ def _items(row: Delivery) -> list[dict[str, Any]]:
     needs an answer of its own (an Aloha queue filters per queue) or where the origin must
     decide (a post deleted since it was logged is skipped there); and each firehose item
     once more as a hint, for banned users' holds."""
-    if row.channel.startswith("z") or row.gone:
-        items = [hint_item(row.channel, str(row.event_id), str(row.prev_id))]
+    item_id, prev_id = str(row.event_id), str(row.prev_id)
+    feed = feed_of(row.channel)
+    sockets = feed != "firehose"
+    if feed is None or row.gone:
+        items = [hint_item(row.channel, item_id, prev_id, sockets=feed is not None)]
     else:
         body = feed_body(row.event_id, [row.payload])
-        items = [response_item(row.channel, str(row.event_id), str(row.prev_id), body)]
+        stream = item_event(feed, row.event_id, row.payload)
+        items = [response_item(row.channel, item_id, prev_id, body, stream, sockets)]
     if row.channel == FIREHOSE:
         items.append(hint_item(FIREHOSE_HINT, str(row.event_id), str(row.prev_id)))
     return items
 
 
 def _hints(row: Delivery) -> list[dict[str, Any]]:
-    channels = [row.channel] + ([FIREHOSE_HINT] if row.channel == FIREHOSE else [])
-    return [hint_item(c, str(row.event_id), str(row.prev_id)) for c in channels]
+    sockets = feed_of(row.channel) in ("posts", "events")
+    items = [hint_item(row.channel, str(row.event_id), str(row.prev_id), sockets)]
+    if row.channel == FIREHOSE:
+        items.append(hint_item(FIREHOSE_HINT, str(row.event_id), str(row.prev_id)))
+    return items
 
 
 def _encode(items: list[dict[str, Any]]) -> bytes:

@@ -14,6 +14,7 @@ from app.feeds import Feeds
 from app.holds import HeldRequests
 from app.publisher import Publisher
 from app.store import Store
+from app.streams import LinkTokens, Streams
 from app.subscriptions import Subscriptions
 
 
@@ -27,6 +28,8 @@ class Services:
     subscriptions: Subscriptions
     aloha: Aloha
     feeds: Feeds
+    streams: Streams
+    link_tokens: LinkTokens
     cors: Cors
     held: HeldRequests
     in_flight: int = 0

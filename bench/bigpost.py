@@ -45,8 +45,8 @@ from typing import Any
 import httpx
 import uvloop
 
+from app.model import POSTS
 from app.publisher import BATCH_ROWS
-from app.store.sql import POSTS
 from bench.common import (
     HOLD_TIMEOUT,
     BenchError,

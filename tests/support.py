@@ -398,13 +398,19 @@ async def raw_get(
         writer.close()
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+async def read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    """An HTTP response's status and headers (names in lower case)."""
     head = await reader.readuntil(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
     parsed = {}
     for line in header_lines:
         name, _, value = line.partition(":")
         parsed[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), parsed
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    status, parsed = await read_head(reader)
     if "content-length" in parsed:
         body = await reader.readexactly(int(parsed["content-length"]))
     elif parsed.get("transfer-encoding") == "chunked":
@@ -415,7 +421,7 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
         await reader.readline()  # the empty line after the last chunk
     else:
         body = await reader.read()
-    return int(status_line.split()[1]), parsed, body
+    return status, parsed, body
 
 
 async def long_poll(

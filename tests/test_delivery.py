@@ -33,11 +33,13 @@ SIG_KEY = "a test signing key of more than 32 bytes"
 
 class FailingPublish(ThreadingHTTPServer):
     """Stand-in in front of Pushpin's real publish port: fails the next ``failures`` publish
-    requests with 503 (as a Pushpin that is away would), forwards the others."""
+    requests with 503 (as a Pushpin that is away would), answers the next ``drops`` 200 and
+    forwards nothing (a publish lost on the way), forwards the others."""
 
     def __init__(self, publish_port: int) -> None:
         self.target = f"http://127.0.0.1:{publish_port}/publish/"
         self.failures = 0
+        self.drops = 0
         self.log: list[tuple[int, list[str]]] = []  # (status, item ids) of each attempt
         super().__init__(("127.0.0.1", free_ports(1)[0]), _FailingPublishHandler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -56,6 +58,9 @@ class _FailingPublishHandler(BaseHTTPRequestHandler):
         if self.server.failures > 0:
             self.server.failures -= 1
             status = 503
+        elif self.server.drops > 0:
+            self.server.drops -= 1
+            status = 200
         else:
             status = httpx.post(self.server.target, content=body, timeout=5).status_code
         self.server.log.append((status, ids))

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.common import RawJSONResponse, caller, held, services
+from app.api.streams import open_stream, wants_stream
 from app.feeds import Hold, parse_cursor
 
 
@@ -40,6 +41,8 @@ async def history(request: Request) -> Response:
 async def _feed(request: Request, feed: str, jid: str | None) -> Response:
     s = services(request)
     s.feed_requests[feed] += 1
+    if wants_stream(request):
+        return await open_stream(request, feed, jid)
     raw_since = request.query_params.get("since")
     if raw_since is None:
         return RawJSONResponse((await s.feeds.latest()).body)

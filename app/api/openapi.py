@@ -478,7 +478,9 @@ SPEC: dict[str, Any] = {
                     "type": "object",
                     "additionalProperties": {"type": "integer", "minimum": 1},
                     "description": "Realtime requests handled since start, by feed "
-                    "(posts, events, firehose, aloha)",
+                    "(posts, events, firehose, aloha), and streams' next-link calls: "
+                    "stream_page (the next page of a backlog), stream_repair (a held stream "
+                    "called it: a gap, a hint or its idle timeout)",
                 },
                 published_items={"type": "integer", "minimum": 0},
                 holds_unconfirmed={

@@ -22,7 +22,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from app.errors import Conflict, Unprocessable
-from app.model import FIREHOSE, FIREHOSE_HINT, PENDING
+from app.model import EVENTS, FIREHOSE, FIREHOSE_HINT, PENDING, POSTS, QUEUES
 from app.store.base import (
     Account,
     Delivery,
@@ -101,8 +101,6 @@ class Database(Protocol):
     on_announce: Callable[[str], None]
 
 
-# Pushpin channels, by account: its posts feed, its events feed, its Aloha queues.
-POSTS, EVENTS, QUEUES = "u", "e", "z"
 # Roles whose feeds carry a node's posts: an allow-list, so that a role added later (pending,
 # for private channels) sees nothing until it is added here.
 READER_ROLES = ("owner", "moderator", "publisher", "member")

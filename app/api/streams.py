@@ -1,0 +1,105 @@
+"""The feeds as server-sent events (``Accept: text/event-stream``), and their next links.
+
+The stream starts after ``Last-Event-ID`` (what a browser's EventSource sends when it
+reconnects), else after ``since``, else at the end of the log. Pushpin holds it; the origin
+answers each of its next-link calls from the log (app/streams.py).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.api.common import PUBLISHED_WAIT_SECONDS, proxied, services
+from app.errors import NotProxied
+from app.feeds import parse_cursor
+from app.model import FIREHOSE
+from app.streams import (
+    KEEP_ALIVE,
+    LINK_TIMEOUT,
+    SSE_CONTENT_TYPE,
+    BadLink,
+    Link,
+    Step,
+)
+
+NEXT_PATH = "/api/stream/next"
+# Where a Last-Event-ID that is no cursor of ours stands: past any cursor (parse_cursor takes
+# 18 digits), so the stream resets to the end of the log rather than guess.
+FOREIGN_CURSOR = 10**18
+
+
+def wants_stream(request: Request) -> bool:
+    return SSE_CONTENT_TYPE in request.headers.get("accept", "")
+
+
+async def open_stream(request: Request, feed: str, jid: str | None) -> Response:
+    s = services(request)
+    if not proxied(request):
+        raise NotProxied(s.settings.proxy_url)
+    raw_last = request.headers.get("last-event-id")
+    raw_since = request.query_params.get("since")
+    since: int | None = None
+    if raw_last is not None:
+        last = raw_last.strip()
+        since = int(last) if last.isascii() and last.isdigit() and len(last) <= 18 else None
+        since = FOREIGN_CURSOR if since is None else since
+    elif raw_since is not None:
+        since = parse_cursor(raw_since)
+    step = await s.streams.step(feed, jid, since)
+    headers = {"Cache-Control": "no-cache", **s.cors.headers_for(request)}
+    return await _answer(request, feed, jid, step, headers)
+
+
+async def next_page(request: Request) -> Response:
+    """Pushpin calls a stream's next link for its next page, on a gap it saw in the stream's
+    channel, or after LINK_TIMEOUT of silence. ``Grip-Last`` names what it sent last there; a
+    page without a hold leaves Pushpin's old one in that header, so the token's cursor, where
+    the last answer left the stream, counts when it is further."""
+    s = services(request)
+    if not proxied(request):
+        raise NotProxied(s.settings.proxy_url)
+    try:
+        link = s.link_tokens.read(request.path_params["token"])
+    except BadLink:
+        return Response(b"", media_type=SSE_CONTENT_TYPE)  # ends the stream: the client is back
+    if link.cursor is not None:  # the next page
+        s.feed_requests["stream_page"] += 1
+        cursor: int | None = link.cursor
+    else:  # a held stream's: a gap, a hint, or its idle timeout
+        s.feed_requests["stream_repair"] += 1
+        grip_last = _grip_last(request.headers.get("grip-last", ""))
+        cursor = FOREIGN_CURSOR if grip_last is None else grip_last
+    step = await s.streams.step(link.feed, link.jid, cursor)
+    return await _answer(request, link.feed, link.jid, step, {})
+
+
+async def _answer(
+    request: Request, feed: str, jid: str | None, step: Step, headers: dict[str, str]
+) -> Response:
+    s = services(request)
+    if step.hold and step.hold[0] == FIREHOSE:
+        jid = None  # the public firehose: one link for all who see it so (app/streams.py)
+    link = Link(feed, jid, None if step.hold else step.cursor)
+    token = quote(s.link_tokens.make(link), safe="")
+    headers["Grip-Link"] = f"<{NEXT_PATH}/{token}>; rel=next; timeout={LINK_TIMEOUT}"
+    if step.hold is not None:
+        channel, prev_id = step.hold
+        if not await s.publisher.published_through([step.hold], PUBLISHED_WAIT_SECONDS):
+            s.holds_unconfirmed += 1
+        headers["Grip-Hold"] = "stream"
+        headers["Grip-Channel"] = f"{channel}; prev-id={prev_id}"
+        headers["Grip-Keep-Alive"] = KEEP_ALIVE
+    return Response(step.body.encode(), headers=headers, media_type=SSE_CONTENT_TYPE)
+
+
+def _grip_last(header: str) -> int | None:
+    """The last id in ``Grip-Last: <channel>; last-id=<id>`` (a stream holds one channel), or
+    None: then nothing says where the stream stands, and it is reset to the end."""
+    for part in header.split(";")[1:]:
+        name, _, value = part.strip().partition("=")
+        if name == "last-id" and value.isascii() and value.isdigit() and len(value) <= 18:
+            return int(value)
+    return None
