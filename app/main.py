@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.accounts import CREATION_WINDOW, Accounts
 from app.aloha import Aloha
-from app.api import accounts, aloha, content, notifications, openapi, social, streams
+from app.api import accounts, aloha, content, notifications, openapi, social, sockets, streams
 from app.api.common import api_error_handler, http_error_handler
 from app.api.percent_encoding import PercentEncoding
 from app.channels import Channels
@@ -27,6 +27,7 @@ from app.holds import HeldRequests
 from app.model import name_problems
 from app.publisher import Publisher
 from app.services import Services
+from app.sockets import Sockets
 from app.store import open_store
 from app.streams import LinkTokens, Streams
 from app.subscriptions import Subscriptions
@@ -70,6 +71,7 @@ ROUTES = [
     Route("/api/notifications/history", notifications.history, methods=["GET"]),
     Route("/api/firehose", notifications.firehose, methods=["GET"]),
     Route(streams.NEXT_PATH + "/{token}", streams.next_page, methods=["GET"]),
+    Route("/api/ws", sockets.socket_events, methods=["POST"]),
     Route("/api/{channel}", content.create_channel, methods=["POST"]),
     Route("/api/{channel}/content/{node}", content.list_posts, methods=["GET"]),
     Route("/api/{channel}/content/{node}", content.create_post, methods=["POST"]),
@@ -109,6 +111,7 @@ def create_app(settings: Settings) -> Starlette:
         feeds=Feeds(store),
         streams=Streams(store),
         link_tokens=LinkTokens(settings.secret_key),
+        sockets=Sockets(store),
         aloha=Aloha(
             store, channels, settings.queue_lifespan, settings.hold_timeout, settings.limits
         ),

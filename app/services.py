@@ -13,6 +13,7 @@ from app.cors import Cors
 from app.feeds import Feeds
 from app.holds import HeldRequests
 from app.publisher import Publisher
+from app.sockets import Sockets
 from app.store import Store
 from app.streams import LinkTokens, Streams
 from app.subscriptions import Subscriptions
@@ -30,6 +31,7 @@ class Services:
     feeds: Feeds
     streams: Streams
     link_tokens: LinkTokens
+    sockets: Sockets
     cors: Cors
     held: HeldRequests
     in_flight: int = 0

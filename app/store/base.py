@@ -206,6 +206,14 @@ class Store(Protocol):
 
     # feeds
     async def read_feed(self, feed: str, jid: str | None, since: int, limit: int) -> FeedState: ...
+    async def feed_channels(self, jid: str) -> tuple[str, str]:
+        """The Pushpin channels of the account's posts feed and events feed."""
+        ...
+
+    async def mark_online(self, jid: str, cursor: int) -> None:
+        """The account was online up to ``cursor`` (history starts there next time)."""
+        ...
+
     async def history(
         self, jid: str, since: int | None, limit: int
     ) -> tuple[int, list[FeedItem]]: ...

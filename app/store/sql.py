@@ -727,6 +727,20 @@ class SqlStore:
         items = [FeedItem(int(r[0]), r[1]) for r in rows]
         return FeedState(int(last_id), items, hold_channel or channel, head)
 
+    async def feed_channels(self, jid: str) -> tuple[str, str]:
+        async with self.db.read() as conn:
+            (account_id,) = await _one(conn, "SELECT id FROM accounts WHERE jid = ?", jid)
+        return f"{POSTS}{account_id}", f"{EVENTS}{account_id}"
+
+    async def mark_online(self, jid: str, cursor: int) -> None:
+        async with self.db.connection() as conn:
+            await conn.execute(
+                "UPDATE accounts SET last_online = ? WHERE jid = ? AND last_online < ?",
+                cursor,
+                jid,
+                cursor,
+            )
+
     async def history(self, jid: str, since: int | None, limit: int) -> tuple[int, list[FeedItem]]:
         """The account's posts and events after ``since`` (default: where it was last online),
         posts wrapped as ``{"type": "post", "cursor", "post"}``; and the cursor used."""
