@@ -78,6 +78,7 @@ class Limits:
     login_failures_per_address: int = 30  # a minute, per address, for existing accounts
     unknown_logins_per_address: int = 30  # a minute, per address, for accounts that do not exist
     hashes_at_once_per_address: int = 4  # slow hashes one address may have running
+    max_sessions: int = 100  # browser sessions of one account: a login past it ends the oldest
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Limits:
@@ -116,6 +117,10 @@ class Settings:
     idempotency_seconds: int = 86_400  # how long a post's Idempotency-Key or local_id holds
     # A password check is a 50 ms scrypt hash: once an hour per active user, not every minute.
     auth_cache_seconds: int = 3600
+    session_seconds: int = 14 * 86_400  # a browser session's life from its login
+    # How long an origin believes a session it looked up: one ended on another node is refused
+    # here within this (on the node that ended it, at once)
+    session_cache_seconds: int = 5
     # Every origin of the service, host:port, for Pushpin's routes (it fails over between them)
     origins: list[str] = field(default_factory=list)
     database_pool_size: int = 10  # PostgreSQL connections per origin
@@ -175,6 +180,8 @@ class Settings:
             health_publish_seconds=_int(env, "HEALTH_PUBLISH_SECONDS", 30, 1),
             idempotency_seconds=_int(env, "IDEMPOTENCY_SECONDS", 86_400, 1),
             auth_cache_seconds=_int(env, "AUTH_CACHE_SECONDS", 3600, 0),
+            session_seconds=_int(env, "SESSION_SECONDS", 14 * 86_400, 60),
+            session_cache_seconds=_int(env, "SESSION_CACHE_SECONDS", 5, 0),
             cors_origins=_list(env, "CORS_ORIGINS"),
             log_level=env.get("LOG_LEVEL", "info").lower(),
             pushpin_bin=env.get("PUSHPIN_BIN", "pushpin"),

@@ -18,6 +18,8 @@ class Cors:
     def __init__(self, origins: list[str]) -> None:
         self.any = "*" in origins
         self.origins = ["*"] if self.any else origins
+        # the pages that act as the user: they may send credentials, and the session cookie
+        self.credentialed = [] if self.any else origins
 
     def middleware(self) -> Middleware:
         return Middleware(

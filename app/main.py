@@ -27,6 +27,7 @@ from app.holds import HeldRequests
 from app.model import name_problems
 from app.publisher import Publisher
 from app.services import Services
+from app.sessions import Sessions
 from app.sockets import Sockets
 from app.store import open_store
 from app.streams import LinkTokens, Streams
@@ -65,6 +66,8 @@ ROUTES = [
     Route("/api/v1/messages", aloha.messages, methods=["POST"]),
     Route("/api/account", accounts.create_account, methods=["POST"]),
     Route("/api/account", accounts.show_account, methods=["GET"]),
+    Route("/api/session", accounts.start_session, methods=["POST"]),
+    Route("/api/session", accounts.end_session, methods=["DELETE"]),
     Route("/api/subscribed", social.subscribed, methods=["GET", "POST"]),
     Route("/api/notifications/posts", notifications.posts, methods=["GET"]),
     Route("/api/notifications/events", notifications.events, methods=["GET"]),
@@ -106,6 +109,9 @@ def create_app(settings: Settings) -> Starlette:
         store=store,
         publisher=publisher,
         accounts=Accounts(store, settings.secret_key, settings.auth_cache_seconds, settings.limits),
+        sessions=Sessions(
+            store, settings.session_seconds, limits.max_sessions, settings.session_cache_seconds
+        ),
         channels=channels,
         subscriptions=Subscriptions(channels, settings.limits),
         feeds=Feeds(store),
@@ -125,13 +131,14 @@ def create_app(settings: Settings) -> Starlette:
         await publisher.start()
         expiry = asyncio.create_task(services.aloha.expire_forever(), name="expire queues")
         pruning = asyncio.create_task(prune_forever(store, CREATION_WINDOW), name="prune slots")
+        sessions = asyncio.create_task(services.sessions.prune_forever(), name="prune sessions")
         log.info("store %s at schema version %d", store.label, await store.schema_version())
         try:
             yield
         finally:
-            expiry.cancel()
-            pruning.cancel()
-            await asyncio.gather(expiry, pruning, return_exceptions=True)
+            for task in (expiry, pruning, sessions):
+                task.cancel()
+            await asyncio.gather(expiry, pruning, sessions, return_exceptions=True)
             if not await publisher.drain(DRAIN_SECONDS):
                 log.warning(
                     "outbox not drained after %.0fs; clients will catch up by cursor", DRAIN_SECONDS

@@ -13,6 +13,7 @@ from app.cors import Cors
 from app.feeds import Feeds
 from app.holds import HeldRequests
 from app.publisher import Publisher
+from app.sessions import Sessions
 from app.sockets import Sockets
 from app.store import Store
 from app.streams import LinkTokens, Streams
@@ -25,6 +26,7 @@ class Services:
     store: Store
     publisher: Publisher
     accounts: Accounts
+    sessions: Sessions
     channels: Channels
     subscriptions: Subscriptions
     aloha: Aloha

@@ -8,10 +8,21 @@ from dataclasses import asdict
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.common import JSONResponse, caller, client_address, read_json, services
+from app.api import browser
+from app.api.common import (
+    JSONResponse,
+    caller,
+    client_address,
+    cookie_login,
+    read_json,
+    scheme,
+    services,
+)
 from app.errors import BadRequest, Unauthorized
 
 log = logging.getLogger(__name__)
+# An answer that sets or clears a session cookie is no cache's to keep.
+NOT_STORED = {"Cache-Control": "no-store"}
 
 
 async def create_account(request: Request) -> Response:
@@ -31,6 +42,35 @@ async def show_account(request: Request) -> Response:
     if account is None:  # deleted since the login was cached
         raise Unauthorized("no such account")
     return JSONResponse({"username": jid, "api_key": account.api_key})
+
+
+async def start_session(request: Request) -> Response:
+    """A browser login: HTTP Basic (password or API key, checked and limited as every login)
+    in, a session cookie out. A session the request's cookie named before ends."""
+    s = services(request)
+    jid = await s.accounts.authenticate(
+        request.headers.get("authorization"), client_address(request)
+    )
+    if old := request.cookies.get(browser.COOKIE):
+        await s.sessions.end(old)
+    session = await s.sessions.start(jid)
+    cookie = browser.set_cookie(
+        session.token, s.settings.session_seconds, scheme(request) == "https"
+    )
+    return JSONResponse({"username": jid}, headers={"Set-Cookie": cookie, **NOT_STORED})
+
+
+async def end_session(request: Request) -> Response:
+    """Log out: the session the cookie names ends on every node, and the cookie is cleared.
+    204 whether or not there was one; Basic credentials, if sent, must be good."""
+    if request.headers.get("authorization"):
+        await caller(request)
+    else:
+        cookie_login(request)  # a page elsewhere may not log the user out either
+    if token := request.cookies.get(browser.COOKIE):
+        await services(request).sessions.end(token)
+    cookie = browser.clear_cookie(scheme(request) == "https")
+    return Response(status_code=204, headers={"Set-Cookie": cookie, **NOT_STORED})
 
 
 async def health(request: Request) -> Response:

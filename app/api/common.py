@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from app import grip
 from app.accounts import REALM
+from app.api import browser
 from app.errors import (
     ApiError,
     BadRequest,
@@ -104,10 +105,43 @@ def _check_strings(value: Any) -> None:
 
 
 async def caller(request: Request) -> str:
-    """The authenticated JID, or Unauthorized."""
+    """The authenticated JID: by HTTP Basic, or else by the session cookie (a change by the
+    cookie alone must come from one of our pages: Forbidden otherwise); or Unauthorized."""
+    token = cookie_login(request)
+    if token is not None:
+        return await services(request).sessions.account(token)
     return await services(request).accounts.authenticate(
         request.headers.get("authorization"), client_address(request)
     )
+
+
+def logged_in(request: Request) -> bool:
+    """Does the request carry a login (good or not)?"""
+    return bool(request.headers.get("authorization") or request.cookies.get(browser.COOKIE))
+
+
+def cookie_login(request: Request) -> str | None:
+    """The session token of a request that the cookie alone logs in (no Authorization), once
+    a request that may change something has shown that one of our pages sent it."""
+    token = request.cookies.get(browser.COOKIE)
+    if not token or request.headers.get("authorization"):
+        return None
+    if request.method not in browser.SAFE_METHODS:
+        host = request.headers.get("host", "")
+        own = browser.origin_of(f"{scheme(request)}://{host}") if host else None
+        browser.check_sent_by_page(request.headers, own, services(request).cors.credentialed)
+    return token
+
+
+def scheme(request: Request) -> str:
+    """``http`` or ``https``, as the client connected: the proxy's X-Forwarded-Proto, when the
+    request is the proxy's (anyone else could write that header), else ``http``, all the
+    origin serves. (Not the request's URL: uvicorn rewrites its scheme from that header, which
+    it believes from any peer on the loopback.)"""
+    forwarded = request.headers.get("x-forwarded-proto")
+    if forwarded and proxied(request):
+        return "https" if forwarded.rsplit(",", 1)[-1].strip().lower() == "https" else "http"
+    return "http"
 
 
 def proxied(request: Request) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.common import RawJSONResponse, caller, held, services
+from app.api.common import RawJSONResponse, caller, held, logged_in, services
 from app.api.streams import open_stream, wants_stream
 from app.feeds import Hold, parse_cursor
 
@@ -27,7 +27,7 @@ async def events(request: Request) -> Response:
 async def firehose(request: Request) -> Response:
     """Open channels' posts: readable without login (credentials, if sent, must be good, and
     a logged-in reader gets nothing of a channel that banned them)."""
-    jid = await caller(request) if request.headers.get("authorization") else None
+    jid = await caller(request) if logged_in(request) else None
     return await _feed(request, "firehose", jid)
 
 

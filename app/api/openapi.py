@@ -101,6 +101,11 @@ SINCE = _param(
     {"type": "string", "pattern": r"^[0-9]{1,18}$"},
     "A cursor, as given in `last`; not ahead of the log.",
 )
+SET_COOKIE = {
+    "required": True,
+    "description": "The session cookie (`session`), set or cleared",
+    "schema": {"type": "string", "pattern": "^session="},
+}
 GRIP_SIG = _param(
     "Grip-Sig",
     "header",
@@ -157,10 +162,13 @@ SPEC: dict[str, Any] = {
             "30 in all, and 30 to unknown accounts (counted apart), and create 20 accounts an "
             "hour; past a limit the answer is 429 with `Retry-After`. An API key, and a "
             "password already right from that address, are never refused for others' "
-            "failures."
+            "failures. A browser may instead log in once (`POST /api/session`) and send the "
+            "session cookie it gets; Basic wins when both come. A change (any method but GET, "
+            "HEAD, OPTIONS) logged in by the cookie alone needs an `Origin` (or `Referer`) "
+            "that is the API's own origin or a configured browser origin: 403 otherwise."
         ),
     },
-    "security": [{"basicAuth": []}],
+    "security": [{"basicAuth": []}, {"sessionCookie": []}],
     "paths": {
         "/health": {
             "get": {
@@ -208,6 +216,41 @@ SPEC: dict[str, Any] = {
                 "operationId": "showAccount",
                 "summary": "The caller's account and API key",
                 "responses": {**_ok("The caller", _ref("Account")), **_errors(*LOGIN_ERRORS)},
+            },
+        },
+        "/api/session": {
+            "post": {
+                "operationId": "startSession",
+                "summary": "Log a browser in: Basic credentials in, a session cookie out",
+                "description": (
+                    "Takes HTTP Basic only (password or API key, checked and limited as every "
+                    "login). Sets `session`: HttpOnly, SameSite=Strict, Path=/, Secure when the "
+                    "request came over https, for SESSION_SECONDS. A session the request's "
+                    "cookie named before ends."
+                ),
+                "security": [{"basicAuth": []}],
+                "responses": {
+                    "200": {
+                        "description": "Logged in",
+                        "headers": {"Set-Cookie": SET_COOKIE},
+                        "content": _json(_object(["username"], username=_ref("Jid"))),
+                    },
+                    **_errors(*LOGIN_ERRORS),
+                },
+            },
+            "delete": {
+                "operationId": "endSession",
+                "summary": "Log out: the cookie's session ends on every node; the cookie clears",
+                "description": (
+                    "204 whether or not the request named a session. Basic credentials, if "
+                    "sent, must be good; without them, a request with the cookie must come "
+                    "from one of the API's pages (403)."
+                ),
+                "security": [{}, {"basicAuth": []}, {"sessionCookie": []}],
+                "responses": {
+                    "204": {"description": "Logged out", "headers": {"Set-Cookie": SET_COOKIE}},
+                    **_errors(401, 403, 429),
+                },
             },
         },
         "/api/subscribed": {
@@ -274,7 +317,7 @@ SPEC: dict[str, Any] = {
                 "requestBody": _body(_ref("ChannelFields"), required=False),
                 "responses": {
                     **_ok("Created", _object(["channel"], channel=_ref("Jid")), 201),
-                    **_errors(*BODY_ERRORS, *LOGIN_ERRORS, 409),
+                    **_errors(*BODY_ERRORS, *LOGIN_ERRORS, 403, 409),
                 },
             }
         },
@@ -410,7 +453,13 @@ SPEC: dict[str, Any] = {
                 "type": "http",
                 "scheme": "basic",
                 "description": "Your JID and your password or API key.",
-            }
+            },
+            "sessionCookie": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "session",
+                "description": "The cookie `POST /api/session` sets (browsers).",
+            },
         },
         "responses": {
             "400": {"description": "Malformed request", "content": _json(_ref("Error"))},
@@ -421,7 +470,11 @@ SPEC: dict[str, Any] = {
                 },
                 "content": _json(_ref("Error")),
             },
-            "403": {"description": "Not allowed to you", "content": _json(_ref("Error"))},
+            "403": {
+                "description": "Not allowed to you; or a change logged in by the session "
+                "cookie alone, from no page of the API's origin or a configured one",
+                "content": _json(_ref("Error")),
+            },
             "404": {
                 "description": "No such channel, node, post or account",
                 "content": _json(_ref("Error")),

@@ -12,6 +12,11 @@ class Account(NamedTuple):
     api_key: str
 
 
+class SessionRow(NamedTuple):
+    jid: str
+    expires: float  # unix time
+
+
 class NodeInfo(NamedTuple):
     id: int
     channel: str
@@ -233,6 +238,18 @@ class Store(Protocol):
     ) -> float: ...
     async def give_back_slot(self, name: str, key: str) -> None: ...
     async def prune_slots(self, before: float) -> int: ...
+
+    # browser sessions, named by the hash of their cookie's token
+    async def create_session(
+        self, session_id: str, jid: str, now: float, expires: float, max_alive: int
+    ) -> None:
+        """A new session; the account's oldest are ended past ``max_alive`` at once."""
+
+    async def session(self, session_id: str, now: float) -> SessionRow | None:
+        """A session that has not ended nor expired by ``now``, or None."""
+
+    async def end_session(self, session_id: str) -> bool: ...
+    async def prune_sessions(self, now: float) -> int: ...
 
     # the publisher's outbox
     async def deliveries_after(self, position: Position, limit: int) -> list[Delivery]: ...

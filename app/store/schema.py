@@ -148,6 +148,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX rate_slots_by_key ON rate_slots (name, key, at);
     CREATE INDEX rate_slots_by_age ON rate_slots (at);
     """,
+    # 7: browser sessions. A row per session, named by the SHA-256 of the random token its
+    # cookie holds (the token itself is never stored); by account, to end an account's sessions.
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,  -- hex SHA-256 of the cookie's token
+        jid TEXT NOT NULL,
+        created REAL NOT NULL,  -- unix time
+        expires REAL NOT NULL  -- unix time: refused from then on, and pruned
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_by_jid ON sessions (jid, expires);
+    CREATE INDEX sessions_by_expiry ON sessions (expires);
+    """,
 ]
 
 # PostgreSQL, the backend for several nodes: version 1 is the SQLite schema as of version 5,
@@ -264,5 +276,16 @@ POSTGRES_MIGRATIONS: list[str] = [
     );
     CREATE INDEX rate_slots_by_key ON rate_slots (name, key, at);
     CREATE INDEX rate_slots_by_age ON rate_slots (at);
+    """,
+    # 3: browser sessions (SQLite's version 7).
+    """
+    CREATE TABLE sessions (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        jid TEXT COLLATE "C" NOT NULL,
+        created DOUBLE PRECISION NOT NULL,
+        expires DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX sessions_by_jid ON sessions (jid, expires);
+    CREATE INDEX sessions_by_expiry ON sessions (expires);
     """,
 ]

@@ -36,6 +36,7 @@ from app.store.base import (
     QueueEvent,
     QueuePoll,
     RetryKey,
+    SessionRow,
     SubscriptionChange,
 )
 
@@ -935,6 +936,44 @@ class SqlStore:
         """Forget the slots taken before ``before`` (older than every window); how many."""
         async with self.db.connection() as conn:
             return await conn.execute("DELETE FROM rate_slots WHERE at < ?", before)
+
+    # -- browser sessions --------------------------------------------------------------------
+
+    async def create_session(
+        self, session_id: str, jid: str, now: float, expires: float, max_alive: int
+    ) -> None:
+        # One login of an account at a time counts and trims its sessions, across processes.
+        async with self.db.keyed(f"sessions\x00{jid}") as conn:
+            await conn.execute(
+                "INSERT INTO sessions (id, jid, created, expires) VALUES (?, ?, ?, ?)",
+                session_id,
+                jid,
+                now,
+                expires,
+            )
+            await conn.execute(
+                "DELETE FROM sessions WHERE jid = ? AND id NOT IN (SELECT id FROM sessions"
+                " WHERE jid = ? ORDER BY expires DESC, id LIMIT ?)",
+                jid,
+                jid,
+                max_alive,
+            )
+
+    async def session(self, session_id: str, now: float) -> SessionRow | None:
+        async with self.db.connection() as conn:
+            row = await conn.fetchone(
+                "SELECT jid, expires FROM sessions WHERE id = ? AND expires > ?", session_id, now
+            )
+        return SessionRow(row[0], float(row[1])) if row else None
+
+    async def end_session(self, session_id: str) -> bool:
+        async with self.db.connection() as conn:
+            return await conn.execute("DELETE FROM sessions WHERE id = ?", session_id) > 0
+
+    async def prune_sessions(self, now: float) -> int:
+        """Forget the sessions expired by ``now`` (refused already); how many."""
+        async with self.db.connection() as conn:
+            return await conn.execute("DELETE FROM sessions WHERE expires <= ?", now)
 
     # -- the publisher's outbox: the log itself ----------------------------------------------
 
