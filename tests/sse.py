@@ -61,7 +61,10 @@ class EventStream:
             lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
             lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-            status, head = await asyncio.wait_for(read_head(reader), timeout)
+            try:
+                status, head = await asyncio.wait_for(read_head(reader), timeout)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                status, head = 599, {}  # closed unanswered under a burst: as a 502
             if status < 500:
                 break
             writer.close()
