@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Installs what is missing, then checks style (ruff), types (mypy) and runs the test suite
-# against a PostgreSQL server (scripts/postgres.sh).
+# Installs what is missing (chromium too, for the page's tests), then checks style (ruff), types
+# (mypy) and runs the test suite against a PostgreSQL server (scripts/postgres.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/install.sh
+scripts/install.sh --tests
 echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -15,7 +15,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.accounts import CREATION_WINDOW, Accounts
 from app.aloha import Aloha
-from app.api import accounts, aloha, content, notifications, openapi, social, sockets, streams
+from app.api import (
+    accounts,
+    aloha,
+    content,
+    notifications,
+    openapi,
+    page,
+    social,
+    sockets,
+    streams,
+)
 from app.api.common import api_error_handler, http_error_handler
 from app.api.percent_encoding import PercentEncoding
 from app.channels import Channels
@@ -57,6 +67,8 @@ class CountInFlight:
 
 
 ROUTES = [
+    Route("/", page.page, methods=["GET"]),
+    Route("/page.js", page.script, methods=["GET"]),
     Route("/health", accounts.health, methods=["GET"]),
     Route("/openapi.json", openapi.openapi, methods=["GET"]),
     Route("/api/v1/server_settings", aloha.server_settings, methods=["GET", "POST"]),
@@ -67,6 +79,7 @@ ROUTES = [
     Route("/api/account", accounts.create_account, methods=["POST"]),
     Route("/api/account", accounts.show_account, methods=["GET"]),
     Route("/api/session", accounts.start_session, methods=["POST"]),
+    Route("/api/session", accounts.show_session, methods=["GET"]),
     Route("/api/session", accounts.end_session, methods=["DELETE"]),
     Route("/api/subscribed", social.subscribed, methods=["GET", "POST"]),
     Route("/api/notifications/posts", notifications.posts, methods=["GET"]),

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing: Pushpin and nginx (Debian's packages; nginx is the TLS front of the
-# publish tests), a virtual environment in .venv, and the project with its dev tools. Safe to run again: it only does what is not done yet.
+# publish tests), a virtual environment in .venv, and the project with its dev tools; with
+# --tests also Debian's chromium, the browser the page's tests drive. Safe to run again: it
+# only does what is not done yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +29,12 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
     elif [ -s /run/nginx.pid ]; then
         as_root /usr/sbin/nginx -s quit || true
     fi
+fi
+
+if [ "${1:-}" = "--tests" ] && ! command -v chromium >/dev/null 2>&1; then
+    echo "== installing chromium from Debian's packages (the page's tests drive it)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -14,11 +14,12 @@ from app.api.common import (
     caller,
     client_address,
     cookie_login,
+    logged_in,
     read_json,
     scheme,
     services,
 )
-from app.errors import BadRequest, Unauthorized
+from app.errors import BadRequest, NotFound, Unauthorized
 
 log = logging.getLogger(__name__)
 # An answer that sets or clears a session cookie is no cache's to keep.
@@ -58,6 +59,18 @@ async def start_session(request: Request) -> Response:
         session.token, s.settings.session_seconds, scheme(request) == "https"
     )
     return JSONResponse({"username": jid}, headers={"Set-Cookie": cookie, **NOT_STORED})
+
+
+async def show_session(request: Request) -> Response:
+    """Who the browser's session logs in (for a page to tell without a 401, whose Basic
+    challenge would make the browser ask for a password): 404 when nothing does."""
+    if not logged_in(request):
+        raise NotFound("no session: POST /api/session with Basic credentials")
+    try:
+        jid = await caller(request)
+    except Unauthorized:
+        raise NotFound("no session (it ended or expired): log in again") from None
+    return JSONResponse({"username": jid}, headers=NOT_STORED)
 
 
 async def end_session(request: Request) -> Response:
