@@ -130,7 +130,10 @@ def _realtime(operation_id: str, summary: str, items: str, login: bool = True) -
             "Without `since`: the current cursor, at once. With it: what follows it, at once "
             "(at most 100 items, under 90,000 bytes; `last` is the last one's cursor), or, "
             "when there is nothing yet, a hold that only the GRIP proxy may keep (a request "
-            "that reached the origin directly gets 501)."
+            "that reached the origin directly gets 501). With `Accept: text/event-stream`: "
+            "a stream of server-sent events held by the proxy (`id:` the cursor; after "
+            "`Last-Event-ID`, else `since`, else the end of the log; `event: reset` with "
+            '`{"last"}` for a cursor it cannot serve).'
         ),
         "parameters": [SINCE, GRIP_SIG],
         "responses": {
@@ -139,6 +142,7 @@ def _realtime(operation_id: str, summary: str, items: str, login: bool = True) -
                 "content": {
                     **_json(_ref(items)),
                     "application/grip-instruct": {"schema": {"type": "object"}},
+                    "text/event-stream": {"schema": {"type": "string"}},
                 },
             },
             **_errors(400, *LOGIN_ERRORS, 501),
@@ -236,6 +240,18 @@ SPEC: dict[str, Any] = {
                         "content": _json(_object(["username"], username=_ref("Jid"))),
                     },
                     **_errors(*LOGIN_ERRORS),
+                },
+            },
+            "get": {
+                "operationId": "showSession",
+                "summary": "Who the browser's session logs in (404 when nothing does)",
+                "security": [{}, {"basicAuth": []}, {"sessionCookie": []}],
+                "responses": {
+                    "200": {
+                        "description": "Logged in",
+                        "content": _json(_object(["username"], username=_ref("Jid"))),
+                    },
+                    **_errors(404, 429),
                 },
             },
             "delete": {
