@@ -1,5 +1,7 @@
 """How many long-polls Pushpin holds for each user and each client address, as the origin
-sees them: past a limit, the next request that would be held answers 429.
+sees them: past a limit, the next request that would be held answers 429. Streams and sockets
+count against the same limits: a stream for a while after it opens (Pushpin says nothing of
+it afterwards), a socket while Pushpin brings the origin its requests (app/api/sockets.py).
 
 Pushpin does not tell the origin when a held request ends, but it ends in one of two ways
 the origin knows of: a publish on one of its channels (which answers it, or with a hint makes
@@ -39,10 +41,16 @@ class HeldRequests:
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def admit(
-        self, jid: str | None, address: str, channels: Iterable[str], now: float | None = None
+        self,
+        jid: str | None,
+        address: str,
+        channels: Iterable[str],
+        now: float | None = None,
+        seconds: float | None = None,
     ) -> None:
         """Count one more hold on ``channels`` for ``jid`` (None: anonymous) from
-        ``address``; TooManyRequests if either is at its limit."""
+        ``address``, for ``seconds`` (default: the hold timeout) unless something is
+        published on one of them first; TooManyRequests if either is at its limit."""
         now = time.monotonic() if now is None else now
         self._expire(now)
         keys = [(f"address:{address}", self.per_address)]
@@ -57,7 +65,7 @@ class HeldRequests:
                     1.0,
                 )
         hold_id = next(self._ids)
-        hold = _Hold(tuple(k for k, _ in keys), tuple(channels), now + self.timeout)
+        hold = _Hold(tuple(k for k, _ in keys), tuple(channels), now + (seconds or self.timeout))
         self._holds[hold_id] = hold
         for key in hold.keys:
             self.counts[key] += 1
@@ -66,7 +74,8 @@ class HeldRequests:
         heapq.heappush(self._expiry, (hold.expires, hold_id))
 
     def published(self, channels: Iterable[str]) -> None:
-        """Items are being published on ``channels``: the holds on them end."""
+        """Items are being published on ``channels`` (or they ended otherwise): the holds on
+        them end."""
         for channel in channels:
             for hold_id in self._by_channel.pop(channel, ()):
                 self._end(hold_id)

@@ -16,8 +16,10 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import unique
+from tests.sse import EventStream
 from tests.support import Background, Stack, basic
 from tests.test_delivery import split_stack
+from tests.test_limits import limited
 from tests.test_posts_feed import follow, last, post
 from tests.test_sessions import login
 
@@ -342,3 +344,38 @@ def test_a_graceful_origin_restart_drops_no_socket(
             assert contents(sock.take(1, timeout=15)) == ["after the restart"]
             assert sock.open
             sock.close()
+
+
+def test_streams_and_sockets_count_against_the_held_limit(tmp_path: Path, bg: Background) -> None:
+    """With MAX_HELD_PER_USER=2: two sockets, the third handshake is refused; one closes and
+    a new one is let in. Streams count too: two open, the third is refused."""
+    with limited(tmp_path, MAX_HELD_PER_USER="2") as stack:
+        user = unique("ws")
+        stack.account(user).close()
+        first, second = Socket.of(bg, stack.url, user), Socket.of(bg, stack.url, user)
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            Socket.of(bg, stack.url, user)
+        assert refused.value.response.status_code == 429
+        first.close()
+        time.sleep(0.5)  # the CLOSE reaches the origin
+        third = Socket.of(bg, stack.url, user)
+        third.online()
+        for sock in (second, third):
+            sock.close()
+
+    with limited(tmp_path / "streams", MAX_HELD_PER_USER="2") as stack:
+        user = unique("sse")
+        stack.account(user).close()
+        streams = [
+            bg.call(
+                EventStream.open(
+                    stack.url, "/api/notifications/posts", {"Authorization": basic(user)}
+                )
+            )
+            for _ in range(2)
+        ]
+        with stack.client(user) as c:
+            r = c.get("/api/notifications/posts", headers={"Accept": "text/event-stream"})
+            assert r.status_code == 429 and "this user" in r.json()["error"]
+        for stream in streams:
+            stream.close()

@@ -9,14 +9,15 @@ place in the log is connection meta that Pushpin keeps (``Meta-Cursor``, set by
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from gripcontrol import WebSocketEvent, decode_websocket_events, encode_websocket_events
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.common import caller, proxied, read_body, services
-from app.errors import BadRequest, NotProxied, UnsupportedMediaType
+from app.api.common import caller, client_address, proxied, read_body, services
+from app.errors import BadRequest, NotProxied, TooManyRequests, UnsupportedMediaType
 from app.sockets import (
     PRESENCE,
     SWEEP_SECONDS,
@@ -27,6 +28,8 @@ from app.sockets import (
 )
 
 EVENTS_TYPE = "application/websocket-events"
+# Pushpin brings a socket's requests at least every SWEEP_SECONDS.
+SOCKET_COUNT_SECONDS = 2 * SWEEP_SECONDS + 10
 
 
 async def socket_events(request: Request) -> Response:
@@ -40,6 +43,7 @@ async def socket_events(request: Request) -> Response:
     except (ValueError, UnicodeDecodeError):
         raise BadRequest(f"malformed {EVENTS_TYPE} body") from None
     jid = await caller(request)  # refused before OPEN: the handshake answers 401
+    _count(request, jid, {event.type for event in events})
     meta = request.headers.get("meta-cursor", "")
     cursor = int(meta) if meta.isdigit() else None  # None: not online yet
     headers = {"Keep-Alive-Interval": str(SWEEP_SECONDS)}
@@ -80,6 +84,22 @@ async def _text(request: Request, jid: str, content: bytes, offline: bool) -> Re
         return Reply(frames=[error_frame("a frame is UTF-8 text")])
     except BadFrame as exc:
         return Reply(frames=[error_frame(str(exc))])
+
+
+def _count(request: Request, jid: str, kinds: set[str]) -> None:
+    """Open sockets count against the held-request limits (a handshake past them answers
+    429): from OPEN to CLOSE or DISCONNECT, renewed by each request, so that a socket whose
+    end the origin missed (a restart, another origin answering) stops counting after
+    SOCKET_COUNT_SECONDS without one."""
+    held = services(request).held
+    key = "socket " + request.headers.get("connection-id", "")
+    if "OPEN" in kinds:
+        held.admit(jid, client_address(request), [key], seconds=SOCKET_COUNT_SECONDS)
+        return
+    held.published([key])
+    if not kinds & {"CLOSE", "DISCONNECT"}:
+        with contextlib.suppress(TooManyRequests):  # counted again, after a restart, say
+            held.admit(jid, client_address(request), [key], seconds=SOCKET_COUNT_SECONDS)
 
 
 def _events(reply: Reply) -> list[WebSocketEvent]:

@@ -12,7 +12,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.common import PUBLISHED_WAIT_SECONDS, proxied, services
+from app.api.common import PUBLISHED_WAIT_SECONDS, client_address, proxied, services
 from app.errors import NotProxied
 from app.feeds import parse_cursor
 from app.model import FIREHOSE
@@ -48,6 +48,9 @@ async def open_stream(request: Request, feed: str, jid: str | None) -> Response:
         since = FOREIGN_CURSOR if since is None else since
     elif raw_since is not None:
         since = parse_cursor(raw_since)
+    # Pushpin tells the origin nothing of a stream once it holds it: it counts against the
+    # held-request limits as a long-poll would, until the hold timeout (app/holds.py).
+    s.held.admit(jid, client_address(request), ())
     step = await s.streams.step(feed, jid, since)
     headers = {"Cache-Control": "no-cache", **s.cors.headers_for(request)}
     return await _answer(request, feed, jid, step, headers)
