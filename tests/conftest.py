@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.databases import BACKENDS, SESSION, database_env, fresh_database
-from tests.support import Holds, Stack, running
+from tests.support import Background, Holds, Stack, running
 
 _names = itertools.count()
 ALLOWED_ORIGIN = "https://app.example.com"
@@ -57,3 +57,11 @@ def fresh_data(tmp_path: Path) -> Path:
 def unique(prefix: str) -> str:
     """A JID no other test uses."""
     return f"{prefix}{next(_names)}@example.com"
+
+
+@pytest.fixture(scope="module")
+def bg() -> Iterator[Background]:
+    """An event loop in a thread, for tests that hold many connections (streams, sockets)."""
+    background = Background()
+    yield background
+    background.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,6 @@ from tests.test_sessions import login
 
 PRESENCE = "xmpp.buddycloud.presence"
 Frame = tuple[str, dict[str, Any]]
-
-
-@pytest.fixture(scope="module")
-def bg() -> Iterator[Background]:
-    background = Background()
-    yield background
-    background.close()
 
 
 class Socket:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,13 +16,6 @@ from tests.sse import Event, EventStream, cursors
 from tests.support import PASSWORD, Background, Stack, basic, health
 from tests.test_delivery import split_stack
 from tests.test_posts_feed import follow, last, post
-
-
-@pytest.fixture(scope="module")
-def bg() -> Iterator[Background]:
-    background = Background()
-    yield background
-    background.close()
 
 
 def open_stream(

@@ -715,16 +715,10 @@ class SqlStore:
                 limit,
             )
             head = await _head(conn, channel)
-        if account_id is not None and since <= last_id:
+        if jid is not None and account_id is not None and since <= last_id:
             # Where the account was when last online: what /history starts from. A cursor
             # ahead of the log is refused by the caller, and must not move it.
-            async with self.db.connection() as conn:
-                await conn.execute(
-                    "UPDATE accounts SET last_online = ? WHERE id = ? AND last_online < ?",
-                    since,
-                    account_id,
-                    since,
-                )
+            await self.mark_online(jid, since)
         items = [FeedItem(int(r[0]), r[1]) for r in rows]
         return FeedState(int(last_id), items, hold_channel or channel, head)
 
