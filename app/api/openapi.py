@@ -174,6 +174,79 @@ SPEC: dict[str, Any] = {
     },
     "security": [{"basicAuth": []}, {"sessionCookie": []}],
     "paths": {
+        "/": {
+            "get": {
+                "operationId": "page",
+                "summary": "A page to sign up or log in, post, follow and watch the feeds live",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/page.js": {
+            "get": {
+                "operationId": "pageScript",
+                "summary": "The page's script",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The script",
+                        "content": {"text/javascript": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/api/ws": {
+            "post": {
+                "operationId": "socket",
+                "summary": "The socket (a WebSocket at GET /api/ws), as the GRIP proxy brings it",
+                "description": (
+                    "Clients open a WebSocket at `/api/ws`; Pushpin speaks to the origin about "
+                    "it with these requests (WebSocket-over-HTTP events, signed by Pushpin; a "
+                    "request that reached the origin directly gets 501). Frames are JSON "
+                    "`[name, data]` (the README lists them)."
+                ),
+                "parameters": [GRIP_SIG],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/websocket-events": {"schema": {"type": "string"}}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "The socket's events",
+                        "content": {"application/websocket-events": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(400, *LOGIN_ERRORS, 403, 413, 415, 501),
+                },
+            }
+        },
+        "/api/stream/next/{token}": {
+            "get": {
+                "operationId": "streamNextLink",
+                "summary": "A stream's next page, as the GRIP proxy asks for it",
+                "description": (
+                    "The next link of a stream of server-sent events: only the GRIP proxy calls "
+                    "it (a request that reached the origin directly gets 501), with the token "
+                    "the origin gave it. An unknown or expired token ends the stream."
+                ),
+                "security": [],
+                "parameters": [
+                    _param("token", "path", {"type": "string"}, "Given by the origin"),
+                    GRIP_SIG,
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The stream's next events",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(501),
+                },
+            }
+        },
         "/health": {
             "get": {
                 "operationId": "health",

@@ -34,6 +34,7 @@ SOCKET_COUNT_SECONDS = 2 * SWEEP_SECONDS + 10
 
 async def socket_events(request: Request) -> Response:
     s = services(request)
+    jid = await caller(request)  # refused at OPEN: the handshake answers 401
     if not proxied(request):
         raise NotProxied(s.settings.proxy_url)
     if request.headers.get("content-type", "").split(";")[0].strip() != EVENTS_TYPE:
@@ -42,7 +43,6 @@ async def socket_events(request: Request) -> Response:
         events = decode_websocket_events(await read_body(request))
     except (ValueError, UnicodeDecodeError):
         raise BadRequest(f"malformed {EVENTS_TYPE} body") from None
-    jid = await caller(request)  # refused before OPEN: the handshake answers 401
     _count(request, jid, {event.type for event in events})
     meta = request.headers.get("meta-cursor", "")
     cursor = int(meta) if meta.isdigit() else None  # None: not online yet
