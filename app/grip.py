@@ -204,14 +204,17 @@ def _wake(item_id: str) -> dict[str, Any]:
     return {"type": "ping", "content": item_id}
 
 
-def hint_item(channel: str, item_id: str, prev_id: str, sockets: bool = False) -> dict[str, Any]:
+def hint_item(
+    channel: str, item_id: str, prev_id: str, sockets: bool = False, streams: bool = True
+) -> dict[str, Any]:
     """A published item that makes Pushpin re-ask the origin for each request held on
     ``channel`` (a stream: call its next link), where each needs an answer of its own.
-    ``sockets``: WebSockets subscribe to the channel too."""
-    formats: dict[str, Any] = {
-        "http-response": {"action": "hint"},
-        "http-stream": {"action": "hint"},
-    }
+    ``sockets``: WebSockets subscribe to the channel too. Without ``streams``, streams do
+    not see the item: the next one's prev-id shows them the gap, and they ask from before it
+    (a stream asked by a hint asks from after it)."""
+    formats: dict[str, Any] = {"http-response": {"action": "hint"}}
+    if streams:
+        formats["http-stream"] = {"action": "hint"}
     if sockets:
         formats["ws-message"] = _wake(item_id)
     return {"channel": channel, "id": item_id, "prev-id": prev_id, "formats": formats}

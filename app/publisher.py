@@ -430,7 +430,9 @@ def _items(row: Delivery) -> list[dict[str, Any]]:
 
 def _hints(row: Delivery) -> list[dict[str, Any]]:
     sockets = feed_of(row.channel) in ("posts", "events")
-    items = [hint_item(row.channel, str(row.event_id), str(row.prev_id), sockets)]
+    # Streams skip what a hint names (Grip-Last is then its id): they must see this one as a
+    # gap instead, and ask from before it.
+    items = [hint_item(row.channel, str(row.event_id), str(row.prev_id), sockets, streams=False)]
     if row.channel == FIREHOSE:
         items.append(hint_item(FIREHOSE_HINT, str(row.event_id), str(row.prev_id)))
     return items

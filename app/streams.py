@@ -113,8 +113,9 @@ def _fit(items: list[FeedItem]) -> list[FeedItem]:
 
 @dataclass(frozen=True)
 class Link:
-    """What a next link's token says: whose stream of which feed; for a page's link, where
-    the page ended (None: a held stream, whose place is the call's Grip-Last)."""
+    """What a next link's token says: whose stream of which feed; for a page's link (and a
+    stream held on a hint channel), where the stream stands (None: a held stream, whose place
+    is the call's Grip-Last)."""
 
     feed: str
     jid: str | None

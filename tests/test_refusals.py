@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import unique
-from tests.support import ROOT, Holds, Stack, health, running
+from tests.sse import EventStream
+from tests.support import ROOT, Background, Holds, Stack, basic, health, running
 from tests.test_posts_feed import follow, last, post
 from tests.test_publisher import recorder, wait_for
 
@@ -86,11 +87,15 @@ def small_publish_limit(tmp_path: Path, max_body: int) -> Iterator[Stack]:
         yield stack
 
 
-def test_an_item_refused_alone_reaches_its_reader_through_the_log(tmp_path: Path) -> None:
+def test_an_item_refused_alone_reaches_its_reader_through_the_log(
+    tmp_path: Path, bg: Background
+) -> None:
     with small_publish_limit(tmp_path, 20_000) as stack:
         writer, reader = unique("romeo"), unique("juliet")
         with stack.account(writer) as w, stack.account(reader) as r:
             follow(r, f"{writer}/posts")
+            login = {"Authorization": basic(reader)}
+            stream = bg.call(EventStream.open(stack.url, "/api/notifications/posts", login))
             with Holds(stack) as holds:
                 since = last(r)
                 held = holds.hold("posts", r.get, f"/api/notifications/posts?since={since}")
@@ -107,6 +112,17 @@ def test_an_item_refused_alone_reaches_its_reader_through_the_log(tmp_path: Path
             # From then on, small posts are published as ever.
             post(w, writer, "the item after the hint")
             held_then_published(stack, r, w, writer)
+            # A stream saw no item for the big post (streams are not given its hint, whose id
+            # they would take as seen): the next item's prev-id showed the gap, and the origin
+            # sent the big post from the log, then the rest, each once.
+            events = bg.call(stream.take(3))
+            assert [e.json["content"] for e in events] == [
+                LONGEST_CJK,
+                "the item after the hint",
+                "a later, small post",
+            ]
+            assert bg.call(stream.quiet(0.5)) == []
+            stream.close()
         assert "as too large" in stack.log()
 
 

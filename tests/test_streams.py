@@ -361,3 +361,30 @@ def test_1000_open_streams_all_get_one_post(stack: Stack, bg: Background) -> Non
         for stream in streams:
             stream.close()
         print(json.dumps({"streams": len(streams)}))
+
+
+def test_a_banned_readers_firehose_stream_leaves_out_that_channel(
+    stack: Stack, bg: Background
+) -> None:
+    """Logged in, a reader banned from a channel gets the firehose without it: every other
+    open channel's post comes (the control), that channel's never does."""
+    owner, banned, other = unique("sse"), unique("sse"), unique("sse")
+    topic = unique("topic")
+    with stack.account(owner) as o, stack.account(banned) as b, stack.account(other) as x:
+        assert o.post(f"/api/{topic}").status_code == 201
+        follow(b, f"{topic}/posts")
+        assert o.post(f"/api/{topic}/subscribers/posts", json={banned: "outcast"}).is_success
+        stream = open_stream(bg, stack.url, "/api/firehose", banned)
+        anonymous = open_stream(bg, stack.url, "/api/firehose")
+        post(o, topic, "not for the banned")
+        post(x, other, "for everyone")
+        post(o, topic, "still not")
+        post(x, other, "again for everyone")
+        mine = [e.json["content"] for e in take(bg, stream, 2)]
+        assert mine == ["for everyone", "again for everyone"]
+        assert quiet(bg, stream, 0.5) == []
+        # The same posts, in full, to a reader without a login.
+        public = [e.json["content"] for e in take(bg, anonymous, 4)]
+        assert public == ["not for the banned", "for everyone", "still not", "again for everyone"]
+        stream.close()
+        anonymous.close()

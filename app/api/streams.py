@@ -15,7 +15,7 @@ from starlette.responses import Response
 from app.api.common import PUBLISHED_WAIT_SECONDS, client_address, proxied, services
 from app.errors import NotProxied
 from app.feeds import parse_cursor
-from app.model import FIREHOSE
+from app.model import FIREHOSE, FIREHOSE_HINT
 from app.streams import (
     KEEP_ALIVE,
     LINK_TIMEOUT,
@@ -68,7 +68,7 @@ async def next_page(request: Request) -> Response:
         link = s.link_tokens.read(request.path_params["token"])
     except BadLink:
         return Response(b"", media_type=SSE_CONTENT_TYPE)  # ends the stream: the client is back
-    if link.cursor is not None:  # the next page
+    if link.cursor is not None:  # the next page, or a hint on a hint channel
         s.feed_requests["stream_page"] += 1
         cursor: int | None = link.cursor
     else:  # a held stream's: a gap, a hint, or its idle timeout
@@ -85,7 +85,10 @@ async def _answer(
     s = services(request)
     if step.hold and step.hold[0] == FIREHOSE:
         jid = None  # the public firehose: one link for all who see it so (app/streams.py)
-    link = Link(feed, jid, None if step.hold else step.cursor)
+    # Pushpin's Grip-Last tells where a held stream stands, but not on a hint channel, where
+    # it sends nothing itself (its Grip-Last is the hint's id): there the token tells.
+    told = step.hold is not None and step.hold[0] != FIREHOSE_HINT
+    link = Link(feed, jid, None if told else step.cursor)
     token = quote(s.link_tokens.make(link), safe="")
     headers["Grip-Link"] = f"<{NEXT_PATH}/{token}>; rel=next; timeout={LINK_TIMEOUT}"
     if step.hold is not None:
