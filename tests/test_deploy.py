@@ -71,11 +71,17 @@ def load_compose(variables: dict[str, str]) -> dict[str, Any]:
 
 
 def route(pushpin: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
-    """A compose Pushpin's one route: its options, and its targets in the order tried."""
+    """A compose Pushpin's one route: its options, and its targets (host:port) in the order
+    tried, each of which must hold WebSockets and speak to the origin over HTTP."""
     condition, *targets = pushpin["environment"]["PUSHPIN_ROUTE"].split(" ")
     match, *options = condition.split(",")
     assert match == "*"
-    return dict(option.split("=", 1) for option in options), targets
+    hosts = []
+    for target in targets:
+        host, *target_options = target.split(",")
+        assert target_options == ["over_http"], target
+        hosts.append(host)
+    return dict(option.split("=", 1) for option in options), hosts
 
 
 def pushpin_command(pushpin: dict[str, Any]) -> tuple[str, list[str]]:
@@ -276,7 +282,7 @@ def test_the_run_command_routes_the_shipped_routes_to_its_origin(tmp_path: Path)
         for line in (tmp_path / "routes").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    assert routes == ["* 127.0.0.1:18000"]
+    assert routes == ["* 127.0.0.1:18000,over_http"]
     rendered = configparser.ConfigParser(interpolation=None, strict=False)
     rendered.read(config)
     assert rendered["proxy"]["routesfile"] == str(tmp_path / "routes")

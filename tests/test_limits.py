@@ -39,6 +39,7 @@ def test_the_defaults(tmp_path: Path) -> None:
         "login_failures_per_address": 30,
         "unknown_logins_per_address": 30,
         "hashes_at_once_per_address": 4,
+        "max_sessions": 100,
     }
     raised = Settings.from_env({"DATA_DIR": str(tmp_path), "MAX_QUEUES": "7"}).limits
     assert raised.max_queues == 7

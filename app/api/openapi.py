@@ -224,7 +224,7 @@ SPEC: dict[str, Any] = {
                 },
             }
         },
-        "/api/stream/next/{token}": {
+        "/api/stream/next/{link}": {
             "get": {
                 "operationId": "streamNextLink",
                 "summary": "A stream's next page, as the GRIP proxy asks for it",
@@ -235,7 +235,7 @@ SPEC: dict[str, Any] = {
                 ),
                 "security": [],
                 "parameters": [
-                    _param("token", "path", {"type": "string"}, "Given by the origin"),
+                    _param("link", "path", {"type": "string"}, "Given by the origin"),
                     GRIP_SIG,
                 ],
                 "responses": {

@@ -65,7 +65,7 @@ async def next_page(request: Request) -> Response:
     if not proxied(request):
         raise NotProxied(s.settings.proxy_url)
     try:
-        link = s.link_tokens.read(request.path_params["token"])
+        link = s.link_tokens.read(request.path_params["link"])
     except BadLink:
         return Response(b"", media_type=SSE_CONTENT_TYPE)  # ends the stream: the client is back
     if link.cursor is not None:  # the next page, or a hint on a hint channel
