@@ -25,7 +25,13 @@ once every request is held: no client waits to send a refused request again, non
 for a second, and the servers got no request and used next to no CPU for half a second (on 2
 cores, opening 10,000 long-polls keeps them busy for seconds after the last one is sent).
 Failures (no answer, an error status, an answer without the post, an answer before the
-publish) are counted, never retried once the publish has been sent.
+publish) are counted, never retried once the publish has been sent. CPU of the origin and of
+Pushpin is measured from the POST (or publish) until the last answer.
+
+The machinery is shared by the fan-out cases of the other transports (``bench.sse_fanout``,
+``bench.ws_fanout``): ``Holds`` opens, settles and measures any client given as an
+``Attempt``; ``Bench`` alternates origin and raw runs; ``summarize`` and ``targets`` make the
+rows and the verdict.
 """
 
 from __future__ import annotations
@@ -91,6 +97,27 @@ class Answer:
     error: str = ""
 
 
+# One client's try at being held, ending with what it got (the i-th client's); a status of 0
+# or 5xx is a refusal, tried again until the publish.
+Attempt = Callable[[int], Awaitable[Answer]]
+
+
+def long_polls(ports: list[int], request: Callable[[int], tuple[str, dict[str, str]]]) -> Attempt:
+    """Long-polls: the i-th goes to ``ports[i % len(ports)]`` with ``request(i)`` (its path
+    and headers); its answer is the response."""
+
+    async def attempt(i: int) -> Answer:
+        path, headers = request(i)
+        port = ports[i % len(ports)]
+        try:
+            status, _, body = await raw_get(HOST, port, path, headers, REQUEST_TIMEOUT)
+        except (OSError, EOFError, ValueError) as exc:  # TimeoutError is an OSError
+            return Answer(0, b"", time.perf_counter(), type(exc).__name__)
+        return Answer(status, body, time.perf_counter())
+
+    return attempt
+
+
 @dataclass
 class RunResult:
     case: str  # "origin" or "raw"
@@ -111,34 +138,44 @@ class RunResult:
     origin_rss_mb: float | None
     pushpin_rss_mb: float
     failure_reasons: dict[str, int] = field(default_factory=dict)
+    # CPU seconds from the POST (or publish) until the last answer or the timeout
+    origin_cpu_seconds: float | None = None
+    pushpin_cpu_seconds: float | None = None
+
+
+@dataclass
+class Measured:
+    """What ``Holds.measure`` saw: when the publish started, how long its request took, each
+    delivery's delay, the failures by reason, one delivered body, and the CPU seconds of each
+    group of processes it was given until the last answer (or the timeout)."""
+
+    t0: float
+    request_ms: float
+    delays: list[float]
+    failures: Counter[str]
+    sample: bytes | None
+    cpu: dict[str, float]
 
 
 class Holds:
-    """N requests held through Pushpin, opened in ramped batches, then answered by one publish."""
+    """N clients held through Pushpin (long-polls, streams, sockets: ``attempt``), opened in
+    ramped batches, then answered by one publish."""
 
-    def __init__(
-        self, ports: list[int], request: Callable[[int], tuple[str, dict[str, str]]]
-    ) -> None:
-        self.ports = ports  # the i-th request goes to ports[i % len(ports)]
-        self.request = request  # the path and headers of the i-th request
+    def __init__(self, attempt: Attempt) -> None:
+        self.attempt = attempt
         self.published = False
         self.retried = 0
         self.waiting = 0  # requests refused, waiting to be sent again
         self.last_refusal = 0.0  # time.monotonic() of the last refusal
         self.tasks: list[asyncio.Task[Answer]] = []
 
-    async def _one(self, port: int, path: str, headers: dict[str, str]) -> Answer:
+    async def _one(self, i: int) -> Answer:
         attempt = 0
         while True:
-            try:
-                status, _, body = await raw_get(HOST, port, path, headers, REQUEST_TIMEOUT)
-                error = ""
-            except (OSError, EOFError, ValueError) as exc:  # TimeoutError is an OSError
-                status, body, error = 0, b"", type(exc).__name__
-            at = time.perf_counter()
+            answer = await self.attempt(i)
             # Refusals are normal while ramping up. After the publish a retry would only be held
             # again (or answered by the origin from its store, which is not fan-out): a failure.
-            refused = status == 0 or status >= 500
+            refused = answer.status == 0 or answer.status >= 500
             if refused and not self.published and attempt < MAX_RETRIES:
                 attempt += 1
                 self.retried += 1
@@ -149,16 +186,14 @@ class Holds:
                 finally:
                     self.waiting -= 1
                 continue
-            return Answer(status, body, at, error)
+            return answer
 
     async def open(self, n: int, echo: Callable[[str], None], label: str) -> float:
         """Open ``n`` requests; return how long that took."""
         start = time.perf_counter()
         step = max(BATCH, -(-n // 4 // BATCH) * BATCH)  # about four progress lines per run
         for i in range(n):
-            path, headers = self.request(i)
-            port = self.ports[i % len(self.ports)]
-            self.tasks.append(asyncio.create_task(self._one(port, path, headers)))
+            self.tasks.append(asyncio.create_task(self._one(i)))
             opened = i + 1
             if opened % BATCH == 0 or opened == n:
                 await asyncio.sleep(BATCH_PAUSE)
@@ -189,11 +224,11 @@ class Holds:
         self,
         publish: Callable[[], Awaitable[Callable[[bytes], bool]]],
         timeout: float = DELIVERY_TIMEOUT,
-    ) -> tuple[float, float, list[float], Counter[str], bytes | None]:
+        pids: dict[str, list[int]] | None = None,
+    ) -> Measured:
         """Publish, then wait up to ``timeout`` for every answer. ``publish`` sends the item and
-        returns the check each answer must pass. Returns the publish time, how long the publish
-        request took, each delivery's delay in ms, the failures by reason, and one delivered
-        body."""
+        returns the check each answer must pass; ``pids``: groups of processes whose CPU to
+        measure meanwhile."""
         failures: Counter[str] = Counter()
         for task in self.tasks:
             if task.done():  # answered before anything was published: not held
@@ -203,7 +238,9 @@ class Holds:
         # up as fan-out time: collect now, and not during the measurement.
         gc.collect()
         gc.disable()
+        groups = pids or {}
         try:
+            cpu_before = {name: _cpu(group) for name, group in groups.items()}
             self.published = True
             t0 = time.perf_counter()
             try:
@@ -214,6 +251,7 @@ class Holds:
                 check = _never
             request_ms = (time.perf_counter() - t0) * 1000
             done, pending = await asyncio.wait(waiting, timeout=timeout)
+            cpu = {name: _cpu(group) - cpu_before[name] for name, group in groups.items()}
         finally:
             gc.enable()
         for task in pending:
@@ -230,28 +268,37 @@ class Holds:
                 failures["answer without the published item"] += 1
             else:
                 failures[_describe(answer)] += 1
-        return t0, request_ms, delays, +failures, sample
+        return Measured(t0, request_ms, delays, +failures, sample, cpu)
 
 
 def _never(body: bytes) -> bool:
     return False
 
 
+def _cpu(pids: list[int]) -> float:
+    """CPU seconds of ``pids``, those that still run."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
 def _describe(answer: Answer) -> str:
     return f"HTTP {answer.status}" if answer.status else answer.error or "no answer"
 
 
-def _result(
+def run_result(
     case: str,
     run: int,
     clients: int,
     holds: Holds,
     ramp: tuple[float, float, bool],  # opening the requests, then settling, and whether it did
-    measured: tuple[float, float, list[float], Counter[str], bytes | None],
+    measured: Measured,
     body_bytes: int,
     memory: tuple[float | None, float],
 ) -> RunResult:
-    _, request_ms, delays, failures, _ = measured
+    delays, failures = measured.delays, measured.failures
     ramp_seconds, settle_seconds, quiet = ramp
     return RunResult(
         case=case,
@@ -262,7 +309,7 @@ def _result(
         last_ms=max(delays) if delays else None,
         first_ms=min(delays) if delays else None,
         median_ms=median(delays),
-        request_ms=request_ms,
+        request_ms=measured.request_ms,
         retried=holds.retried,
         ramp_seconds=ramp_seconds,
         settle_seconds=settle_seconds,
@@ -271,6 +318,8 @@ def _result(
         origin_rss_mb=memory[0],
         pushpin_rss_mb=memory[1],
         failure_reasons=dict(failures),
+        origin_cpu_seconds=measured.cpu.get("origin"),
+        pushpin_cpu_seconds=measured.cpu.get("pushpin"),
     )
 
 
@@ -308,85 +357,67 @@ def held_memory(d: Deployment) -> tuple[float, float]:
 
 
 class Bench:
-    def __init__(self, d: Deployment, writer: str, readers: list[str], rundir: Path) -> None:
-        self.d, self.writer, self.readers = d, writer, readers
+    """Origin runs and raw runs, alternating, on one deployment and one raw Pushpin; a
+    subclass says how its clients are held (``origin_run``, ``raw_run``)."""
+
+    def __init__(self, d: Deployment, writer: str, rundir: Path) -> None:
+        self.d, self.writer = d, writer
         self.raw = RawPushpin(rundir)
         self.body: bytes | None = None  # an origin answer: the raw case publishes the same bytes
 
     async def run(
         self, sizes: list[int], runs: int, echo: Callable[[str], None]
     ) -> list[RunResult]:
-        results = []
-        first = self.d.nodes[0]
-        async with (
-            self.raw,
-            httpx.AsyncClient(base_url=first.url, auth=(self.writer, PASSWORD)) as w,
-            contextlib.AsyncExitStack() as clients,
-            httpx.AsyncClient() as publisher,
-        ):
-            origins = [
-                await clients.enter_async_context(httpx.AsyncClient(base_url=node.origin_url))
-                for node in self.d.nodes
-            ]
-            # Open the connections (and fill the origin's login cache) before any timing.
-            assert (await w.get("/api/subscribed")).status_code == 200
-            assert (await publisher.post(self.raw.publish_url, json={"items": []})).is_success
-            for clients_count in sizes:
-                for run in range(1, runs + 1):
-                    for case in ("origin", "raw"):
-                        if case == "origin":
-                            result = await self._origin_run(run, clients_count, w, origins, echo)
-                        else:
-                            result = await self._raw_run(run, clients_count, publisher, echo)
-                        results.append(result)
-                        echo(_run_line(result, runs))
-        return results
+        async with self.raw, Clients(self.d, self.writer) as clients:
+            await clients.warm(self.raw)
 
-    async def _origin_run(
-        self,
-        run: int,
-        clients: int,
-        w: httpx.AsyncClient,
-        origins: list[httpx.AsyncClient],
-        echo: Callable[[str], None],
+            async def origin(run: int, n: int) -> RunResult:
+                result, sample = await self.origin_run(run, n, clients, echo)
+                self.body = self.body or sample
+                return result
+
+            async def raw(run: int, n: int) -> RunResult:
+                return await self.raw_run(run, n, clients, echo)
+
+            return await alternate(sizes, runs, origin, raw, echo)
+
+    async def origin_run(
+        self, run: int, n: int, clients: Clients, echo: Callable[[str], None]
+    ) -> tuple[RunResult, bytes | None]:
+        """A run of ``n`` clients through the origin: its result, one delivered answer."""
+        raise NotImplementedError
+
+    async def raw_run(
+        self, run: int, n: int, clients: Clients, echo: Callable[[str], None]
     ) -> RunResult:
-        r = await w.get("/api/notifications/posts")
-        if r.status_code != 200:
-            raise BenchError(f"cannot read the cursor: HTTP {r.status_code} {r.text}")
-        since = r.json()["last"]
+        raise NotImplementedError
+
+
+class LongPolls(Bench):
+    def __init__(self, d: Deployment, writer: str, readers: list[str], rundir: Path) -> None:
+        super().__init__(d, writer, rundir)
+        self.readers = readers
+
+    async def origin_run(
+        self, run: int, n: int, clients: Clients, echo: Callable[[str], None]
+    ) -> tuple[RunResult, bytes | None]:
+        since = await clients.cursor()
         path = f"/api/notifications/posts?since={since}"
         auth = [{"Authorization": basic(reader)} for reader in self.readers]
         ports = [int(node.env["PORT"]) for node in self.d.nodes]
-        holds = Holds(ports, lambda i: (path, auth[i % len(auth)]))
-        ramp = await holds.open(clients, echo, f"origin run {run}")
-        quiet, settle = await holds.settle(origins_idle(self.d, origins, echo, f"origin run {run}"))
-        held = held_memory(self.d)
+        holds = Holds(long_polls(ports, lambda i: (path, auth[i % len(auth)])))
 
-        async def publish() -> Callable[[bytes], bool]:
-            r = await w.post(
-                f"/api/{self.writer}/content/posts",
-                json={"content": f"fan-out run {run}"},
-                timeout=DELIVERY_TIMEOUT,
-            )
-            if r.status_code != 201:
-                raise BenchError(f"the post failed: HTTP {r.status_code} {r.text}")
-            created = r.json()
+        def check(created: dict[str, Any]) -> Callable[[bytes], bool]:
             return lambda body: created in json.loads(body).get("items", [])
 
-        measured = await holds.measure(publish)
-        self.body = self.body or measured[4]
-        size = len(self.body or b"")
-        return _result("origin", run, clients, holds, (ramp, settle, quiet), measured, size, held)
+        return await origin_run(self.d, holds, (run, n), clients, check, echo)
 
-    async def _raw_run(
-        self, run: int, clients: int, publisher: httpx.AsyncClient, echo: Callable[[str], None]
+    async def raw_run(
+        self, run: int, n: int, clients: Clients, echo: Callable[[str], None]
     ) -> RunResult:
         # A new channel each run: Pushpin drops a (channel, id) pair it saw in the last 60 s.
-        channel = f"bench{clients}-{run}"
-        holds = Holds([self.raw.http_port], lambda i: (f"/hold/{channel}", {}))
-        ramp = await holds.open(clients, echo, f"raw run {run}")
-        quiet, settle = await holds.settle(self.raw.idle)
-        held = (None, tree_rss_bytes(self.raw.pids()) / 2**20)
+        channel = f"bench{n}-{run}"
+        holds = Holds(long_polls([self.raw.http_port], lambda i: (f"/hold/{channel}", {})))
         body = self.body or FALLBACK_BODY
         item = {
             "channel": channel,
@@ -394,18 +425,125 @@ class Bench:
             "prev-id": "0",
             "formats": {"http-response": {"body": body.decode()}},
         }
-
-        async def publish() -> Callable[[bytes], bool]:
-            r = await publisher.post(self.raw.publish_url, json={"items": [item]})
-            if r.status_code != 200:
-                raise BenchError(f"the publish failed: HTTP {r.status_code} {r.text}")
-            return lambda answer: answer == body
-
-        measured = await holds.measure(publish)
-        return _result("raw", run, clients, holds, (ramp, settle, quiet), measured, len(body), held)
+        return await raw_run(self.raw, holds, (run, n), clients, item, body, echo)
 
 
-def _run_line(r: RunResult, runs: int) -> str:
+class Clients:
+    """The origin case's HTTP clients: the writer's (through the first node's Pushpin), one
+    for each node's origin (its /health), and one for a raw Pushpin's publish port."""
+
+    def __init__(self, d: Deployment, writer: str) -> None:
+        self.d = d
+        self.writer = httpx.AsyncClient(base_url=d.nodes[0].url, auth=(writer, PASSWORD))
+        self.origins = [httpx.AsyncClient(base_url=node.origin_url) for node in d.nodes]
+        self.publisher = httpx.AsyncClient()
+        self.post_path = f"/api/{writer}/content/posts"
+
+    async def __aenter__(self) -> Clients:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for client in [self.writer, *self.origins, self.publisher]:
+            await client.aclose()
+
+    async def warm(self, raw: RawPushpin) -> None:
+        """Open the connections (and fill the origin's login cache) before any timing."""
+        assert (await self.writer.get("/api/subscribed")).status_code == 200
+        assert (await self.publisher.post(raw.publish_url, json={"items": []})).is_success
+
+    async def cursor(self) -> str:
+        """The end of the log now (as the writer's posts feed says)."""
+        r = await self.writer.get("/api/notifications/posts")
+        if r.status_code != 200:
+            raise BenchError(f"cannot read the cursor: HTTP {r.status_code} {r.text}")
+        last: str = r.json()["last"]
+        return last
+
+    async def post(self, content: str) -> dict[str, Any]:
+        r = await self.writer.post(
+            self.post_path, json={"content": content}, timeout=DELIVERY_TIMEOUT
+        )
+        if r.status_code != 201:
+            raise BenchError(f"the post failed: HTTP {r.status_code} {r.text}")
+        created: dict[str, Any] = r.json()
+        return created
+
+
+async def origin_run(
+    d: Deployment,
+    holds: Holds,
+    run_clients: tuple[int, int],
+    http: Clients,
+    check: Callable[[dict[str, Any]], Callable[[bytes], bool]],
+    echo: Callable[[str], None],
+) -> tuple[RunResult, bytes | None]:
+    """One origin run (``run_clients``: its number, and how many clients): open the clients
+    of ``holds``, wait until all are held, post, measure. ``check(created)``: what each answer
+    must pass, given the post made. Returns the result and one delivered answer (what a raw
+    run publishes)."""
+    run, clients = run_clients
+    label = f"origin run {run}"
+    ramp = await holds.open(clients, echo, label)
+    quiet, settle = await holds.settle(origins_idle(d, http.origins, echo, label))
+    held = held_memory(d)
+
+    async def publish() -> Callable[[bytes], bool]:
+        return check(await http.post(f"fan-out run {run}"))
+
+    pids = {"origin": d.origin_pids(), "pushpin": d.pushpin_pids()}
+    measured = await holds.measure(publish, pids=pids)
+    size = len(measured.sample or b"")
+    result = run_result("origin", run, clients, holds, (ramp, settle, quiet), measured, size, held)
+    return result, measured.sample
+
+
+async def raw_run(
+    raw: RawPushpin,
+    holds: Holds,
+    run_clients: tuple[int, int],
+    http: Clients,
+    item: dict[str, Any],
+    body: bytes,
+    echo: Callable[[str], None],
+) -> RunResult:
+    """One raw run (``run_clients``: its number, and how many clients): open the clients of
+    ``holds`` on a raw Pushpin, wait until all are held, publish ``item``, measure; each answer
+    must be ``body``."""
+    run, clients = run_clients
+    label = f"raw run {run}"
+    ramp = await holds.open(clients, echo, label)
+    quiet, settle = await holds.settle(raw.idle)
+    held = (None, tree_rss_bytes(raw.pids()) / 2**20)
+
+    async def publish() -> Callable[[bytes], bool]:
+        r = await http.publisher.post(raw.publish_url, json={"items": [item]})
+        if r.status_code != 200:
+            raise BenchError(f"the publish failed: HTTP {r.status_code} {r.text}")
+        return lambda answer: answer == body
+
+    measured = await holds.measure(publish, pids={"pushpin": raw.pids()})
+    return run_result("raw", run, clients, holds, (ramp, settle, quiet), measured, len(body), held)
+
+
+async def alternate(
+    sizes: list[int],
+    runs: int,
+    origin: Callable[[int, int], Awaitable[RunResult]],
+    raw: Callable[[int, int], Awaitable[RunResult]],
+    echo: Callable[[str], None],
+) -> list[RunResult]:
+    """Each size, ``runs`` times: an origin run then a raw run (``origin(run, clients)``)."""
+    results = []
+    for clients in sizes:
+        for run in range(1, runs + 1):
+            for case in (origin, raw):
+                result = await case(run, clients)
+                results.append(result)
+                echo(run_line(result, runs))
+    return results
+
+
+def run_line(r: RunResult, runs: int) -> str:
     what = "POST" if r.case == "origin" else "publish"
     if r.last_ms is None or r.first_ms is None or r.median_ms is None:
         timing = "nothing delivered"
@@ -419,11 +557,18 @@ def _run_line(r: RunResult, runs: int) -> str:
         f"{r.failures} failed, {r.retried} retried while ramping up; opened in "
         f"{r.ramp_seconds:.1f} s, all held {r.settle_seconds:.1f} s later"
     )
+    if r.pushpin_cpu_seconds is not None:
+        origin = "" if r.origin_cpu_seconds is None else f"origin {_s(r.origin_cpu_seconds)}, "
+        line += f"; CPU: {origin}Pushpin {_s(r.pushpin_cpu_seconds)}"
     if r.failure_reasons:
         line += " " + json.dumps(r.failure_reasons)
     if not r.quiet:
         line += " [not all held, or the servers still busy, at publish time]"
     return line
+
+
+def _s(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds:.2f} s"
 
 
 def _median(results: list[RunResult], case: str, clients: int, what: str) -> float | None:
@@ -434,6 +579,56 @@ def _median(results: list[RunResult], case: str, clients: int, what: str) -> flo
             if r.case == case and r.clients == clients and (value := getattr(r, what)) is not None
         ]
     )
+
+
+def summarize(
+    results: list[RunResult],
+    sizes: list[int],
+    runs: int,
+    users: int,
+    nodes: int,
+    noun: str,
+    echo: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """A row per size: medians of the runs, origin and raw, their ratio, the failures, memory
+    while held and CPU from the POST to the last delivery."""
+    rows = []
+    for clients in sizes:
+        origin_ms = _median(results, "origin", clients, "last_ms")
+        raw_ms = _median(results, "raw", clients, "last_ms")
+        row = {
+            "clients": clients,
+            "users": users,
+            "nodes": nodes,
+            "runs": runs,
+            "origin_ms": origin_ms,
+            "raw_ms": raw_ms,
+            "ratio": ratio(origin_ms, raw_ms),
+            "origin_failures": sum(
+                r.failures for r in results if r.case == "origin" and r.clients == clients
+            ),
+            "raw_failures": sum(
+                r.failures for r in results if r.case == "raw" and r.clients == clients
+            ),
+            "origin_rss_mb": _median(results, "origin", clients, "origin_rss_mb"),
+            "pushpin_rss_mb": _median(results, "origin", clients, "pushpin_rss_mb"),
+            "raw_pushpin_rss_mb": _median(results, "raw", clients, "pushpin_rss_mb"),
+            "origin_cpu_seconds": _median(results, "origin", clients, "origin_cpu_seconds"),
+            "pushpin_cpu_seconds": _median(results, "origin", clients, "pushpin_cpu_seconds"),
+            "raw_pushpin_cpu_seconds": _median(results, "raw", clients, "pushpin_cpu_seconds"),
+        }
+        rows.append(row)
+        r = row["ratio"]
+        echo(
+            f"fan-out to {clients} {noun}: median of {runs}: origin {ms(origin_ms)}, raw "
+            f"Pushpin {ms(raw_ms)}, ratio {'n/a' if r is None else f'{r:.2f}'}, failures "
+            f"{row['origin_failures']} (raw {row['raw_failures']}); memory while held: "
+            f"origin {_mb(row['origin_rss_mb'])}, Pushpin {_mb(row['pushpin_rss_mb'])} "
+            f"(raw Pushpin {_mb(row['raw_pushpin_rss_mb'])}); CPU: origin "
+            f"{_s(row['origin_cpu_seconds'])}, Pushpin {_s(row['pushpin_cpu_seconds'])} "
+            f"(raw Pushpin {_s(row['raw_pushpin_cpu_seconds'])})"
+        )
+    return rows
 
 
 def run(
@@ -454,42 +649,12 @@ def run(
     )
     with deployed(setup, workdir) as d:
         writer, readers = followers(d.nodes[0], min(READERS, min(sizes)))
-        bench = Bench(d, writer, readers, workdir / "raw-pushpin")
+        bench = LongPolls(d, writer, readers, workdir / "raw-pushpin")
         results = uvloop.run(bench.run(sizes, runs, echo))
-    rows = []
-    for clients in sizes:
-        origin_ms = _median(results, "origin", clients, "last_ms")
-        raw_ms = _median(results, "raw", clients, "last_ms")
-        row = {
-            "clients": clients,
-            "users": len(readers),
-            "nodes": setup.origins,
-            "runs": runs,
-            "origin_ms": origin_ms,
-            "raw_ms": raw_ms,
-            "ratio": ratio(origin_ms, raw_ms),
-            "origin_failures": sum(
-                r.failures for r in results if r.case == "origin" and r.clients == clients
-            ),
-            "raw_failures": sum(
-                r.failures for r in results if r.case == "raw" and r.clients == clients
-            ),
-            "origin_rss_mb": _median(results, "origin", clients, "origin_rss_mb"),
-            "pushpin_rss_mb": _median(results, "origin", clients, "pushpin_rss_mb"),
-            "raw_pushpin_rss_mb": _median(results, "raw", clients, "pushpin_rss_mb"),
-        }
-        rows.append(row)
-        r = row["ratio"]
-        echo(
-            f"fan-out to {clients}: median of {runs}: origin {ms(origin_ms)}, raw Pushpin "
-            f"{ms(raw_ms)}, ratio {'n/a' if r is None else f'{r:.2f}'}, failures "
-            f"{row['origin_failures']} (raw {row['raw_failures']}); memory while held: "
-            f"origin {_mb(row['origin_rss_mb'])}, Pushpin {_mb(row['pushpin_rss_mb'])} "
-            f"(raw Pushpin {_mb(row['raw_pushpin_rss_mb'])})"
-        )
+    rows = summarize(results, sizes, runs, len(readers), setup.origins, "long-polls", echo)
     return {
         "summary": {"sizes": rows},
-        "targets": _targets(rows),
+        "targets": targets(rows, "fan-out to {clients:,}"),
         "results": [asdict(r) for r in results],
     }
 
@@ -528,13 +693,16 @@ def _mb(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f} MB"
 
 
-def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The target is for 5,000 clients; a smaller run (the smoke test) is judged at its size."""
-    row = next((r for r in rows if r["clients"] == TARGET_CLIENTS), rows[-1])
+def targets(
+    rows: list[dict[str, Any]], what: str, clients: int = TARGET_CLIENTS
+) -> list[dict[str, Any]]:
+    """Within TARGET_RATIO of raw Pushpin at ``clients`` (``what``: the target's name, with
+    ``{clients}``); a run without that size (the smoke test) is judged at its largest."""
+    row = next((r for r in rows if r["clients"] == clients), rows[-1])
     r = row["ratio"]
     return [
         {
-            "target": f"fan-out to {row['clients']:,} within {TARGET_RATIO} x raw Pushpin",
+            "target": f"{what.format(clients=row['clients'])} within {TARGET_RATIO} x raw Pushpin",
             "measured": f"{ms(row['origin_ms'])} vs raw {ms(row['raw_ms'])}: "
             f"{'n/a' if r is None else f'{r:.2f} x'}, {row['origin_failures']} failed",
             "met": r is not None and r <= TARGET_RATIO and not row["origin_failures"],
