@@ -129,6 +129,11 @@ def ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} ms"
 
 
+def number(value: float | None, digits: int = 1, unit: str = "") -> str:
+    """``value`` with thousands separators and ``digits`` decimals, or n/a."""
+    return "n/a" if value is None else f"{value:,.{digits}f}{unit}"
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 

@@ -141,6 +141,12 @@ class RunResult:
     # CPU seconds from the POST (or publish) until the last answer or the timeout
     origin_cpu_seconds: float | None = None
     pushpin_cpu_seconds: float | None = None
+    # The origins' realtime requests by kind (their /health's feed_requests) from the first
+    # client opened until the post: the clients' own, and Pushpin's asking again (a stream's
+    # next-link call is a "stream_repair"); and every request they got from the POST until
+    # the last answer, the POST's own included
+    origin_requests: dict[str, int] | None = None
+    origin_requests_after_post: int | None = None
 
 
 @dataclass
@@ -459,6 +465,16 @@ class Clients:
         last: str = r.json()["last"]
         return last
 
+    async def requests(self) -> tuple[int, Counter[str]]:
+        """The requests the origins have had (this look at /health not counted), and the
+        realtime ones they have handled, by kind, summed over the nodes."""
+        total, feeds = 0, Counter[str]()
+        for origin in self.origins:
+            health = (await origin.get("/health", timeout=30)).json()
+            total += health["requests"] - 1
+            feeds.update(health["feed_requests"])
+        return total, feeds
+
     async def post(self, content: str) -> dict[str, Any]:
         r = await self.writer.post(
             self.post_path, json={"content": content}, timeout=DELIVERY_TIMEOUT
@@ -483,9 +499,11 @@ async def origin_run(
     run publishes)."""
     run, clients = run_clients
     label = f"origin run {run}"
+    _, before = await http.requests()
     ramp = await holds.open(clients, echo, label)
     quiet, settle = await holds.settle(origins_idle(d, http.origins, echo, label))
     held = held_memory(d)
+    posted_at, after = await http.requests()
 
     async def publish() -> Callable[[bytes], bool]:
         return check(await http.post(f"fan-out run {run}"))
@@ -494,6 +512,11 @@ async def origin_run(
     measured = await holds.measure(publish, pids=pids)
     size = len(measured.sample or b"")
     result = run_result("origin", run, clients, holds, (ramp, settle, quiet), measured, size, held)
+    result.origin_requests = {
+        k: n - before.get(k, 0) for k, n in after.items() if n > before.get(k, 0)
+    }
+    # Less the look at /health that read ``posted_at`` (counted by the next look, not by it).
+    result.origin_requests_after_post = (await http.requests())[0] - posted_at - len(d.nodes)
     return result, measured.sample
 
 
@@ -560,6 +583,11 @@ def run_line(r: RunResult, runs: int) -> str:
     if r.pushpin_cpu_seconds is not None:
         origin = "" if r.origin_cpu_seconds is None else f"origin {_s(r.origin_cpu_seconds)}, "
         line += f"; CPU: {origin}Pushpin {_s(r.pushpin_cpu_seconds)}"
+    if r.origin_requests is not None:
+        line += (
+            f"; origin requests until the post {json.dumps(r.origin_requests)}, after it "
+            f"{r.origin_requests_after_post}"
+        )
     if r.failure_reasons:
         line += " " + json.dumps(r.failure_reasons)
     if not r.quiet:

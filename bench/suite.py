@@ -34,7 +34,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import bigpost, fanout, holdcost, latency, report, throughput, writes
+from bench import (
+    bigpost,
+    fanout,
+    holdcost,
+    latency,
+    report,
+    sse_fanout,
+    throughput,
+    writes,
+    ws_fanout,
+)
 from bench.common import machine
 from bench.setups import DATABASES, POSTGRESQL, SETUPS, SQLITE, TWO_NODES, Setup, database_facts
 from tests.support import ROOT
@@ -72,6 +82,20 @@ CASES = [
         fanout.run_repeated,
         in_suite=False,  # about 12 minutes: run it alone, with --only
         setups=(SQLITE,),
+    ),
+    Case(
+        "ssefanout",
+        "Fan-out of one post to N SSE streams (the firehose; memory while they are held)",
+        {"sizes": [1000, 5000, 10000], "runs": 3},
+        {"sizes": [50], "runs": 1},
+        sse_fanout.run,
+    ),
+    Case(
+        "wsfanout",
+        "Fan-out of one post to N WebSockets, one user each",
+        {"sizes": [1000], "runs": 3},
+        {"sizes": [20], "runs": 1},
+        ws_fanout.run,
     ),
     Case(
         "holdcost",
@@ -171,7 +195,7 @@ def run_case(
 def failures(record: dict[str, Any]) -> int:
     """Deliveries that went wrong in a case (lost, duplicated, failed): never acceptable."""
     summary = record["summary"]
-    if record["case"] in ("fanout", "fanout10k"):
+    if record["case"] in ("fanout", "fanout10k", "ssefanout", "wsfanout"):
         return sum(int(row["origin_failures"] + row["raw_failures"]) for row in summary["sizes"])
     if record["case"] == "throughput":
         # A POST refused under overload (Pushpin's 502) is in the table, not a failed delivery.

@@ -1,0 +1,145 @@
+"""docs/performance.md's sections for the streaming transports (server-sent events and
+WebSockets): their tables, and why a target was missed. ``bench.report`` puts them in place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.common import median
+from bench.common import number as _n
+
+NOUNS = {"ssefanout": "SSE streams", "wsfanout": "WebSockets"}
+HELD = {
+    "ssefanout": "anonymous streams of the firehose (`GET /api/firehose`, `Accept: "
+    "text/event-stream`), against streams held on one channel of a raw Pushpin, published one "
+    "`http-stream` item with the same event's bytes",
+    "wsfanout": "one WebSocket (`/api/ws`) per follower of the writer's channel, each its own "
+    "user (seeded in bulk), online from the run's cursor, against sockets subscribed to one "
+    "channel of a raw Pushpin, published one `ws-message` item with the same frame's text. "
+    "The origin's sockets are woken by a ping each, and each pong is a request to the origin "
+    "that reads the socket's events from the log (`app/sockets.py`): one origin request per "
+    "socket per post, which the raw case does not make",
+}
+
+
+def _runs(r: dict[str, Any], case: str, clients: int, what: str) -> float | None:
+    """The median over ``case``'s runs at ``clients`` of ``what`` (None where missing)."""
+    values = [
+        v
+        for x in r["results"]
+        if x["case"] == case and x["clients"] == clients and (v := x.get(what)) is not None
+    ]
+    return median(values)
+
+
+def _requests(r: dict[str, Any], clients: int) -> str:
+    """What the origin was asked while the clients were opened and settled, by kind, and
+    after the post (medians of the runs)."""
+    kinds: dict[str, list[int]] = {}
+    for x in r["results"]:
+        if x["case"] == "origin" and x["clients"] == clients:
+            for kind, n in (x.get("origin_requests") or {}).items():
+                kinds.setdefault(kind, []).append(n)
+    held = ", ".join(f"{kind} {median(ns):,.0f}" for kind, ns in sorted(kinds.items()))
+    after = _runs(r, "origin", clients, "origin_requests_after_post")
+    return f"{held or 'n/a'}; {_n(after, 0)}"
+
+
+def fanout(r: dict[str, Any]) -> list[str]:
+    noun = NOUNS[r["case"]]
+    lines = [
+        f"| {noun} | origin: POST to last delivery (first, median) | raw Pushpin: publish to "
+        "last delivery (first, median) | ratio | failed (origin, raw) | CPU from the POST: "
+        "origin, Pushpin (raw Pushpin) | RSS while held: origin, Pushpin (raw Pushpin) "
+        "| origin requests: until the post; after it |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in r["summary"]["sizes"]:
+        n = row["clients"]
+        lines.append(
+            f"| {n:,} | {_n(row['origin_ms'])} ms ({_n(_runs(r, 'origin', n, 'first_ms'))}, "
+            f"{_n(_runs(r, 'origin', n, 'median_ms'))}) | {_n(row['raw_ms'])} ms "
+            f"({_n(_runs(r, 'raw', n, 'first_ms'))}, {_n(_runs(r, 'raw', n, 'median_ms'))}) "
+            f"| {_n(row['ratio'], 2)} | {row['origin_failures']}, {row['raw_failures']} "
+            f"| {_n(row['origin_cpu_seconds'], 2)} s, {_n(row['pushpin_cpu_seconds'], 2)} s "
+            f"({_n(row['raw_pushpin_cpu_seconds'], 2)} s) "
+            f"| {_n(row['origin_rss_mb'], 0)} MB, {_n(row['pushpin_rss_mb'], 0)} MB "
+            f"({_n(row['raw_pushpin_rss_mb'], 0)} MB) | {_requests(r, n)} |"
+        )
+    lines += [
+        "",
+        f"Median of {r['params']['runs']} runs of each case, origin and raw alternating: "
+        f"{HELD[r['case']]}. Opened 50 every 50 ms (refusals sent again), and the post made "
+        "once no client waited to try again, none was refused for 1 s, and the servers got no "
+        "request and used under 0.1 core for 0.5 s. Origin requests until the post: the realtime "
+        "ones the origin handled from the first client opened until then, by kind "
+        "(`stream_repair` is Pushpin calling a held stream's next link; sockets are not "
+        "counted there); after it: every request from the POST to the last delivery, the "
+        "POST's own included; medians a run. CPU: from the POST (or the "
+        "raw publish) until the last delivery. Memory: resident, while all were held; "
+        "Pushpin's is the sum of its processes.",
+    ]
+    return lines
+
+
+def why(records: dict[str, dict[str, Any]], label: str) -> list[str]:
+    """For each target of these cases missed on one setup (``records`` by case), what the
+    numbers say about why."""
+    out = []
+    for case, record in records.items():
+        if case in NOUNS and not all(t["met"] for t in record["targets"]):
+            out.append(_why_fanout(record, label))
+    return out
+
+
+def _why_fanout(r: dict[str, Any], label: str) -> str:
+    parts = []
+    for row in r["summary"]["sizes"]:
+        n = row["clients"]
+        first, raw_first = _runs(r, "origin", n, "first_ms"), _runs(r, "raw", n, "first_ms")
+        spread, raw_spread = _less(row["origin_ms"], first), _less(row["raw_ms"], raw_first)
+        parts.append(
+            f"at {n:,}, the first client had the post {_n(first)} ms after the POST (raw "
+            f"{_n(raw_first)} ms after the publish) and the rest within {_n(spread)} ms more "
+            f"(raw {_n(raw_spread)} ms), {row['origin_failures']:,} failed"
+        )
+    if r["case"] == "wsfanout":
+        return _why_sockets(r, label, parts)
+    return (
+        f"- **Fan-out to {NOUNS[r['case']]} ({label}).** The time to the first delivery is the "
+        "POST's own (its commit, and the publisher's publish request); what follows it is "
+        "Pushpin's fan-out: " + "; ".join(parts) + "."
+    )
+
+
+def _why_sockets(r: dict[str, Any], label: str, parts: list[str]) -> str:
+    costs = []
+    for row in r["summary"]["sizes"]:
+        cpu, n = row["origin_cpu_seconds"], row["clients"]
+        per_socket = None if cpu is None else cpu / n * 1000
+        costs.append(
+            f"at {n:,}, {_n(cpu, 2)} s of origin CPU ({_n(per_socket, 2)} ms a socket) and "
+            f"{_n(row['pushpin_cpu_seconds'], 2)} s of Pushpin's (raw Pushpin: "
+            f"{_n(row['raw_pushpin_cpu_seconds'], 2)} s)"
+        )
+    return (
+        f"- **Fan-out to WebSockets ({label}).** By design (`app/sockets.py`) a post wakes each "
+        "socket with a ping, and the origin answers each pong with the socket's events read "
+        "from the log: one origin request per socket, one after another on the origin's one "
+        "event loop, where raw Pushpin sends the frame itself. "
+        + _capital("; ".join(parts))
+        + ". From the POST to the last delivery: "
+        + "; ".join(costs)
+        + "."
+    )
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _less(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+TABLES = {"ssefanout": fanout, "wsfanout": fanout}
