@@ -22,6 +22,7 @@ ORDER = [
     "wsfanout",
     "holdcost",
     "throughput",
+    "ssethroughput",
     "latency",
     "bigpost",
     "writes",
@@ -690,6 +691,14 @@ def _side_by_side(records: dict[str, dict[str, Any]]) -> list[str]:
         (
             f"throughput, {THROUGHPUT_LABELS[case]}: stored, delivered a second; p99",
             "throughput",
+            _throughput_cell(case),
+        )
+        for case in ("origin", "direct", "raw")
+    ]
+    rows += [
+        (
+            f"throughput with SSE, {THROUGHPUT_LABELS[case]}: stored, delivered a second; p99",
+            "ssethroughput",
             _throughput_cell(case),
         )
         for case in ("origin", "direct", "raw")

@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.common import median
 from bench.common import number as _n
+from bench.throughput import LABELS
 
 NOUNS = {"ssefanout": "SSE streams", "wsfanout": "WebSockets"}
 HELD = {
@@ -82,6 +83,46 @@ def fanout(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def throughput(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "| case | offered | stored | delivered | lost, duplicated | post to delivery p50, p99 "
+        "| POST answered p50 | refused: POSTs; streams (opened again) "
+        "| CPU a post delivered: origin, Pushpin | cores: origin, Pushpin, clients |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    cases = r["summary"]["cases"]
+    raw = [s for s in cases if s["case"] == "raw"]
+    for s in [s for s in cases if s not in raw] + r["summary"].get("sweep", []) + raw:
+        lines.append(
+            f"| {LABELS[s['case']]} | {s['offered_rate']:,.0f}/s | {s['stored_per_second']:,.0f}/s "
+            f"| {s['delivered_per_second']:,.0f}/s | {s['lost']}, {s['duplicates']} "
+            f"| {_n(s['delivery_p50_ms'])}, {_n(s['delivery_p99_ms'])} ms "
+            f"| {_n(s['post_p50_ms'], 1, ' ms')} "
+            f"| {_errors(s['post_errors'])}; {_errors(s['poll_errors'])} "
+            f"| {_n(s.get('origin_cpu_ms_per_post'), 2, ' ms')}, "
+            f"{_n(s.get('pushpin_cpu_ms_per_post'), 2, ' ms')} "
+            f"| {_n(s.get('origin_cpu_cores'), 2)}, {s['pushpin_cpu_cores']:.2f}, "
+            f"{s['client_cpu_cores']:.2f} |"
+        )
+    p = r["params"]
+    lines += [
+        "",
+        f"{p['rate']:,.0f} posts/s offered for {p['seconds']:.0f} s over {p['channels']} "
+        f"channels, post k to channel k mod {p['channels']} by its owner; each channel's "
+        "reader holds one SSE stream of its posts feed (raw Pushpin: a stream on one channel "
+        "each, published `http-stream` items every 5 ms). The posts start once every stream "
+        "is held and the origin got no request for 1 s (each reader's stream has a next link "
+        "of its own, which Pushpin calls about 1 s after subscribing, through its limiter). "
+        "CPU a post: CPU seconds from the first post to the last delivery over the posts "
+        "delivered; cores: the same over that time.",
+    ]
+    return lines
+
+
+def _errors(errors: dict[str, int]) -> str:
+    return ", ".join(f"{n} ({what})" for what, n in errors.items()) or "0"
+
+
 def why(records: dict[str, dict[str, Any]], label: str) -> list[str]:
     """For each target of these cases missed on one setup (``records`` by case), what the
     numbers say about why."""
@@ -89,7 +130,44 @@ def why(records: dict[str, dict[str, Any]], label: str) -> list[str]:
     for case, record in records.items():
         if case in NOUNS and not all(t["met"] for t in record["targets"]):
             out.append(_why_fanout(record, label))
+    streams = records.get("ssethroughput")
+    if streams and not all(t["met"] for t in streams["targets"]):
+        out.append(_why_throughput(streams, records.get("throughput"), label))
     return out
+
+
+def _why_throughput(r: dict[str, Any], polls: dict[str, Any] | None, label: str) -> str:
+    cases = {s["case"]: s for s in r["summary"]["cases"]}
+    direct, origin, raw = cases["direct"], cases["origin"], cases["raw"]
+    cpus = r["machine"]["cpus"]
+    used = sum(direct.get(k) or 0 for k in ("origin_cpu_cores", "pushpin_cpu_cores"))
+    used += direct["client_cpu_cores"]
+    text = (
+        f"- **Throughput with SSE ({label}).** POSTs direct: {direct['stored_per_second']:,.0f} "
+        f"posts/s stored, p50 {_n(direct['delivery_p50_ms'])} ms and p99 "
+        f"{_n(direct['delivery_p99_ms'])} ms from the POST to the delivery, the POST itself "
+        f"answered in {_n(direct['post_p50_ms'])} ms (p50); the origin used "
+        f"{_n(direct.get('origin_cpu_cores'), 2)} cores "
+        f"({_n(direct.get('origin_cpu_ms_per_post'), 2)} ms a post), and the origin, "
+        f"Pushpin and the clients {used:.2f} of the {cpus} cores, on a machine whose load "
+        f"average was {r['machine']['load_average'][0]:.2f} when the "
+        f"case began. Raw Pushpin delivered {raw['delivered_per_second']:,.0f}/s with p99 "
+        f"{_n(raw['delivery_p99_ms'])} ms at {raw['pushpin_cpu_cores']:.2f} cores. Through "
+        f"Pushpin, every POST is also proxied: {origin['stored_per_second']:,.0f} posts/s "
+        f"stored with Pushpin at {origin['pushpin_cpu_cores']:.2f} cores "
+        f"({_n(origin.get('pushpin_cpu_ms_per_post'), 2)} ms a post, against "
+        f"{_n(direct.get('pushpin_cpu_ms_per_post'), 2)} ms with POSTs direct)."
+    )
+    if polls is not None:
+        long_polls = {s["case"]: s for s in polls["summary"]["cases"]}
+        lp = long_polls.get("direct")
+        if lp is not None:
+            text += (
+                f" With long-polls on the same setup, POSTs direct: "
+                f"{lp['stored_per_second']:,.0f}/s stored, p99 {_n(lp['delivery_p99_ms'])} ms: "
+                "each delivery there is also a new request through Pushpin to the origin."
+            )
+    return text
 
 
 def _why_fanout(r: dict[str, Any], label: str) -> str:
@@ -142,4 +220,4 @@ def _less(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-TABLES = {"ssefanout": fanout, "wsfanout": fanout}
+TABLES = {"ssefanout": fanout, "wsfanout": fanout, "ssethroughput": throughput}

@@ -41,6 +41,7 @@ from bench import (
     latency,
     report,
     sse_fanout,
+    sse_throughput,
     throughput,
     writes,
     ws_fanout,
@@ -112,6 +113,13 @@ CASES = [
         {"channels": 100, "rate": 1000.0, "seconds": 10.0, "sweep": [250.0, 500.0, 750.0]},
         {"channels": 10, "rate": 100.0, "seconds": 2.0},
         throughput.run,
+    ),
+    Case(
+        "ssethroughput",
+        "Posts per second over 100 channels, one SSE stream per channel",
+        {"channels": 100, "rate": 1000.0, "seconds": 10.0},
+        {"channels": 10, "rate": 100.0, "seconds": 2.0},
+        sse_throughput.run,
     ),
     Case(
         "latency",
@@ -197,7 +205,7 @@ def failures(record: dict[str, Any]) -> int:
     summary = record["summary"]
     if record["case"] in ("fanout", "fanout10k", "ssefanout", "wsfanout"):
         return sum(int(row["origin_failures"] + row["raw_failures"]) for row in summary["sizes"])
-    if record["case"] == "throughput":
+    if record["case"] in ("throughput", "ssethroughput"):
         # A POST refused under overload (Pushpin's 502) is in the table, not a failed delivery.
         return sum(
             int(row["lost"] + row["duplicates"] + row["misrouted"])
