@@ -32,6 +32,7 @@ PUSHPIN_CONFIG = ROOT / "pushpin" / "pushpin.conf"
 HOLD_TIMEOUT = 55
 QUIET_INTERVAL = 0.5  # idle: no request and almost no CPU over this long
 IDLE_CORES = 0.1
+FILE_MARGIN = 1000  # open files beyond one per client: the servers' own, logs, pipes
 SOCKET_EVENTS = "application/websocket-events"  # WebSocket-over-HTTP
 SOCKET_ACK = '["ack",{}]'  # the raw origin's answer to a WebSocket's text frame
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -405,8 +406,16 @@ def publish_body(channel: str, item_id: int, body: bytes) -> bytes:
 
 
 def raise_file_limit(needed: int) -> None:
-    """Each held request is a socket here and in Pushpin (started after this, so it inherits the
-    limit): lift the soft limit to the hard one if ``needed`` sockets need it."""
+    """Each held request, stream or socket is a socket here and in Pushpin (started after this,
+    so it inherits the limit): lift the soft limit to the hard one if ``needed`` sockets need
+    it; BenchError if even the hard one is too low (the run would fail midway with EMFILE)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed + 1000:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    wanted = needed + FILE_MARGIN
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        raise BenchError(
+            f"{needed:,} clients need about {wanted:,} open files, and the hard limit is "
+            f"{hard:,}: raise it (ulimit -Hn, or LimitNOFILE in a service) and run again"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
