@@ -97,6 +97,15 @@ class Answer:
     error: str = ""
 
 
+def failed(exc: BaseException) -> Answer:
+    """A client's try that ended without an HTTP answer: the error's type, and its errno's
+    text where it has one (a refused connection, too many open files)."""
+    reason = type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        reason += f" ({exc.strerror})"
+    return Answer(0, b"", time.perf_counter(), reason)
+
+
 # One client's try at being held, ending with what it got (the i-th client's); a status of 0
 # or 5xx is a refusal, tried again until the publish.
 Attempt = Callable[[int], Awaitable[Answer]]
@@ -112,7 +121,7 @@ def long_polls(ports: list[int], request: Callable[[int], tuple[str, dict[str, s
         try:
             status, _, body = await raw_get(HOST, port, path, headers, REQUEST_TIMEOUT)
         except (OSError, EOFError, ValueError) as exc:  # TimeoutError is an OSError
-            return Answer(0, b"", time.perf_counter(), type(exc).__name__)
+            return failed(exc)
         return Answer(status, body, time.perf_counter())
 
     return attempt
@@ -256,7 +265,7 @@ class Holds:
                 failures[f"the post failed: {type(exc).__name__} {exc}"[:200]] += 1
                 check = _never
             request_ms = (time.perf_counter() - t0) * 1000
-            done, pending = await asyncio.wait(waiting, timeout=timeout)
+            done, pending = await asyncio.wait(waiting, timeout=timeout) if waiting else ((), ())
             cpu = {name: _cpu(group) - cpu_before[name] for name, group in groups.items()}
         finally:
             gc.enable()

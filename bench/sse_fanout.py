@@ -45,6 +45,7 @@ from bench.fanout import (
     Clients,
     Holds,
     RunResult,
+    failed,
     origin_run,
     raw_run,
     summarize,
@@ -76,7 +77,7 @@ class Streams:
             self.open.append(stream)
             event = await stream.next(REQUEST_TIMEOUT)
         except (OSError, EOFError, ValueError) as exc:  # TimeoutError is an OSError
-            return Answer(0, b"", time.perf_counter(), type(exc).__name__)
+            return failed(exc)
         at = time.perf_counter()
         return Answer(200, sse_event(int(event.id or 0), event.name, event.data).encode(), at)
 

@@ -49,6 +49,7 @@ from bench.fanout import (
     Clients,
     Holds,
     RunResult,
+    failed,
     origin_run,
     raw_run,
     summarize,
@@ -86,7 +87,7 @@ class Sockets:
         except InvalidStatus as exc:
             return Answer(exc.response.status_code, b"", time.perf_counter())
         except (OSError, WebSocketException) as exc:  # TimeoutError is an OSError
-            return Answer(0, b"", time.perf_counter(), type(exc).__name__)
+            return failed(exc)
         self.open.append(ws)
         try:
             await ws.send(self.hello)
@@ -95,7 +96,7 @@ class Sockets:
                 return Answer(0, b"", time.perf_counter(), f"not acknowledged: {ack!s:.100}")
             frame = await asyncio.wait_for(ws.recv(), REQUEST_TIMEOUT)
         except (OSError, WebSocketException) as exc:
-            return Answer(0, b"", time.perf_counter(), type(exc).__name__)
+            return failed(exc)
         at = time.perf_counter()
         return Answer(200, frame.encode() if isinstance(frame, str) else frame, at)
 
