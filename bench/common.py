@@ -225,13 +225,15 @@ class TinyOrigin:
     - ``/stream/CHANNEL``: an empty server-sent events stream held on CHANNEL (no prev-id, no
       next link), for ``http-stream`` items;
     - ``/ws/CHANNEL``: a WebSocket (over HTTP) subscribed to CHANNEL as it opens, for
-      ``ws-message`` items; a text frame from the client is answered with ``SOCKET_ACK``;
+      ``ws-message`` items; a text frame from the client is answered with ``SOCKET_ACK``, and
+      a pong (an answer to a published ping) with ``socket_frame`` when it is set;
     - anything else (Pushpin's readiness check GETs /health): a plain 200.
     """
 
     def __init__(self) -> None:
         self.requests = 0
         self.feeds: dict[str, Feed] = {}
+        self.socket_frame: str | None = None
         self._published = asyncio.Event()
 
     def append(self, channel: str, item_id: int, item: str) -> int:
@@ -275,7 +277,7 @@ class TinyOrigin:
             }
             return _http(b"", "text/event-stream", grip)
         if path.startswith("/ws/") and content_type == SOCKET_EVENTS:
-            events = _socket_answer(path.removeprefix("/ws/"), body)
+            events = _socket_answer(path.removeprefix("/ws/"), body, self.socket_frame)
             return _http(events, SOCKET_EVENTS, {"Sec-WebSocket-Extensions": "grip"})
         return _http(b"ok\n", "text/plain")
 
@@ -316,9 +318,10 @@ def _hold(channel: str, prev: str, body: str) -> bytes:
     return json.dumps(instruct).encode()
 
 
-def _socket_answer(channel: str, body: bytes) -> bytes:
+def _socket_answer(channel: str, body: bytes, frame: str | None) -> bytes:
     """The answer to a WebSocket's events: the opening accepted and subscribed to ``channel``,
-    each text frame acknowledged, pings answered, a close returned."""
+    each text frame acknowledged, pings answered, pongs answered with ``frame`` (if any), a
+    close returned."""
     out = []
     for event in decode_websocket_events(body):
         if event.type == "OPEN":
@@ -328,6 +331,8 @@ def _socket_answer(channel: str, body: bytes) -> bytes:
             out.append(WebSocketEvent("TEXT", "m:" + SOCKET_ACK))
         elif event.type == "PING":
             out.append(WebSocketEvent("PONG", event.content))
+        elif event.type == "PONG" and frame is not None:
+            out.append(WebSocketEvent("TEXT", "m:" + frame))
         elif event.type == "CLOSE":
             out.append(WebSocketEvent("CLOSE", event.content))
     encoded: bytes = encode_websocket_events(out)

@@ -394,7 +394,13 @@ class Bench:
             async def raw(run: int, n: int) -> RunResult:
                 return await self.raw_run(run, n, clients, echo)
 
-            return await alternate(sizes, runs, origin, raw, echo)
+            return await alternate(sizes, runs, [origin, raw, *self.more_runs(clients, echo)], echo)
+
+    def more_runs(
+        self, clients: Clients, echo: Callable[[str], None]
+    ) -> list[Callable[[int, int], Awaitable[RunResult]]]:
+        """Runs of other cases, after each raw run (``run(number, clients)``)."""
+        return []
 
     async def origin_run(
         self, run: int, n: int, clients: Clients, echo: Callable[[str], None]
@@ -537,12 +543,13 @@ async def raw_run(
     item: dict[str, Any],
     body: bytes,
     echo: Callable[[str], None],
+    case: str = "raw",
 ) -> RunResult:
     """One raw run (``run_clients``: its number, and how many clients): open the clients of
     ``holds`` on a raw Pushpin, wait until all are held, publish ``item``, measure; each answer
     must be ``body``."""
     run, clients = run_clients
-    label = f"raw run {run}"
+    label = f"{case} run {run}"
     ramp = await holds.open(clients, echo, label)
     quiet, settle = await holds.settle(raw.idle)
     held = (None, tree_rss_bytes(raw.pids()) / 2**20)
@@ -554,21 +561,21 @@ async def raw_run(
         return lambda answer: answer == body
 
     measured = await holds.measure(publish, pids={"pushpin": raw.pids()})
-    return run_result("raw", run, clients, holds, (ramp, settle, quiet), measured, len(body), held)
+    return run_result(case, run, clients, holds, (ramp, settle, quiet), measured, len(body), held)
 
 
 async def alternate(
     sizes: list[int],
     runs: int,
-    origin: Callable[[int, int], Awaitable[RunResult]],
-    raw: Callable[[int, int], Awaitable[RunResult]],
+    cases: list[Callable[[int, int], Awaitable[RunResult]]],
     echo: Callable[[str], None],
 ) -> list[RunResult]:
-    """Each size, ``runs`` times: an origin run then a raw run (``origin(run, clients)``)."""
+    """Each size, ``runs`` times: a run of each case in turn (``case(run, clients)``: the
+    origin's, then the raw one's)."""
     results = []
     for clients in sizes:
         for run in range(1, runs + 1):
-            for case in (origin, raw):
+            for case in cases:
                 result = await case(run, clients)
                 results.append(result)
                 echo(run_line(result, runs))
@@ -608,7 +615,8 @@ def _s(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{seconds:.2f} s"
 
 
-def _median(results: list[RunResult], case: str, clients: int, what: str) -> float | None:
+def median_of(results: list[RunResult], case: str, clients: int, what: str) -> float | None:
+    """The median of ``what`` over ``case``'s runs with ``clients`` (None where missing)."""
     return median(
         [
             value
@@ -631,8 +639,8 @@ def summarize(
     while held and CPU from the POST to the last delivery."""
     rows = []
     for clients in sizes:
-        origin_ms = _median(results, "origin", clients, "last_ms")
-        raw_ms = _median(results, "raw", clients, "last_ms")
+        origin_ms = median_of(results, "origin", clients, "last_ms")
+        raw_ms = median_of(results, "raw", clients, "last_ms")
         row = {
             "clients": clients,
             "users": users,
@@ -647,12 +655,12 @@ def summarize(
             "raw_failures": sum(
                 r.failures for r in results if r.case == "raw" and r.clients == clients
             ),
-            "origin_rss_mb": _median(results, "origin", clients, "origin_rss_mb"),
-            "pushpin_rss_mb": _median(results, "origin", clients, "pushpin_rss_mb"),
-            "raw_pushpin_rss_mb": _median(results, "raw", clients, "pushpin_rss_mb"),
-            "origin_cpu_seconds": _median(results, "origin", clients, "origin_cpu_seconds"),
-            "pushpin_cpu_seconds": _median(results, "origin", clients, "pushpin_cpu_seconds"),
-            "raw_pushpin_cpu_seconds": _median(results, "raw", clients, "pushpin_cpu_seconds"),
+            "origin_rss_mb": median_of(results, "origin", clients, "origin_rss_mb"),
+            "pushpin_rss_mb": median_of(results, "origin", clients, "pushpin_rss_mb"),
+            "raw_pushpin_rss_mb": median_of(results, "raw", clients, "pushpin_rss_mb"),
+            "origin_cpu_seconds": median_of(results, "origin", clients, "origin_cpu_seconds"),
+            "pushpin_cpu_seconds": median_of(results, "origin", clients, "pushpin_cpu_seconds"),
+            "raw_pushpin_cpu_seconds": median_of(results, "raw", clients, "pushpin_cpu_seconds"),
         }
         rows.append(row)
         r = row["ratio"]

@@ -10,6 +10,11 @@ from bench.common import number as _n
 from bench.throughput import LABELS
 
 NOUNS = {"ssefanout": "SSE streams", "wsfanout": "WebSockets"}
+WAKE_NOTE = (
+    " Raw Pushpin woken by ping: the same raw sockets, but a ping is published and the tiny "
+    "origin answers each pong with the frame, as the origin does: the round trip per socket "
+    "without the origin's own work."
+)
 HELD = {
     "ssefanout": "anonymous streams of the firehose (`GET /api/firehose`, `Accept: "
     "text/event-stream`), against streams held on one channel of a raw Pushpin, published one "
@@ -48,15 +53,23 @@ def _requests(r: dict[str, Any], clients: int) -> str:
 
 def fanout(r: dict[str, Any]) -> list[str]:
     noun = NOUNS[r["case"]]
+    wake = any("raw_wake_ms" in row for row in r["summary"]["sizes"])
     lines = [
         f"| {noun} | origin: POST to last delivery (first, median) | raw Pushpin: publish to "
         "last delivery (first, median) | ratio | failed (origin, raw) | CPU from the POST: "
         "origin, Pushpin (raw Pushpin) | RSS while held: origin, Pushpin (raw Pushpin) "
-        "| origin requests: until the post; after it |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| origin requests: until the post; after it |"
+        + (" raw Pushpin woken by ping: last delivery; failed; Pushpin CPU |" if wake else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|---|" + ("---:|" if wake else ""),
     ]
     for row in r["summary"]["sizes"]:
         n = row["clients"]
+        woken = (
+            f" {_n(row.get('raw_wake_ms'))} ms; {row.get('raw_wake_failures')}; "
+            f"{_n(row.get('raw_wake_pushpin_cpu_seconds'), 2)} s |"
+            if wake
+            else ""
+        )
         lines.append(
             f"| {n:,} | {_n(row['origin_ms'])} ms ({_n(_runs(r, 'origin', n, 'first_ms'))}, "
             f"{_n(_runs(r, 'origin', n, 'median_ms'))}) | {_n(row['raw_ms'])} ms "
@@ -65,7 +78,7 @@ def fanout(r: dict[str, Any]) -> list[str]:
             f"| {_n(row['origin_cpu_seconds'], 2)} s, {_n(row['pushpin_cpu_seconds'], 2)} s "
             f"({_n(row['raw_pushpin_cpu_seconds'], 2)} s) "
             f"| {_n(row['origin_rss_mb'], 0)} MB, {_n(row['pushpin_rss_mb'], 0)} MB "
-            f"({_n(row['raw_pushpin_rss_mb'], 0)} MB) | {_requests(r, n)} |"
+            f"({_n(row['raw_pushpin_rss_mb'], 0)} MB) | {_requests(r, n)} |{woken}"
         )
     lines += [
         "",
@@ -76,9 +89,10 @@ def fanout(r: dict[str, Any]) -> list[str]:
         "ones the origin handled from the first client opened until then, by kind "
         "(`stream_repair` is Pushpin calling a held stream's next link; sockets are not "
         "counted there); after it: every request from the POST to the last delivery, the "
-        "POST's own included; medians a run. CPU: from the POST (or the "
-        "raw publish) until the last delivery. Memory: resident, while all were held; "
-        "Pushpin's is the sum of its processes.",
+        "POST's own included; medians a run."
+        + (WAKE_NOTE if wake else "")
+        + " CPU: from the POST (or the raw publish) until the last delivery. Memory: "
+        "resident, while all were held; Pushpin's is the sum of its processes.",
     ]
     return lines
 
@@ -200,6 +214,12 @@ def _why_sockets(r: dict[str, Any], label: str, parts: list[str]) -> str:
             f"{_n(row['pushpin_cpu_seconds'], 2)} s of Pushpin's (raw Pushpin: "
             f"{_n(row['raw_pushpin_cpu_seconds'], 2)} s)"
         )
+    woken = [
+        f"at {row['clients']:,}, {_n(row.get('raw_wake_ms'))} ms to the last delivery, "
+        f"{row.get('raw_wake_failures')} failed"
+        for row in r["summary"]["sizes"]
+        if "raw_wake_ms" in row
+    ]
     return (
         f"- **Fan-out to WebSockets ({label}).** By design (`app/sockets.py`) a post wakes each "
         "socket with a ping, and the origin answers each pong with the socket's events read "
@@ -209,6 +229,15 @@ def _why_sockets(r: dict[str, Any], label: str, parts: list[str]) -> str:
         + ". From the POST to the last delivery: "
         + "; ".join(costs)
         + "."
+        + (
+            " Raw Pushpin with its sockets woken the same way (a published ping, each pong "
+            "answered with the frame by a tiny origin): " + "; ".join(woken) + ". A socket "
+            "failed there is one Pushpin 1.36 closed, without a close frame and without its "
+            "pong reaching the origin (its proxy logs `wsproxysession ... target error`), "
+            "which happens to about a third of the sockets when hundreds answer a ping at once"
+            if woken
+            else ""
+        )
     )
 
 

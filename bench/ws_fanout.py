@@ -11,6 +11,10 @@ raw
     A bare Pushpin in front of a tiny origin that subscribes each socket to one channel as it
     opens and acknowledges its first frame; the same frame's text is published as one
     ``ws-message`` item.
+raw, woken by ping (``raw-wake``)
+    The same, but what is published is a ping, and the tiny origin answers each pong with the
+    frame: the origin's round trip per socket without the origin's own work, so what of the
+    origin case's time and failures is Pushpin's.
 
 One socket per user, because that is what a socket is: a user's, on the user's own channels.
 A post to the writer's channel is published to each follower's channel, and the origin's
@@ -30,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,7 @@ from typing import Any
 import uvloop
 import websockets
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from app.sockets import PRESENCE, PUSH_ITEM
 from bench.common import HOST, SOCKET_ACK, followers, ms, number, raise_file_limit
@@ -50,6 +54,7 @@ from bench.fanout import (
     Holds,
     RunResult,
     failed,
+    median_of,
     origin_run,
     raw_run,
     summarize,
@@ -59,6 +64,7 @@ from bench.setups import SQLITE, Deployment, Setup, deployed
 from tests.support import basic
 
 CONNECT_TIMEOUT = 30.0
+RAW_WAKE = "raw-wake"  # raw Pushpin, sockets woken by a published ping as the origin's are
 FALLBACK_FRAME = json.dumps([PUSH_ITEM, {"post": {"content": "x" * 250}}])
 
 
@@ -95,6 +101,9 @@ class Sockets:
             if json.loads(ack)[0] != self.ack:
                 return Answer(0, b"", time.perf_counter(), f"not acknowledged: {ack!s:.100}")
             frame = await asyncio.wait_for(ws.recv(), REQUEST_TIMEOUT)
+        except ConnectionClosed as exc:
+            code = "no close frame" if exc.rcvd is None else f"{exc.rcvd.code} {exc.rcvd.reason}"
+            return Answer(0, b"", time.perf_counter(), f"closed ({code.strip()})")
         except (OSError, WebSocketException) as exc:
             return failed(exc)
         at = time.perf_counter()
@@ -137,20 +146,33 @@ class UserSockets(Bench):
     async def raw_run(
         self, run: int, n: int, clients: Clients, echo: Callable[[str], None]
     ) -> RunResult:
-        channel = f"ws{n}-{run}"  # a new channel each run: Pushpin drops ids seen in 60 s
+        return await self._raw(run, n, clients, echo, wake=False)
+
+    def more_runs(
+        self, clients: Clients, echo: Callable[[str], None]
+    ) -> list[Callable[[int, int], Awaitable[RunResult]]]:
+        async def wake(run: int, n: int) -> RunResult:
+            return await self._raw(run, n, clients, echo, wake=True)
+
+        return [wake]
+
+    async def _raw(
+        self, run: int, n: int, clients: Clients, echo: Callable[[str], None], wake: bool
+    ) -> RunResult:
+        """A raw run: the frame published to the sockets, or (``wake``) a ping published and
+        each pong answered by the tiny origin with the frame, as the origin does."""
+        channel = f"{'wake' if wake else 'ws'}{n}-{run}"  # Pushpin drops ids seen in 60 s
         url = f"ws://{HOST}:{self.raw.http_port}/ws/{channel}"
-        sockets = Sockets(
-            lambda i: (url, {}), json.dumps([PRESENCE, {}]), json.loads(SOCKET_ACK)[0]
-        )
+        ack = json.loads(SOCKET_ACK)[0]
+        sockets = Sockets(lambda i: (url, {}), json.dumps([PRESENCE, {}]), ack)
         frame = self.body or FALLBACK_FRAME.encode()
-        item = {
-            "channel": channel,
-            "id": "1",
-            "formats": {"ws-message": {"content": frame.decode()}},
-        }
+        self.raw.tiny.socket_frame = frame.decode() if wake else None
+        message = {"type": "ping", "content": "1"} if wake else {"content": frame.decode()}
+        item = {"channel": channel, "id": "1", "formats": {"ws-message": message}}
+        case = RAW_WAKE if wake else "raw"
         try:
             holds = Holds(sockets.attempt)
-            return await raw_run(self.raw, holds, (run, n), clients, item, frame, echo)
+            return await raw_run(self.raw, holds, (run, n), clients, item, frame, echo, case)
         finally:
             await sockets.close()
 
@@ -178,6 +200,18 @@ def run(
         bench = UserSockets(d, writer, users, workdir / "raw-pushpin")
         results = uvloop.run(bench.run(sizes, runs, echo))
     rows = summarize(results, sizes, runs, max(sizes), setup.origins, "WebSockets", echo)
+    for row in rows:
+        n = row["clients"]
+        row["raw_wake_ms"] = median_of(results, RAW_WAKE, n, "last_ms")
+        row["raw_wake_failures"] = sum(
+            r.failures for r in results if r.case == RAW_WAKE and r.clients == n
+        )
+        row["raw_wake_pushpin_cpu_seconds"] = median_of(results, RAW_WAKE, n, "pushpin_cpu_seconds")
+        echo(
+            f"fan-out to {n} WebSockets, raw Pushpin woken by ping: median of {runs}: "
+            f"{ms(row['raw_wake_ms'])}, failures {row['raw_wake_failures']}, Pushpin CPU "
+            f"{number(row['raw_wake_pushpin_cpu_seconds'], 2)} s"
+        )
     return {
         "summary": {"sizes": rows},
         "targets": _targets(rows),
@@ -198,7 +232,8 @@ def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "gets the post",
             "measured": f"{row['origin_failures']} failed; {ms(row['origin_ms'])} vs raw "
             f"{ms(row['raw_ms'])} ({'n/a' if r is None else f'{r:.2f} x'}), origin CPU "
-            f"{number(per_socket, 2)} ms a socket",
+            f"{number(per_socket, 2)} ms a socket; raw Pushpin woken by ping as the origin's "
+            f"sockets are: {ms(row['raw_wake_ms'])}, {row['raw_wake_failures']} failed",
             "met": not row["origin_failures"] and row["origin_ms"] is not None,
         }
     ]
