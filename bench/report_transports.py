@@ -138,11 +138,14 @@ def _errors(errors: dict[str, int]) -> str:
 
 
 def why(records: dict[str, dict[str, Any]], label: str) -> list[str]:
-    """For each target of these cases missed on one setup (``records`` by case), what the
-    numbers say about why."""
+    """For each target of these cases missed, or delivery failed, on one setup (``records``
+    by case), what the numbers say about why."""
     out = []
     for case, record in records.items():
-        if case in NOUNS and not all(t["met"] for t in record["targets"]):
+        failed = case in NOUNS and any(
+            row["origin_failures"] or row["raw_failures"] for row in record["summary"]["sizes"]
+        )
+        if case in NOUNS and (failed or not all(t["met"] for t in record["targets"])):
             out.append(_why_fanout(record, label))
     streams = records.get("ssethroughput")
     if streams and not all(t["met"] for t in streams["targets"]):
@@ -200,8 +203,29 @@ def _why_fanout(r: dict[str, Any], label: str) -> str:
     return (
         f"- **Fan-out to {NOUNS[r['case']]} ({label}).** The time to the first delivery is the "
         "POST's own (its commit, and the publisher's publish request); what follows it is "
-        "Pushpin's fan-out: " + "; ".join(parts) + "."
+        "Pushpin's fan-out: " + "; ".join(parts) + "." + _failed_runs(r)
     )
+
+
+def _failed_runs(r: dict[str, Any]) -> str:
+    """The runs with failed deliveries, each with its reasons and what the origin was asked."""
+    runs = [x for x in r["results"] if x["failures"] and x["case"] in ("origin", "raw")]
+    if not runs:
+        return ""
+    return " Runs with failures: " + "; ".join(map(_failed_run, runs)) + "; the others had none."
+
+
+def _failed_run(x: dict[str, Any]) -> str:
+    reasons = ", ".join(f"{n:,} {why}" for why, n in x["failure_reasons"].items())
+    text = f"{x['case']} run {x['run']} at {x['clients']:,}: {x['failures']:,} failed ({reasons})"
+    asked = x.get("origin_requests")
+    if asked is not None:
+        kinds = ", ".join(f"{kind} {n:,}" for kind, n in asked.items()) or "none counted"
+        text += (
+            f", the origin's requests until the post: {kinds}; after it: "
+            f"{x['origin_requests_after_post']}"
+        )
+    return text
 
 
 def _why_sockets(r: dict[str, Any], label: str, parts: list[str]) -> str:
@@ -234,7 +258,7 @@ def _why_sockets(r: dict[str, Any], label: str, parts: list[str]) -> str:
             "answered with the frame by a tiny origin): " + "; ".join(woken) + ". A socket "
             "failed there is one Pushpin 1.36 closed, without a close frame and without its "
             "pong reaching the origin (its proxy logs `wsproxysession ... target error`), "
-            "which happens to about a third of the sockets when hundreds answer a ping at once"
+            "which happens to about a third of the sockets when hundreds answer a ping at once."
             if woken
             else ""
         )
