@@ -59,7 +59,7 @@ from bench.common import (
     ratio,
     tree_rss_bytes,
 )
-from bench.fanout import Holds, held_memory, long_polls, origins_idle
+from bench.harness import Holds, held_memory, long_polls, origins_idle
 from bench.seed import Follower, seed_followers
 from bench.setups import SQLITE, Deployment, Setup, deployed
 from tests.support import PASSWORD, basic

@@ -19,7 +19,7 @@ the same, but a post to followers is one item per follower's channel, which is t
 fan-out's case (``bench.fanout``), not the transport's.
 
 Streams are opened ramped (50 every 50 ms; Pushpin answers 502 to bursts, tried again), and
-the post is made once every stream is held and the servers idle (``bench.fanout.Holds``): the
+the post is made once every stream is held and the servers idle (``bench.harness.Holds``): the
 origin got no request but its /health for 0.5 s, which is after those next-link calls. A
 stream that got an event before the post counts as failed. Each stream stays open until the
 run ends, so that closing them does not weigh on the deliveries still under way.
@@ -38,7 +38,7 @@ import uvloop
 
 from app.streams import sse_event
 from bench.common import HOST, followers, raise_file_limit
-from bench.fanout import (
+from bench.harness import (
     REQUEST_TIMEOUT,
     Answer,
     Bench,

@@ -25,7 +25,7 @@ request and one log read per socket per post, where the raw case costs none: the
 from the POST to the last delivery is the number to read beside the time.
 
 Opened ramped (50 every 50 ms; refusals tried again), and the post made once every socket
-has its acknowledgement and the servers are idle (``bench.fanout.Holds``). The sockets stay
+has its acknowledgement and the servers are idle (``bench.harness.Holds``). The sockets stay
 open until the run ends (closing one is a request to the origin).
 """
 
@@ -46,7 +46,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from app.sockets import PRESENCE, PUSH_ITEM
 from bench.common import HOST, SOCKET_ACK, followers, ms, number, raise_file_limit
-from bench.fanout import (
+from bench.harness import (
     REQUEST_TIMEOUT,
     Answer,
     Bench,
