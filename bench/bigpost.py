@@ -59,7 +59,7 @@ from bench.common import (
     ratio,
     tree_rss_bytes,
 )
-from bench.fanout import Holds, held_memory, origins_idle
+from bench.harness import Holds, held_memory, long_polls, origins_idle
 from bench.seed import Follower, seed_followers
 from bench.setups import SQLITE, Deployment, Setup, deployed
 from tests.support import PASSWORD, basic
@@ -151,7 +151,7 @@ class BigPost:
         path = f"/api/notifications/posts?since={before['last']}"
         auth = [basic(f.jid, f.api_key) for f in sample]
         ports = [int(node.env["PORT"]) for node in self.d.nodes]
-        holds = Holds(ports, lambda i: (path, {"Authorization": auth[i]}))
+        holds = Holds(long_polls(ports, lambda i: (path, {"Authorization": auth[i]})))
         await holds.open(len(sample), echo, label)
         quiet, settle = await holds.settle(origins_idle(self.d, origins, echo, label))
         origin_rss, pushpin_rss = held_memory(self.d)
@@ -175,13 +175,12 @@ class BigPost:
             task.add_done_callback(lambda t: _settle(published, t))
             return lambda body: created in json.loads(body).get("items", [])
 
-        t0, commit_ms, delays, failures, sample_body = await holds.measure(
-            publish, DELIVERY_TIMEOUT
-        )
+        measured = await holds.measure(publish, DELIVERY_TIMEOUT)
+        t0, commit_ms, delays = measured.t0, measured.request_ms, measured.delays
         done_at, after = await asyncio.wait_for(published, PUBLISH_DEADLINE)
         busy = max(done_at, t0 + max(delays, default=0.0) / 1000) - t0
         used = (_cpu(origin_pids) - cpu[0], _cpu(pushpin_pids) - cpu[1])
-        self.body = self.body or sample_body
+        self.body = self.body or measured.sample
         return {
             "case": "origin",
             "run": run,
@@ -192,7 +191,7 @@ class BigPost:
             "published_ms": (done_at - t0) * 1000,
             "published_items": after["published_items"] - before["published_items"],
             "targets": len(after["targets"]),
-            **_deliveries(delays, failures),
+            **_deliveries(delays, measured.failures),
             "quiet": quiet,
             "settle_seconds": settle,
             "origin_cpu_seconds": used[0],
@@ -208,7 +207,7 @@ class BigPost:
         # New channels each run: Pushpin drops a (channel, id) pair it saw in the last minute.
         channels = [f"s{size}r{run}-{k:06d}" for k in range(size)]
         sample = [channels[i] for i in spread(held, size)]
-        holds = Holds([self.raw.http_port], lambda i: (f"/hold/{sample[i]}?prev=0", {}))
+        holds = Holds(long_polls([self.raw.http_port], lambda i: (f"/hold/{sample[i]}?prev=0", {})))
         await holds.open(len(sample), echo, f"raw, {size:,} channels, run {run}")
         quiet, settle = await holds.settle(self.raw.idle)
         pushpin_rss = tree_rss_bytes(self.raw.pids()) / 2**20
@@ -243,7 +242,7 @@ class BigPost:
             return lambda answer: answer == body.encode()
 
         try:
-            _, published_ms, delays, failures, _ = await holds.measure(publish, DELIVERY_TIMEOUT)
+            measured = await holds.measure(publish, DELIVERY_TIMEOUT)
         finally:
             conn.close()
         return {
@@ -253,15 +252,15 @@ class BigPost:
             "held": len(sample),
             "nodes": 1,
             "commit_ms": None,
-            "published_ms": published_ms,
+            "published_ms": measured.request_ms,
             "published_items": size,
             "targets": 1,
-            **_deliveries(delays, failures),
+            **_deliveries(measured.delays, measured.failures),
             "quiet": quiet,
             "settle_seconds": settle,
             "origin_cpu_seconds": None,
             "pushpin_cpu_seconds": _cpu(pids) - cpu,
-            "busy_seconds": max(published_ms, max(delays, default=0.0)) / 1000,
+            "busy_seconds": max(measured.request_ms, max(measured.delays, default=0.0)) / 1000,
             "origin_rss_mb": None,
             "pushpin_rss_mb": pushpin_rss,
         }

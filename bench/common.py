@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gripcontrol import WebSocketEvent, decode_websocket_events, encode_websocket_events
+
 from app.pushpin import Pushpin
+from app.streams import KEEP_ALIVE
 from tests.support import ROOT, Stack, free_ports, read_response
 
 HOST = "127.0.0.1"
@@ -29,6 +32,9 @@ PUSHPIN_CONFIG = ROOT / "pushpin" / "pushpin.conf"
 HOLD_TIMEOUT = 55
 QUIET_INTERVAL = 0.5  # idle: no request and almost no CPU over this long
 IDLE_CORES = 0.1
+FILE_MARGIN = 1000  # open files beyond one per client: the servers' own, logs, pipes
+SOCKET_EVENTS = "application/websocket-events"  # WebSocket-over-HTTP
+SOCKET_ACK = '["ack",{}]'  # the raw origin's answer to a WebSocket's text frame
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -124,6 +130,11 @@ def ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} ms"
 
 
+def number(value: float | None, digits: int = 1, unit: str = "") -> str:
+    """``value`` with thousands separators and ``digits`` decimals, or n/a."""
+    return "n/a" if value is None else f"{value:,.{digits}f}{unit}"
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -211,12 +222,18 @@ class TinyOrigin:
     - ``/feed/CHANNEL?since=ID``: the items after ID from memory at once (as JSON ``{"last",
       "items"}``), or else a hold on CHANNEL: a long-poll feed, like the origin's, for items
       the benchmark adds with ``append`` and publishes itself;
+    - ``/stream/CHANNEL``: an empty server-sent events stream held on CHANNEL (no prev-id, no
+      next link), for ``http-stream`` items;
+    - ``/ws/CHANNEL``: a WebSocket (over HTTP) subscribed to CHANNEL as it opens, for
+      ``ws-message`` items; a text frame from the client is answered with ``SOCKET_ACK``, and
+      a pong (an answer to a published ping) with ``socket_frame`` when it is set;
     - anything else (Pushpin's readiness check GETs /health): a plain 200.
     """
 
     def __init__(self) -> None:
         self.requests = 0
         self.feeds: dict[str, Feed] = {}
+        self.socket_frame: str | None = None
         self._published = asyncio.Event()
 
     def append(self, channel: str, item_id: int, item: str) -> int:
@@ -233,7 +250,7 @@ class TinyOrigin:
         self._published.set()
         self._published = asyncio.Event()
 
-    async def answer(self, target: str) -> bytes:
+    async def answer(self, target: str, content_type: str = "", body: bytes = b"") -> bytes:
         path, _, query = target.partition("?")
         params = dict(p.partition("=")[::2] for p in query.split("&") if p)
         if path.startswith("/feed/"):
@@ -252,6 +269,16 @@ class TinyOrigin:
         if path.startswith("/hold/"):
             hold = _hold(path.removeprefix("/hold/"), params.get("prev", "0"), "{}")
             return _http(hold, "application/grip-instruct")
+        if path.startswith("/stream/"):
+            grip = {
+                "Grip-Hold": "stream",
+                "Grip-Channel": path.removeprefix("/stream/"),
+                "Grip-Keep-Alive": KEEP_ALIVE,  # as the origin's streams
+            }
+            return _http(b"", "text/event-stream", grip)
+        if path.startswith("/ws/") and content_type == SOCKET_EVENTS:
+            events = _socket_answer(path.removeprefix("/ws/"), body, self.socket_frame)
+            return _http(events, SOCKET_EVENTS, {"Sec-WebSocket-Extensions": "grip"})
         return _http(b"ok\n", "text/plain")
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -264,10 +291,12 @@ class TinyOrigin:
                 for line in lines:
                     name, _, value = line.partition(":")
                     headers[name.strip().lower()] = value.strip()
+                body = b""
                 if length := int(headers.get("content-length", "0")):
-                    await reader.readexactly(length)
+                    body = await reader.readexactly(length)
                 self.requests += 1
-                writer.write(await self.answer(request_line.split()[1]))
+                content_type = headers.get("content-type", "")
+                writer.write(await self.answer(request_line.split()[1], content_type, body))
                 await writer.drain()
                 if headers.get("connection", "").lower() == "close":
                     break
@@ -289,8 +318,30 @@ def _hold(channel: str, prev: str, body: str) -> bytes:
     return json.dumps(instruct).encode()
 
 
-def _http(body: bytes, content_type: str) -> bytes:
+def _socket_answer(channel: str, body: bytes, frame: str | None) -> bytes:
+    """The answer to a WebSocket's events: the opening accepted and subscribed to ``channel``,
+    each text frame acknowledged, pings answered, pongs answered with ``frame`` (if any), a
+    close returned."""
+    out = []
+    for event in decode_websocket_events(body):
+        if event.type == "OPEN":
+            subscribe = json.dumps({"type": "subscribe", "channel": channel})
+            out += [WebSocketEvent("OPEN"), WebSocketEvent("TEXT", "c:" + subscribe)]
+        elif event.type == "TEXT":
+            out.append(WebSocketEvent("TEXT", "m:" + SOCKET_ACK))
+        elif event.type == "PING":
+            out.append(WebSocketEvent("PONG", event.content))
+        elif event.type == "PONG" and frame is not None:
+            out.append(WebSocketEvent("TEXT", "m:" + frame))
+        elif event.type == "CLOSE":
+            out.append(WebSocketEvent("CLOSE", event.content))
+    encoded: bytes = encode_websocket_events(out)
+    return encoded
+
+
+def _http(body: bytes, content_type: str, headers: dict[str, str] | None = None) -> bytes:
     head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}"
+    head += "".join(f"\r\n{name}: {value}" for name, value in (headers or {}).items())
     return head.encode() + b"\r\n\r\n" + body
 
 
@@ -360,8 +411,16 @@ def publish_body(channel: str, item_id: int, body: bytes) -> bytes:
 
 
 def raise_file_limit(needed: int) -> None:
-    """Each held request is a socket here and in Pushpin (started after this, so it inherits the
-    limit): lift the soft limit to the hard one if ``needed`` sockets need it."""
+    """Each held request, stream or socket is a socket here and in Pushpin (started after this,
+    so it inherits the limit): lift the soft limit to the hard one if ``needed`` sockets need
+    it; BenchError if even the hard one is too low (the run would fail midway with EMFILE)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed + 1000:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    wanted = needed + FILE_MARGIN
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        raise BenchError(
+            f"{needed:,} clients need about {wanted:,} open files, and the hard limit is "
+            f"{hard:,}: raise it (ulimit -Hn, or LimitNOFILE in a service) and run again"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

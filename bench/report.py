@@ -6,14 +6,27 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import report_transports
 from bench.common import HOLD_TIMEOUT
+from bench.common import number as _n
 from bench.setups import SETUPS, Setup
 from bench.throughput import LABELS as THROUGHPUT_LABELS
 from bench.throughput import TARGET_P99_MS, within_target
 from tests.support import ROOT
 
 DOCS = ROOT / "docs" / "performance.md"
-ORDER = ["fanout", "fanout10k", "holdcost", "throughput", "latency", "bigpost", "writes"]
+ORDER = [
+    "fanout",
+    "fanout10k",
+    "ssefanout",
+    "wsfanout",
+    "holdcost",
+    "throughput",
+    "ssethroughput",
+    "latency",
+    "bigpost",
+    "writes",
+]
 
 INTRO = """\
 # Performance
@@ -218,7 +231,7 @@ def _why(records: dict[str, dict[str, Any]], label: str) -> list[str]:
     writes = records.get("writes")
     if writes and not all(t["met"] for t in writes["targets"]):
         out.append(_why_writes(writes, label))
-    return out
+    return out + report_transports.why(records, label)
 
 
 def _writes_note(writes: dict[str, Any] | None) -> str:
@@ -345,10 +358,6 @@ def _load(folder: Path) -> dict[str, dict[str, Any]]:
 
 def _setup(record: dict[str, Any]) -> Setup:
     return Setup.from_dict(record.get("setup"))
-
-
-def _n(value: float | None, digits: int = 1, unit: str = "") -> str:
-    return "n/a" if value is None else f"{value:,.{digits}f}{unit}"
 
 
 def _fanout(r: dict[str, Any]) -> list[str]:
@@ -568,6 +577,7 @@ TABLES = {
     "latency": _latency,
     "bigpost": _bigpost,
     "writes": _writes,
+    **report_transports.TABLES,
 }
 
 
@@ -670,9 +680,25 @@ def _side_by_side(records: dict[str, dict[str, Any]]) -> list[str]:
         for n in sizes("fanout", "sizes", "clients")
     ]
     rows += [
+        (f"fan-out to {n:,} SSE streams: POST to last delivery", "ssefanout", _fanout_cells(n))
+        for n in sizes("ssefanout", "sizes", "clients")
+    ]
+    rows += [
+        (f"fan-out to {n:,} WebSockets: POST to last delivery", "wsfanout", _fanout_cells(n))
+        for n in sizes("wsfanout", "sizes", "clients")
+    ]
+    rows += [
         (
             f"throughput, {THROUGHPUT_LABELS[case]}: stored, delivered a second; p99",
             "throughput",
+            _throughput_cell(case),
+        )
+        for case in ("origin", "direct", "raw")
+    ]
+    rows += [
+        (
+            f"throughput with SSE, {THROUGHPUT_LABELS[case]}: stored, delivered a second; p99",
+            "ssethroughput",
             _throughput_cell(case),
         )
         for case in ("origin", "direct", "raw")

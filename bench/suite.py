@@ -34,7 +34,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import bigpost, fanout, holdcost, latency, report, throughput, writes
+from bench import (
+    bigpost,
+    fanout,
+    holdcost,
+    latency,
+    report,
+    sse_fanout,
+    sse_throughput,
+    throughput,
+    writes,
+    ws_fanout,
+)
 from bench.common import machine
 from bench.setups import DATABASES, POSTGRESQL, SETUPS, SQLITE, TWO_NODES, Setup, database_facts
 from tests.support import ROOT
@@ -74,6 +85,20 @@ CASES = [
         setups=(SQLITE,),
     ),
     Case(
+        "ssefanout",
+        "Fan-out of one post to N SSE streams (the firehose; memory while they are held)",
+        {"sizes": [1000, 5000, 10000], "runs": 3},
+        {"sizes": [50], "runs": 1},
+        sse_fanout.run,
+    ),
+    Case(
+        "wsfanout",
+        "Fan-out of one post to N WebSockets, one user each",
+        {"sizes": [1000], "runs": 3},
+        {"sizes": [20], "runs": 1},
+        ws_fanout.run,
+    ),
+    Case(
         "holdcost",
         "Origin CPU per request that ends in a hold, by nodes followed",
         {"requests": 3000},
@@ -88,6 +113,13 @@ CASES = [
         {"channels": 100, "rate": 1000.0, "seconds": 10.0, "sweep": [250.0, 500.0, 750.0]},
         {"channels": 10, "rate": 100.0, "seconds": 2.0},
         throughput.run,
+    ),
+    Case(
+        "ssethroughput",
+        "Posts per second over 100 channels, one SSE stream per channel",
+        {"channels": 100, "rate": 1000.0, "seconds": 10.0},
+        {"channels": 10, "rate": 100.0, "seconds": 2.0},
+        sse_throughput.run,
     ),
     Case(
         "latency",
@@ -171,9 +203,9 @@ def run_case(
 def failures(record: dict[str, Any]) -> int:
     """Deliveries that went wrong in a case (lost, duplicated, failed): never acceptable."""
     summary = record["summary"]
-    if record["case"] in ("fanout", "fanout10k"):
+    if record["case"] in ("fanout", "fanout10k", "ssefanout", "wsfanout"):
         return sum(int(row["origin_failures"] + row["raw_failures"]) for row in summary["sizes"])
-    if record["case"] == "throughput":
+    if record["case"] in ("throughput", "ssethroughput"):
         # A POST refused under overload (Pushpin's 502) is in the table, not a failed delivery.
         return sum(
             int(row["lost"] + row["duplicates"] + row["misrouted"])

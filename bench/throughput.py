@@ -40,6 +40,7 @@ import itertools
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -94,9 +95,22 @@ class Tally:
     def error(kind: dict[str, int], what: str) -> None:
         kind[what] = kind.get(what, 0) + 1
 
+    def record(self, content: str, reader: int, channels: int, now: float) -> None:
+        """Post ``content`` ("tp NUMBER") arrived at ``reader`` (the reader of channel
+        ``reader``) at ``now``."""
+        number = int(content.removeprefix("tp "))
+        if number % channels != reader:
+            self.misrouted += 1
+        elif number in self.arrived:
+            self.duplicates += 1
+        else:
+            self.arrived[number] = now
+
 
 class Run:
     """One case: readers long-polling ``poll_port``, posts made by ``post_all``."""
+
+    readers_noun = "long-polls"
 
     def __init__(self, case: str, channels: int, poll_ports: list[int]) -> None:
         self.case, self.channels, self.poll_ports = case, channels, poll_ports
@@ -131,13 +145,7 @@ class Run:
                 continue
             answer = json.loads(body)
             for item in answer["items"]:
-                number = int(item["content"].removeprefix("tp "))
-                if number % self.channels != index:
-                    tally.misrouted += 1
-                elif number in tally.arrived:
-                    tally.duplicates += 1
-                else:
-                    tally.arrived[number] = now
+                tally.record(item["content"], index, self.channels, now)
             since = answer["last"]
         conn.close()
 
@@ -150,9 +158,13 @@ class Run:
             readers.append(asyncio.create_task(self._reader(index, since)))
             if index % 20 == 19:
                 await asyncio.sleep(0.05)  # Pushpin refuses bursts of new connections
-        await asyncio.sleep(SETTLE_SECONDS)
+        settled = await self.settle()
         total = int(rate * seconds)
-        echo(f"  {LABELS[self.case]}: {self.channels} long-polls held; {total} posts")
+        echo(
+            f"  {LABELS[self.case]}: {self.channels} {self.readers_noun} held "
+            f"(settled in {settled:.1f} s); {total} posts"
+        )
+        requests_before = await self.feed_requests()
         cpu_before = {pid: _cpu(pid) for pid in pids}
         client_before = time.process_time()
         start = time.perf_counter() + 0.05
@@ -164,6 +176,9 @@ class Run:
         busy = time.perf_counter() - start
         cpu = {pid: (_cpu(pid) - cpu_before[pid]) / busy for pid in pids}
         client_cpu = (time.process_time() - client_before) / busy
+        requests = await self.feed_requests()
+        if requests is not None and requests_before is not None:
+            requests.subtract(requests_before)
         self.stopping = True
         for task in readers:
             task.cancel()
@@ -171,7 +186,20 @@ class Run:
         return self._summary(rate, seconds, start, written) | {
             "cpu": cpu,
             "client_cpu_cores": client_cpu,
+            "busy_seconds": busy,
+            "settle_seconds": settled,
+            "origin_requests": None if requests is None else dict(+requests),
         }
+
+    async def feed_requests(self) -> Counter[str] | None:
+        """The origins' realtime requests so far, by kind (None: no origin in this case)."""
+        return None
+
+    async def settle(self) -> float:
+        """Wait until the readers are held (Pushpin re-requests new holds about 1 s after a
+        channel's first one); how long that took."""
+        await asyncio.sleep(SETTLE_SECONDS)
+        return SETTLE_SECONDS
 
     def _summary(self, rate: float, seconds: float, start: float, written: float) -> dict[str, Any]:
         t = self.tally
@@ -211,6 +239,13 @@ class OriginRun(Run):
         self.auth = [{"Authorization": basic(reader)} for reader in readers]
         # Writers POST through Pushpin, or (direct) straight to the origin's own port.
         self.post_ports = [int(node.env["ORIGIN_PORT" if direct else "PORT"]) for node in d.nodes]
+        self.origin_ports = [int(node.env["ORIGIN_PORT"]) for node in d.nodes]
+
+    async def feed_requests(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for health in await origin_health(self.origin_ports):
+            total.update(health["feed_requests"])
+        return total
 
     def poll(self, index: int, since: str) -> tuple[str, dict[str, str]]:
         return f"/api/notifications/posts?since={since}", self.auth[index]
@@ -273,26 +308,15 @@ class RawRun(Run):
     async def post_all(self, total: int, start: float, rate: float) -> None:
         """Add what is due to the raw origin's memory, then publish it in one request."""
         conn = Conn(self.raw.publish_port)
-        tiny, tally = self.raw.tiny, self.tally
+        tally = self.tally
         number = 0
         while number < total:
             now = time.perf_counter()
             due = min(total, max(number, int((now - start) * rate) + 1))
             items: list[dict[str, Any]] = []
             for n in range(number, due):
-                channel = f"raw{n % self.channels}"
-                body = json.dumps({"content": f"tp {n}"})
-                prev = tiny.append(channel, n + 1, body)
                 tally.sent[n] = tally.stored[n] = now
-                answer = f'{{"last":"{n + 1}","items":[{body}]}}'
-                items.append(
-                    {
-                        "channel": channel,
-                        "id": str(n + 1),
-                        "prev-id": str(prev),
-                        "formats": {"http-response": {"body": answer}},
-                    }
-                )
+                items.append(self.item(n, f"raw{n % self.channels}"))
             if items:
                 status, _, answer_body = await conn.request(
                     "POST",
@@ -302,11 +326,43 @@ class RawRun(Run):
                 )
                 if status != 200:
                     raise BenchError(f"the publish failed: HTTP {status} {answer_body[:200]!r}")
-                for item in items:
-                    tiny.mark_published(item["channel"], int(item["id"]))
+                self.published(items)
                 number = due
             await asyncio.sleep(RAW_TICK)
         conn.close()
+
+    def item(self, n: int, channel: str) -> dict[str, Any]:
+        """Post ``n`` as the item published on ``channel``, added to the raw origin's feed
+        (where the readers' next long-polls find it)."""
+        body = json.dumps({"content": f"tp {n}"})
+        prev = self.raw.tiny.append(channel, n + 1, body)
+        answer = f'{{"last":"{n + 1}","items":[{body}]}}'
+        return {
+            "channel": channel,
+            "id": str(n + 1),
+            "prev-id": str(prev),
+            "formats": {"http-response": {"body": answer}},
+        }
+
+    def published(self, items: list[dict[str, Any]]) -> None:
+        """Pushpin has taken ``items``: the raw origin may answer long-polls after them."""
+        for item in items:
+            self.raw.tiny.mark_published(item["channel"], int(item["id"]))
+
+
+async def origin_health(ports: list[int]) -> list[dict[str, Any]]:
+    """Each origin's /health (straight to its port)."""
+    answers = []
+    for port in ports:
+        conn = Conn(port)
+        try:
+            status, _, body = await conn.request("GET", "/health")
+        finally:
+            conn.close()
+        if status not in (200, 503):
+            raise BenchError(f"the origin's /health answered HTTP {status}")
+        answers.append(json.loads(body))
+    return answers
 
 
 def _cpu(pid: int) -> float:
@@ -363,6 +419,8 @@ def _line(s: dict[str, Any]) -> str:
     if s["case"] != "raw":
         line += f"origin {s['origin_cpu_cores']:.2f} cores, "
     line += f"Pushpin {s['pushpin_cpu_cores']:.2f}, clients {s['client_cpu_cores']:.2f}"
+    if s.get("origin_requests"):
+        line += f"; origin requests {s['origin_requests']}"
     if s["post_errors"] or s["poll_errors"]:
         line += f"; errors: posts {s['post_errors']}, polls {s['poll_errors']}"
     return line
@@ -384,17 +442,36 @@ def run(
         f"throughput: {rate:.0f} posts/s offered for {seconds:.0f} s over {channels} channels, "
         f"one long-poll per channel, on {setup.label}"
     )
-    rows, swept = [], []
+    rows, swept = cases(channels, rate, seconds, workdir, (OriginRun, RawRun), sweep, setup, echo)
+    return {"summary": {"cases": rows, "sweep": swept}, "targets": _targets(rows)}
+
+
+def cases(
+    channels: int,
+    rate: float,
+    seconds: float,
+    workdir: Path,
+    kinds: tuple[Callable[[Deployment, list[str], bool], Run], Callable[[RawPushpin, int], Run]],
+    sweep: Sequence[float],
+    setup: Setup,
+    echo: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Origin (POSTs through Pushpin), origin (POSTs direct) and raw at ``rate``, then POSTs
+    direct at each rate of ``sweep``; ``kinds``: how the origin cases (given the deployment,
+    the readers and whether POSTs go direct) and the raw case (given the raw Pushpin and the
+    channels) read. Returns the rows of the three, and those of the sweep."""
+    origin_kind, raw_kind = kinds
     with deployed(setup, workdir) as d:
         readers = _setup(d, channels)
         origin_pids = d.origin_pids()
         pids = origin_pids + d.pushpin_pids()
 
         def origin_case(direct: bool, offered: float) -> dict[str, Any]:
-            row = uvloop.run(OriginRun(d, readers, direct).run(offered, seconds, pids, echo))
+            row = uvloop.run(origin_kind(d, readers, direct).run(offered, seconds, pids, echo))
             cpu = row.pop("cpu")
             row["origin_cpu_cores"] = sum(cpu.pop(pid) for pid in origin_pids)
             row["pushpin_cpu_cores"] = sum(cpu.values())
+            _per_post(row)
             echo(f"{_line(row)} (offered {offered:,.0f}/s)")
             return row
 
@@ -403,13 +480,24 @@ def run(
 
     async def raw_case() -> dict[str, Any]:
         async with RawPushpin(workdir / "raw-pushpin") as raw:
-            row = await RawRun(raw, channels).run(rate, seconds, raw.pids(), echo)
+            row = await raw_kind(raw, channels).run(rate, seconds, raw.pids(), echo)
         row["pushpin_cpu_cores"] = sum(row.pop("cpu").values())
+        _per_post(row)
         return row
 
     rows.append(uvloop.run(raw_case()))
     echo(_line(rows[-1]))
-    return {"summary": {"cases": rows, "sweep": swept}, "targets": _targets(rows)}
+    return rows, swept
+
+
+def _per_post(row: dict[str, Any]) -> None:
+    """CPU milliseconds per post delivered, of the origin (where it ran) and of Pushpin."""
+    for who in ("origin", "pushpin"):
+        cores = row.get(f"{who}_cpu_cores")
+        if cores is not None:
+            row[f"{who}_cpu_ms_per_post"] = (
+                cores * row["busy_seconds"] * 1000 / row["delivered"] if row["delivered"] else None
+            )
 
 
 def within_target(s: dict[str, Any]) -> bool:

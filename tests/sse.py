@@ -48,31 +48,58 @@ class EventStream:
         """Open a stream; AssertionError unless it answers 200 with an event stream (after
         retrying Pushpin's 502s to bursts). ``receive_buffer``: a small socket buffer, for a
         reader that falls behind."""
-        host, port = url.removeprefix("http://").split(":")
         for attempt in range(20):
-            sock = socket.socket()
-            if receive_buffer:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-            sock.setblocking(False)
+            status, head, stream = await cls.connect(url, path, headers, timeout, receive_buffer)
+            if stream is not None or status < 500:
+                break
+            await asyncio.sleep(0.05 * (attempt + 1))
+        assert stream is not None, (status, head)
+        return stream
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10,
+        receive_buffer: int | None = None,
+    ) -> tuple[int, dict[str, str], EventStream | None]:
+        """One attempt, for callers that retry refusals themselves (the benchmarks): the
+        status and headers, and the stream if it is one (200, an event stream, chunked). A
+        connection closed unanswered, as under a burst, is a 599."""
+        host, port = url.removeprefix("http://").split(":")
+        sock = socket.socket()
+        if receive_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setblocking(False)
+        try:
             await asyncio.wait_for(
                 asyncio.get_running_loop().sock_connect(sock, (host, int(port))), timeout
             )
-            reader, writer = await asyncio.open_connection(sock=sock)
-            lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
-            lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-            try:
-                status, head = await asyncio.wait_for(read_head(reader), timeout)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                status, head = 599, {}  # closed unanswered under a burst: as a 502
-            if status < 500:
-                break
+        except BaseException:
+            sock.close()
+            raise
+        reader, writer = await asyncio.open_connection(sock=sock)
+        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        try:
+            status, head = await asyncio.wait_for(read_head(reader), timeout)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            status, head = 599, {}
+        except BaseException:
             writer.close()
-            await asyncio.sleep(0.05 * (attempt + 1))
-        assert status == 200, (status, head)
-        assert head.get("content-type", "").startswith("text/event-stream"), head
-        assert head.get("transfer-encoding") == "chunked", head
-        return cls(reader, writer, head)
+            raise
+        streaming = (
+            status == 200
+            and head.get("content-type", "").startswith("text/event-stream")
+            and head.get("transfer-encoding") == "chunked"
+        )
+        if not streaming:
+            writer.close()
+            return status, head, None
+        return status, head, cls(reader, writer, head)
 
     async def next(self, timeout: float = 10) -> Event:
         """The next event (comments are counted, not returned); TimeoutError if none."""

@@ -1,0 +1,152 @@
+"""Fan-out of one post to N server-sent event streams held by Pushpin, beside a raw Pushpin.
+
+origin
+    The run command; N anonymous streams of the firehose (``GET /api/firehose``, ``Accept:
+    text/event-stream``), held by Pushpin on the firehose channel; then a writer (an open
+    channel) POSTs one post. Measured: from just before the POST until the last stream has the
+    post's event.
+raw
+    A bare Pushpin in front of a tiny origin that holds each stream on one channel (no prev-id,
+    no next link); the same event's bytes are published as one ``http-stream`` item.
+
+Why the firehose and not per-user posts streams: it is the same shape as the raw case (one
+channel, one published item for N streams), it needs no login, and every firehose stream
+shares one next link. Pushpin calls a held stream's next link about 1 s after a channel gets
+its first subscribers, through a limiter of 10 calls a second, each call taking the streams
+that share its URL 100 at a time (app/streams.py): N firehose streams take N / 1,000 seconds
+to be asked again. Per-user streams share a link per user, so N streams over few users cost
+the same, but a post to followers is one item per follower's channel, which is the long-poll
+fan-out's case (``bench.fanout``), not the transport's.
+
+Streams are opened ramped (50 every 50 ms; Pushpin answers 502 to bursts, tried again), and
+the post is made once every stream is held and the servers idle (``bench.harness.Holds``): the
+origin got no request but its /health for 0.5 s, which is after those next-link calls. A
+stream that got an event before the post counts as failed. Each stream stays open until the
+run ends, so that closing them does not weigh on the deliveries still under way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from app.streams import sse_event
+from bench.common import HOST, followers, raise_file_limit
+from bench.harness import (
+    REQUEST_TIMEOUT,
+    Answer,
+    Bench,
+    Clients,
+    Holds,
+    RunResult,
+    failed,
+    origin_run,
+    raw_run,
+    summarize,
+    targets,
+)
+from bench.setups import SQLITE, Setup, deployed
+from tests.sse import EventStream
+
+CONNECT_TIMEOUT = 30.0
+# What the raw case publishes if no origin run delivered anything.
+FALLBACK_EVENT = sse_event(1, "post", json.dumps({"content": "x" * 250}))
+
+
+class Streams:
+    """Event streams to ``ports`` (the i-th to ``ports[i % len(ports)]``) at ``path``; each
+    attempt's answer is its stream's first event (as ``sse_event`` writes it). The streams
+    stay open until ``close``."""
+
+    def __init__(self, ports: list[int], path: str) -> None:
+        self.ports, self.path = ports, path
+        self.open: list[EventStream] = []
+
+    async def attempt(self, i: int) -> Answer:
+        url = f"http://{HOST}:{self.ports[i % len(self.ports)]}"
+        try:
+            status, _, stream = await EventStream.connect(url, self.path, {}, CONNECT_TIMEOUT)
+            if stream is None:
+                return Answer(status, b"", time.perf_counter(), "not an event stream")
+            self.open.append(stream)
+            event = await stream.next(REQUEST_TIMEOUT)
+        except (OSError, EOFError, ValueError) as exc:  # TimeoutError is an OSError
+            return failed(exc)
+        at = time.perf_counter()
+        return Answer(200, sse_event(int(event.id or 0), event.name, event.data).encode(), at)
+
+    def close(self) -> None:
+        for stream in self.open:
+            stream.close()
+        self.open.clear()
+
+
+def _data(event: bytes) -> Any:
+    """The JSON of an event as ``sse_event`` writes it (its data line is the last)."""
+    return json.loads(event.decode().rpartition("\ndata: ")[2])
+
+
+class FirehoseStreams(Bench):
+    async def origin_run(
+        self, run: int, n: int, clients: Clients, echo: Callable[[str], None]
+    ) -> tuple[RunResult, bytes | None]:
+        streams = Streams([int(node.env["PORT"]) for node in self.d.nodes], "/api/firehose")
+
+        def check(created: dict[str, Any]) -> Callable[[bytes], bool]:
+            return lambda event: bool(_data(event).get("id") == created["id"])
+
+        try:
+            return await origin_run(self.d, Holds(streams.attempt), (run, n), clients, check, echo)
+        finally:
+            streams.close()
+
+    async def raw_run(
+        self, run: int, n: int, clients: Clients, echo: Callable[[str], None]
+    ) -> RunResult:
+        channel = f"sse{n}-{run}"  # a new channel each run: Pushpin drops ids seen in 60 s
+        streams = Streams([self.raw.http_port], f"/stream/{channel}")
+        event = self.body or FALLBACK_EVENT.encode()
+        item = {
+            "channel": channel,
+            "id": "1",
+            "formats": {"http-stream": {"content": event.decode()}},
+        }
+        try:
+            holds = Holds(streams.attempt)
+            return await raw_run(self.raw, holds, (run, n), clients, item, event, echo)
+        finally:
+            streams.close()
+
+
+def run(
+    sizes: list[int],
+    runs: int,
+    workdir: Path,
+    *,
+    setup: Setup = SQLITE,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Fan-out to each number of streams in ``sizes``, ``runs`` times, origin and raw."""
+    if min(sizes) < 1 or runs < 1:
+        raise ValueError("streams and runs must be at least 1")
+    raise_file_limit(max(sizes))
+    echo(
+        f"fan-out of one post to {', '.join(map(str, sizes))} SSE streams of the firehose, "
+        f"{runs} run(s), on {setup.label}"
+    )
+    with deployed(setup, workdir) as d:
+        writer, _ = followers(d.nodes[0], 0)
+        bench = FirehoseStreams(d, writer, workdir / "raw-pushpin")
+        results = uvloop.run(bench.run(sizes, runs, echo))
+    rows = summarize(results, sizes, runs, 0, setup.origins, "SSE streams", echo)
+    return {
+        "summary": {"sizes": rows},
+        "targets": targets(rows, "fan-out to {clients:,} SSE streams"),
+        "results": [asdict(r) for r in results],
+    }
