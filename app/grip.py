@@ -198,42 +198,23 @@ def hold_response(
     return json.dumps(instruction, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-# What a WebSocket on a channel gets of an item: a ping (the origin sends the socket its events
-# when the client's pong comes back, see app/sockets.py); its data is the item's id.
-def _wake(item_id: str) -> dict[str, Any]:
-    return {"type": "ping", "content": item_id}
-
-
-def hint_item(
-    channel: str, item_id: str, prev_id: str, sockets: bool = False, streams: bool = True
-) -> dict[str, Any]:
+def hint_item(channel: str, item_id: str, prev_id: str, streams: bool = True) -> dict[str, Any]:
     """A published item that makes Pushpin re-ask the origin for each request held on
     ``channel`` (a stream: call its next link), where each needs an answer of its own.
-    ``sockets``: WebSockets subscribe to the channel too. Without ``streams``, streams do
-    not see the item: the next one's prev-id shows them the gap, and they ask from before it
-    (a stream asked by a hint asks from after it)."""
+    Without ``streams``, streams do not see the item: the next one's prev-id shows them the
+    gap, and they ask from before it (a stream asked by a hint asks from after it)."""
     formats: dict[str, Any] = {"http-response": {"action": "hint"}}
     if streams:
         formats["http-stream"] = {"action": "hint"}
-    if sockets:
-        formats["ws-message"] = _wake(item_id)
     return {"channel": channel, "id": item_id, "prev-id": prev_id, "formats": formats}
 
 
 def response_item(
-    channel: str,
-    item_id: str,
-    prev_id: str,
-    body: str,
-    stream: str | None = None,
-    sockets: bool = False,
+    channel: str, item_id: str, prev_id: str, body: str, stream: str | None = None
 ) -> dict[str, Any]:
     """A published item that answers held long-polls on ``channel`` with ``body``, and sends
-    ``stream`` (an SSE event) down the streams held on it. ``sockets``: wake the WebSockets
-    subscribed to it."""
+    ``stream`` (an SSE event) down the streams held on it."""
     formats: dict[str, Any] = {"http-response": {"body": body}}
     if stream is not None:
         formats["http-stream"] = {"content": stream}
-    if sockets:
-        formats["ws-message"] = _wake(item_id)
     return {"channel": channel, "id": item_id, "prev-id": prev_id, "formats": formats}

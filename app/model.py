@@ -31,8 +31,9 @@ PENDING = "pending"  # a follow request to a private channel, not approved yet
 FIREHOSE = "firehose"  # the Pushpin channel of the posts of every open channel
 # Each firehose item is also published as a hint here, for banned users' logged-in holds.
 FIREHOSE_HINT = "firehose-hint"
-# Pushpin channels, by account: its posts feed, its events feed, its Aloha queues.
-POSTS, EVENTS, QUEUES = "u", "e", "z"
+# Pushpin channels, by account: its posts feed, its events feed, its Aloha queues, and the
+# channel its sockets are woken on (app/wakes.py).
+POSTS, EVENTS, QUEUES, SOCKETS = "u", "e", "z", "w"
 
 
 def feed_of(channel: str) -> str | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ from app.publish_client import ClientError, PublishClient, publish_client
 from app.store import Store
 from app.store.base import Delivery, Position
 from app.streams import item_event
+from app.wakes import Wakes
 
 log = logging.getLogger("app.publisher")
 
@@ -86,6 +88,7 @@ class Target:
     accepted_at: float = field(default_factory=time.monotonic)  # its last accepted publish
     passed_over: int = 0  # items it refused alone as too large, sent as hints instead
     leader: bool = False  # this process holds the target's lease and publishes to it
+    wakes: Wakes | None = None  # its sockets' wake-ups (app/wakes.py)
     released: asyncio.Event = field(default_factory=asyncio.Event)  # its holder let it go
     lease_checked: float = 0.0
 
@@ -140,6 +143,9 @@ class Publisher:
             if saved is None:
                 await self.store.save_publish_position(target.label, end)
             task = asyncio.create_task(self._run(target), name=f"publish {target.label}")
+            self._tasks.append(task)
+            target.wakes = Wakes(functools.partial(self._send, target), target.label)
+            task = asyncio.create_task(target.wakes.run(), name=f"wake sockets {target.label}")
             self._tasks.append(task)
 
     def _lease(self, target: Target) -> str:
@@ -370,6 +376,8 @@ class Publisher:
     async def _accepted(self, target: Target, rows: list[Delivery], channels: list[str]) -> None:
         target.position = Position(rows[-1].event_id, rows[-1].channel)
         target.accepted_at = time.monotonic()
+        if target.wakes is not None:
+            target.wakes.add((row.channel, row.event_id) for row in rows)
         self.published += len(rows)
         self._progress.set()
         self._progress = asyncio.Event()
@@ -416,23 +424,21 @@ def _items(row: Delivery) -> list[dict[str, Any]]:
     once more as a hint, for banned users' holds."""
     item_id, prev_id = str(row.event_id), str(row.prev_id)
     feed = feed_of(row.channel)
-    sockets = feed != "firehose"
     if feed is None or row.gone:
-        items = [hint_item(row.channel, item_id, prev_id, sockets=feed is not None)]
+        items = [hint_item(row.channel, item_id, prev_id)]
     else:
         body = feed_body(row.event_id, [row.payload])
         stream = item_event(feed, row.event_id, row.payload)
-        items = [response_item(row.channel, item_id, prev_id, body, stream, sockets)]
+        items = [response_item(row.channel, item_id, prev_id, body, stream)]
     if row.channel == FIREHOSE:
         items.append(hint_item(FIREHOSE_HINT, str(row.event_id), str(row.prev_id)))
     return items
 
 
 def _hints(row: Delivery) -> list[dict[str, Any]]:
-    sockets = feed_of(row.channel) in ("posts", "events")
     # Streams skip what a hint names (Grip-Last is then its id): they must see this one as a
     # gap instead, and ask from before it.
-    items = [hint_item(row.channel, str(row.event_id), str(row.prev_id), sockets, streams=False)]
+    items = [hint_item(row.channel, str(row.event_id), str(row.prev_id), streams=False)]
     if row.channel == FIREHOSE:
         items.append(hint_item(FIREHOSE_HINT, str(row.event_id), str(row.prev_id)))
     return items

@@ -130,7 +130,7 @@ class Sockets:
             since = last  # ahead of the log: from its end, which the acknowledgement names
         reply = await self.catch_up(jid, since)
         reply.frames.insert(0, frame(PRESENCE, {"last": str(reply.start)}))
-        reply.subscribe = list(await self.store.feed_channels(jid))
+        reply.subscribe = [await self.store.socket_channel(jid)]
         return reply
 
     async def catch_up(self, jid: str, since: int | None) -> CatchUp:

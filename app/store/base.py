@@ -211,8 +211,8 @@ class Store(Protocol):
 
     # feeds
     async def read_feed(self, feed: str, jid: str | None, since: int, limit: int) -> FeedState: ...
-    async def feed_channels(self, jid: str) -> tuple[str, str]:
-        """The Pushpin channels of the account's posts feed and events feed."""
+    async def socket_channel(self, jid: str) -> str:
+        """The Pushpin channel the account's sockets are woken on."""
         ...
 
     async def mark_online(self, jid: str, cursor: int) -> None:

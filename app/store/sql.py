@@ -22,7 +22,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from app.errors import Conflict, Unprocessable
-from app.model import EVENTS, FIREHOSE, FIREHOSE_HINT, PENDING, POSTS, QUEUES
+from app.model import EVENTS, FIREHOSE, FIREHOSE_HINT, PENDING, POSTS, QUEUES, SOCKETS
 from app.store.base import (
     Account,
     Delivery,
@@ -722,10 +722,10 @@ class SqlStore:
         items = [FeedItem(int(r[0]), r[1]) for r in rows]
         return FeedState(int(last_id), items, hold_channel or channel, head)
 
-    async def feed_channels(self, jid: str) -> tuple[str, str]:
+    async def socket_channel(self, jid: str) -> str:
         async with self.db.read() as conn:
             (account_id,) = await _one(conn, "SELECT id FROM accounts WHERE jid = ?", jid)
-        return f"{POSTS}{account_id}", f"{EVENTS}{account_id}"
+        return f"{SOCKETS}{account_id}"
 
     async def mark_online(self, jid: str, cursor: int) -> None:
         async with self.db.connection() as conn:
