@@ -82,6 +82,7 @@ class Target:
     position: Position = field(default_factory=lambda: Position(0, ""))
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     client: PublishClient | None = None
+    wake_client: PublishClient | None = None
     saved: Position = field(default_factory=lambda: Position(0, ""))  # as the store has it
     saved_at: float = 0.0
     failing: bool = False  # its last publish failed
@@ -125,6 +126,8 @@ class Publisher:
         self.targets = [Target.parse(url) for url in grip_urls]
         for target in self.targets:
             target.client = publish_client(target.publish_url, timeout, ca_file)
+            # Its own connection: a client sends one request at a time.
+            target.wake_client = publish_client(target.publish_url, timeout, ca_file)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._progress = asyncio.Event()  # set (and replaced) after each accepted publish
@@ -144,7 +147,8 @@ class Publisher:
                 await self.store.save_publish_position(target.label, end)
             task = asyncio.create_task(self._run(target), name=f"publish {target.label}")
             self._tasks.append(task)
-            target.wakes = Wakes(functools.partial(self._send, target), target.label)
+            send = functools.partial(self._send, target, client=target.wake_client)
+            target.wakes = Wakes(send, target.label)
             task = asyncio.create_task(target.wakes.run(), name=f"wake sockets {target.label}")
             self._tasks.append(task)
 
@@ -284,8 +288,9 @@ class Publisher:
                 log.exception("could not save the position of %s", target.label)
             target.leader = False
         for target in self.targets:
-            if target.client is not None:
-                await target.client.aclose()
+            for client in (target.client, target.wake_client):
+                if client is not None:
+                    await client.aclose()
 
     async def _run(self, target: Target) -> None:
         delay = BACKOFF_FIRST
@@ -398,12 +403,15 @@ class Publisher:
             await self.store.save_publish_position(target.label, target.position)
             target.saved, target.saved_at = target.position, now
 
-    async def _send(self, target: Target, items: list[bytes]) -> None:
+    async def _send(
+        self, target: Target, items: list[bytes], client: PublishClient | None = None
+    ) -> None:
         body = b'{"items":[' + b",".join(items) + b"]}"
         headers = {"Content-Type": "application/json", **target.headers()}
-        assert target.client is not None
+        client = client or target.client
+        assert client is not None
         try:
-            status, answer = await target.client.post(body, headers)
+            status, answer = await client.post(body, headers)
         except ClientError as exc:
             raise PublishError(str(exc)) from exc
         if status == 200:

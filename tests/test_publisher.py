@@ -52,8 +52,8 @@ class Recorder(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
     def delivered(self, firehose: bool = False) -> list[dict[str, Any]]:
-        """Items accepted, in order: those to users' channels, or those to the firehose
-        (without the hint each firehose item also goes out as)."""
+        """Items accepted, in order: those to users' feed channels, or those to the firehose
+        (without the hint each firehose item also goes out as, and the sockets' wake-ups)."""
         with self.lock:
             return [
                 item
@@ -61,6 +61,7 @@ class Recorder(ThreadingHTTPServer):
                 if status == 200
                 for item in items
                 if item["channel"] != "firehose-hint"  # the firehose's again, as hints
+                and "http-response" in item["formats"]  # not a socket's wake-up ping
                 and (item["channel"] == "firehose") == firehose
             ]
 
