@@ -22,9 +22,10 @@ HELD = {
     "wsfanout": "one WebSocket (`/api/ws`) per follower of the writer's channel, each its own "
     "user (seeded in bulk), online from the run's cursor, against sockets subscribed to one "
     "channel of a raw Pushpin, published one `ws-message` item with the same frame's text. "
-    "The origin's sockets are woken by a ping each, and each pong is a request to the origin "
-    "that reads the socket's events from the log (`app/sockets.py`): one origin request per "
-    "socket per post, which the raw case does not make",
+    "The origin's sockets are woken by a ping each, 50 at a time 20 ms apart (`app/wakes.py`), "
+    "and each pong is a request to the origin that reads the socket's events from the log "
+    "(`app/sockets.py`): one origin request per socket per post, which the raw case does not "
+    "make",
 }
 
 
@@ -246,19 +247,21 @@ def _why_sockets(r: dict[str, Any], label: str, parts: list[str]) -> str:
     ]
     return (
         f"- **Fan-out to WebSockets ({label}).** By design (`app/sockets.py`) a post wakes each "
-        "socket with a ping, and the origin answers each pong with the socket's events read "
-        "from the log: one origin request per socket, one after another on the origin's one "
-        "event loop, where raw Pushpin sends the frame itself. "
+        "socket with a ping, 50 at a time 20 ms apart (`app/wakes.py`), and the origin answers "
+        "each pong with the socket's events read from the log: one origin request per socket, "
+        "one after another on the origin's one event loop, where raw Pushpin sends the frame "
+        "itself. "
         + _capital("; ".join(parts))
         + ". From the POST to the last delivery: "
         + "; ".join(costs)
         + "."
         + (
-            " Raw Pushpin with its sockets woken the same way (a published ping, each pong "
+            " Raw Pushpin with its sockets woken by pings all at once (one publish, each pong "
             "answered with the frame by a tiny origin): " + "; ".join(woken) + ". A socket "
             "failed there is one Pushpin 1.36 closed, without a close frame and without its "
-            "pong reaching the origin (its proxy logs `wsproxysession ... target error`), "
-            "which happens to about a third of the sockets when hundreds answer a ping at once."
+            "pong reaching the origin (its proxy logs `wsproxysession ... target error`): "
+            "each pong is a new request towards zurl, of which Pushpin queues at most 100 "
+            "(`OUT_HWM`), which is why the origin paces its pings."
             if woken
             else ""
         )
