@@ -13,12 +13,13 @@ history and published before the subscription took effect would be lost, and one
 after it would arrive before history the origin sends later, out of order. So a socket's
 place in the log is the connection's meta (``Meta-Cursor``, kept by Pushpin, set by each
 answer), and only the origin sends events, reading the log after that cursor whenever Pushpin
-brings it a request for the socket. What the publisher sends on a socket's channels is a
-wake-up: a ping, whose pong (every WebSocket client answers pings by itself) comes back to the
-origin as a request. A wake-up that misses (published before the subscription took effect)
-loses nothing but time: the presence answer ends with a ping of its own, whose pong comes
-after the subscription is in place, and Pushpin brings an idle socket to the origin every
-SWEEP_SECONDS. Two wake-ups bring the same events once: the second read starts after the first.
+brings it a request for the socket. What the publisher sends a socket is a wake-up: a ping
+on its account's socket channel, paced (app/wakes.py), whose pong (every WebSocket client
+answers pings by itself) comes back to the origin as a request. A wake-up that misses
+(published before the subscription took effect) loses nothing but time: the presence answer
+ends with a ping of its own, whose pong comes after the subscription is in place, and Pushpin
+brings an idle socket to the origin every SWEEP_SECONDS. Two wake-ups bring the same events
+once: the second read starts after the first.
 """
 
 from __future__ import annotations
