@@ -40,8 +40,10 @@ SSE_CONTENT_TYPE = "text/event-stream"
 # A comment line every 20 s of silence (the contract promises one at least every 30 s).
 KEEP_ALIVE = ":\\n\\n; format=cstring; timeout=20"
 # An idle stream calls its next link this often (the answer renews the token): it also ends
-# a stream whose reader's account is gone. A busy stream calls it only on a gap.
-LINK_TIMEOUT = 300
+# a stream whose reader's account is gone, and repairs one that lost the end of a burst
+# (Pushpin sees such a gap only when the next item comes). A busy stream calls it only on a
+# gap. Pushpin's own default; streams that share a link share the call.
+LINK_TIMEOUT = 120
 # A link token outlives many idle calls; one that has expired (a busy stream that never needed
 # its link for this long) ends the stream, and the client reconnects from its Last-Event-ID.
 # Expiries are rounded up to TOKEN_ROUNDING, so that streams opened minutes apart share links.

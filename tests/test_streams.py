@@ -246,9 +246,12 @@ def test_a_lost_publish_is_repaired_through_the_next_link(
             stream.close()
 
 
-def test_a_flooded_stream_still_gets_every_item_once(stack: Stack, bg: Background) -> None:
-    """A reader that stops reading while posts pour in: Pushpin queues at most 100 items for
-    a stream and drops the rest silently; the prev-id chain and the next link repair it."""
+def test_a_reader_behind_a_flood_still_gets_every_item_once(stack: Stack, bg: Background) -> None:
+    """A reader that stops reading while 400 posts of 9 kB pour in, then reads: every item
+    once, in order. Pushpin queues at most 100 items for a stream it cannot write to and drops
+    the rest silently; whether it does here depends on how much the socket buffers between it
+    and the reader take (it did in some runs: /health's stream_repair counts the next-link
+    calls that repaired it). The lost-publish test above makes a gap for certain."""
     user = unique("sse")
     with stack.account(user) as c:
         start = last(c)
@@ -272,14 +275,17 @@ def test_a_flooded_stream_still_gets_every_item_once(stack: Stack, bg: Backgroun
                     )
                     assert r.status_code == 201
 
-        repairs = health(stack)["feed_requests"].get("stream_repair", 0)
-        bg.call(flood(), timeout=120)  # the stream is not read meanwhile
-        events = take(bg, stream, count, timeout=60)
-        # Pushpin dropped items for it, saw the gap and called the stream's next link.
-        assert health(stack)["feed_requests"].get("stream_repair", 0) > repairs
-        assert [int(e.json["content"].split()[0]) for e in events] == list(range(count))
-        assert quiet(bg, stream, 1.0) == []
-        stream.close()
+        try:
+            bg.call(flood(), timeout=120)  # the stream is not read meanwhile
+            # Items Pushpin dropped at the very end of the flood show as a gap only when the
+            # next item comes (or after the link's idle timeout): one more post.
+            post(c, user, f"{count} after the flood")
+            events = take(bg, stream, count + 1, timeout=60)
+            assert [int(e.json["content"].split()[0]) for e in events] == list(range(count + 1))
+            assert quiet(bg, stream, 1.0) == []
+            print("stream_repair:", health(stack)["feed_requests"].get("stream_repair", 0))
+        finally:
+            stream.close()
 
 
 def test_open_stream_follows_access(stack: Stack, bg: Background) -> None:
