@@ -58,9 +58,9 @@ async def open_stream(request: Request, feed: str, jid: str | None) -> Response:
 
 async def next_page(request: Request) -> Response:
     """Pushpin calls a stream's next link for its next page, on a gap it saw in the stream's
-    channel, or after LINK_TIMEOUT of silence. ``Grip-Last`` names what it sent last there; a
-    page without a hold leaves Pushpin's old one in that header, so the token's cursor, where
-    the last answer left the stream, counts when it is further."""
+    channel, on a hint, or after LINK_TIMEOUT of silence. Where the stream stands: the token's
+    cursor when it has one (a page's link: Pushpin's ``Grip-Last`` may be an old hold's; a
+    hint channel's: it is the hint's own id), else ``Grip-Last``, what Pushpin sent last."""
     s = services(request)
     if not proxied(request):
         raise NotProxied(s.settings.proxy_url)
