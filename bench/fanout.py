@@ -45,13 +45,13 @@ import uvloop
 from bench.common import (
     followers,
     ms,
-    raise_file_limit,
 )
 from bench.harness import (
     Bench,
     Clients,
     Holds,
     RunResult,
+    begin_fanout,
     long_polls,
     origin_run,
     raw_run,
@@ -112,13 +112,7 @@ def run(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Fan-out to each number of clients in ``sizes``, ``runs`` times, origin and raw."""
-    if min(sizes) < 1 or runs < 1:
-        raise ValueError("clients and runs must be at least 1")
-    raise_file_limit(max(sizes))
-    echo(
-        f"fan-out of one post to {', '.join(map(str, sizes))} held long-polls, {runs} run(s), "
-        f"on {setup.label}"
-    )
+    begin_fanout(sizes, runs, "clients", "held long-polls", setup.label, echo)
     with deployed(setup, workdir) as d:
         writer, readers = followers(d.nodes[0], min(READERS, min(sizes)))
         bench = LongPolls(d, writer, readers, workdir / "raw-pushpin")

@@ -38,6 +38,7 @@ from bench.common import (
     cpu_seconds,
     median,
     ms,
+    raise_file_limit,
     ratio,
     rss_bytes,
     tree_rss_bytes,
@@ -516,6 +517,17 @@ async def alternate(
                 results.append(result)
                 echo(run_line(result, runs))
     return results
+
+
+def begin_fanout(
+    sizes: list[int], runs: int, noun: str, what: str, label: str, echo: Callable[[str], None]
+) -> None:
+    """Check a fan-out case's sizes and runs, raise the open-file limit for its largest size,
+    and say what runs: one post to each of ``sizes`` ``what``, on the setup ``label``."""
+    if min(sizes) < 1 or runs < 1:
+        raise ValueError(f"{noun} and runs must be at least 1")
+    raise_file_limit(max(sizes))
+    echo(f"fan-out of one post to {', '.join(map(str, sizes))} {what}, {runs} run(s), on {label}")
 
 
 def run_line(r: RunResult, runs: int) -> str:

@@ -37,7 +37,7 @@ from typing import Any
 import uvloop
 
 from app.streams import sse_event
-from bench.common import HOST, followers, raise_file_limit
+from bench.common import HOST, followers
 from bench.harness import (
     REQUEST_TIMEOUT,
     Answer,
@@ -45,6 +45,7 @@ from bench.harness import (
     Clients,
     Holds,
     RunResult,
+    begin_fanout,
     failed,
     origin_run,
     raw_run,
@@ -133,13 +134,7 @@ def run(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Fan-out to each number of streams in ``sizes``, ``runs`` times, origin and raw."""
-    if min(sizes) < 1 or runs < 1:
-        raise ValueError("streams and runs must be at least 1")
-    raise_file_limit(max(sizes))
-    echo(
-        f"fan-out of one post to {', '.join(map(str, sizes))} SSE streams of the firehose, "
-        f"{runs} run(s), on {setup.label}"
-    )
+    begin_fanout(sizes, runs, "streams", "SSE streams of the firehose", setup.label, echo)
     with deployed(setup, workdir) as d:
         writer, _ = followers(d.nodes[0], 0)
         bench = FirehoseStreams(d, writer, workdir / "raw-pushpin")

@@ -45,7 +45,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from app.sockets import PRESENCE, PUSH_ITEM
-from bench.common import HOST, SOCKET_ACK, followers, ms, number, raise_file_limit
+from bench.common import HOST, SOCKET_ACK, followers, ms, number
 from bench.harness import (
     REQUEST_TIMEOUT,
     Answer,
@@ -53,6 +53,7 @@ from bench.harness import (
     Clients,
     Holds,
     RunResult,
+    begin_fanout,
     failed,
     median_of,
     origin_run,
@@ -187,13 +188,7 @@ def run(
 ) -> dict[str, Any]:
     """Fan-out to each number of sockets in ``sizes`` (one user each), ``runs`` times, origin
     and raw."""
-    if min(sizes) < 1 or runs < 1:
-        raise ValueError("sockets and runs must be at least 1")
-    raise_file_limit(max(sizes))
-    echo(
-        f"fan-out of one post to {', '.join(map(str, sizes))} WebSockets, one user each, "
-        f"{runs} run(s), on {setup.label}"
-    )
+    begin_fanout(sizes, runs, "sockets", "WebSockets, one user each", setup.label, echo)
     with deployed(setup, workdir) as d:
         writer, _ = followers(d.nodes[0], 0)
         users = uvloop.run(seed_followers(d.database_url, max(sizes), {writer: max(sizes)}))
