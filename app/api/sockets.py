@@ -48,6 +48,7 @@ async def socket_events(request: Request) -> Response:
     cursor = int(meta) if meta.isdigit() else None  # None: not online yet
     headers = {"Keep-Alive-Interval": str(SWEEP_SECONDS)}
     out: list[WebSocketEvent] = []
+    read = False  # the log was read for this socket already (a presence)
     for event in events:
         if event.type == "OPEN":
             out.append(WebSocketEvent("OPEN"))
@@ -55,15 +56,16 @@ async def socket_events(request: Request) -> Response:
         elif event.type == "TEXT":
             reply = await _text(request, jid, event.content or b"", cursor is None)
             if reply.cursor is not None:
-                cursor = reply.cursor
+                cursor, read = reply.cursor, True
             out += _events(reply)
         elif event.type == "PING":
             out.append(WebSocketEvent("PONG", event.content))
         elif event.type == "CLOSE":
             out.append(WebSocketEvent("CLOSE", event.content))
             cursor = None
-    if cursor is not None and not any(e.type == "CLOSE" for e in out):
+    if cursor is not None and not read and not any(e.type == "CLOSE" for e in out):
         # A wake-up's pong, the sweep, or anything else: what followed the socket's place.
+        # (A presence's answer ends with a ping: its pong reads what came meanwhile.)
         reply = await s.sockets.catch_up(jid, cursor)
         cursor = reply.cursor
         out += _events(reply)
