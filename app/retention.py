@@ -21,7 +21,7 @@ from app.store import Store
 log = logging.getLogger("app.retention")
 
 BATCH_EVENTS = 1000
-BATCH_DELIVERIES = 5000
+BATCH_DELIVERIES = 2000
 PAUSE_SECONDS = 0.05  # between batches: requests go first
 
 
