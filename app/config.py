@@ -115,6 +115,11 @@ class Settings:
     # /health answers 503 when events wait and no target has accepted any for this long
     health_publish_seconds: int = 30
     idempotency_seconds: int = 86_400  # how long a post's Idempotency-Key or local_id holds
+    # Retention (app/retention.py): events older than this, or beyond the newest this many,
+    # are pruned with their deliveries (0: no limit of that kind), looked for this often
+    retention_seconds: int = 7 * 86_400
+    retention_events: int = 5_000_000
+    retention_check_seconds: int = 60
     # A password check is a 50 ms scrypt hash: once an hour per active user, not every minute.
     auth_cache_seconds: int = 3600
     session_seconds: int = 14 * 86_400  # a browser session's life from its login
@@ -179,6 +184,9 @@ class Settings:
             limits=Limits.from_env(env),
             health_publish_seconds=_int(env, "HEALTH_PUBLISH_SECONDS", 30, 1),
             idempotency_seconds=_int(env, "IDEMPOTENCY_SECONDS", 86_400, 1),
+            retention_seconds=_int(env, "RETENTION_SECONDS", 7 * 86_400, 0),
+            retention_events=_int(env, "RETENTION_EVENTS", 5_000_000, 0),
+            retention_check_seconds=_int(env, "RETENTION_CHECK_SECONDS", 60, 1),
             auth_cache_seconds=_int(env, "AUTH_CACHE_SECONDS", 3600, 0),
             session_seconds=_int(env, "SESSION_SECONDS", 14 * 86_400, 60),
             session_cache_seconds=_int(env, "SESSION_CACHE_SECONDS", 5, 0),

@@ -40,6 +40,20 @@ class Unprocessable(ApiError):
     status = 422
 
 
+class Gone(ApiError):
+    """A cursor older than what the log keeps: what followed it was pruned (retention). The
+    client goes on from ``last``, the oldest cursor that is still served in full."""
+
+    status = 410
+
+    def __init__(self, since: int, last: int) -> None:
+        super().__init__(
+            f"since {since} is older than what the server keeps: events after it were"
+            f" pruned; go on from {last}"
+        )
+        self.last = last
+
+
 class PayloadTooLarge(ApiError):
     status = 413
 

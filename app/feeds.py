@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.errors import BadRequest
+from app.errors import BadRequest, Gone
 from app.model import feed_body
 from app.store import Store
 from app.store.base import FeedItem
@@ -67,6 +67,8 @@ class Feeds:
     async def since(self, feed: str, jid: str | None, since: int) -> Now | Hold:
         """What follows ``since`` in ``feed`` for ``jid`` (None for the firehose)."""
         state = await self.store.read_feed(feed, jid, since, MAX_ITEMS)
+        if since < state.kept_from:
+            raise Gone(since, state.kept_from)
         if state.items:
             return page(state.items, since)
         if since > state.last_id:
@@ -75,7 +77,9 @@ class Feeds:
 
     async def history(self, jid: str, since: int | None) -> Now:
         """The caller's posts and events since ``since`` or since they were last online."""
-        start, items = await self.store.history(jid, since, MAX_ITEMS)
+        start, items, kept_from = await self.store.history(jid, since, MAX_ITEMS)
+        if start < kept_from:  # also where they were last online, when not given
+            raise Gone(start, kept_from)
         if since is not None and not items and since > await self.store.last_event_id():
             raise BadRequest(f"since {since} is ahead of the log")
         return page(items, start)

@@ -36,6 +36,7 @@ from app.feeds import Feeds
 from app.holds import HeldRequests
 from app.model import name_problems
 from app.publisher import Publisher
+from app.retention import Retention
 from app.services import Services
 from app.sessions import Sessions
 from app.sockets import Sockets
@@ -136,6 +137,12 @@ def create_app(settings: Settings) -> Starlette:
         ),
         cors=cors,
         held=held,
+        retention=Retention(
+            store,
+            settings.retention_seconds,
+            settings.retention_events,
+            settings.retention_check_seconds,
+        ),
     )
 
     @contextlib.asynccontextmanager
@@ -145,13 +152,14 @@ def create_app(settings: Settings) -> Starlette:
         expiry = asyncio.create_task(services.aloha.expire_forever(), name="expire queues")
         pruning = asyncio.create_task(prune_forever(store, CREATION_WINDOW), name="prune slots")
         sessions = asyncio.create_task(services.sessions.prune_forever(), name="prune sessions")
+        retention = asyncio.create_task(services.retention.prune_forever(), name="retention")
         log.info("store %s at schema version %d", store.label, await store.schema_version())
         try:
             yield
         finally:
-            for task in (expiry, pruning, sessions):
+            for task in (expiry, pruning, sessions, retention):
                 task.cancel()
-            await asyncio.gather(expiry, pruning, sessions, return_exceptions=True)
+            await asyncio.gather(expiry, pruning, sessions, retention, return_exceptions=True)
             if not await publisher.drain(DRAIN_SECONDS):
                 log.warning(
                     "outbox not drained after %.0fs; clients will catch up by cursor", DRAIN_SECONDS

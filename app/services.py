@@ -13,6 +13,7 @@ from app.cors import Cors
 from app.feeds import Feeds
 from app.holds import HeldRequests
 from app.publisher import Publisher
+from app.retention import Retention
 from app.sessions import Sessions
 from app.sockets import Sockets
 from app.store import Store
@@ -36,6 +37,7 @@ class Services:
     sockets: Sockets
     cors: Cors
     held: HeldRequests
+    retention: Retention
     in_flight: int = 0
     requests: int = 0  # handled since start
     # realtime requests per feed: a test tells a published answer from one the origin gave

@@ -39,6 +39,9 @@ PUSH_RETRACT = "xmpp.buddycloud.push.retract"
 PUSH_AUTHORISATION = "xmpp.buddycloud.push.authorisation"
 PUSH_SUBSCRIPTION = "xmpp.buddycloud.push.subscription"
 PUSH_AFFILIATION = "xmpp.buddycloud.push.affiliation"
+# What followed the socket's cursor was pruned (retention): it goes on from ``last``, as an
+# SSE stream's ``reset`` event says. Not a name of the Buddycloud socket API, which has none.
+RESET = "xmpp.buddycloud.reset"
 # Pushpin brings the origin a request for a socket that has had none for this long (its own
 # minimum is 20): the backstop for a wake-up that missed.
 SWEEP_SECONDS = 60
@@ -135,8 +138,13 @@ class Sockets:
         return reply
 
     async def catch_up(self, jid: str, since: int | None) -> CatchUp:
-        """What follows ``since`` (None: where ``jid`` was last online), one page."""
-        start, items = await self.store.history(jid, since, MAX_ITEMS)
+        """What follows ``since`` (None: where ``jid`` was last online), one page. When
+        events after it were pruned, a reset frame first, and the page from where it says."""
+        asked, items, kept_from = await self.store.history(jid, since, MAX_ITEMS)
+        start, reset = asked, []
+        while start < kept_from:  # (again if more was pruned between the two reads)
+            reset = [frame(RESET, {"last": str(kept_from)})]
+            start, items, kept_from = await self.store.history(jid, kept_from, MAX_ITEMS)
         frames: list[str] = []
         cursor, size = start, 0
         for item in items:
@@ -146,7 +154,7 @@ class Sockets:
                 break
             frames.append(text)
             cursor = item.event_id
-        if cursor > start:
+        if cursor > asked:
             await self.store.mark_online(jid, cursor)
         more = len(frames) < len(items) or len(items) == MAX_ITEMS
-        return CatchUp(frames=frames, cursor=cursor, more=more, start=start)
+        return CatchUp(frames=reset + frames, cursor=cursor, more=more, start=start)

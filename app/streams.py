@@ -87,13 +87,16 @@ class Streams:
     async def step(self, feed: str, jid: str | None, since: int | None) -> Step:
         """What a stream of ``feed`` for ``jid`` (None: anonymous, the firehose) answers when
         it stands at ``since``: None starts at the end of the log; a cursor the log cannot
-        serve (ahead of it) gets a reset to the end."""
+        serve gets a reset: to the end when it is ahead of the log, to the last id pruned
+        from the feed when what followed it was pruned (the rest follows, page by page)."""
         if since is None:
             since = await self.store.last_event_id()
         state = await self.store.read_feed(feed, jid, since, MAX_ITEMS)
         hold = (state.channel, str(state.head))
         if since > state.last_id:
             return Step(reset_event(state.last_id), state.last_id, hold)
+        if since < state.kept_from:
+            return Step(reset_event(state.kept_from), state.kept_from, None)
         kept = _fit(state.items)
         body = "".join(item_event(feed, item.event_id, item.payload) for item in kept)
         cursor = kept[-1].event_id if kept else since

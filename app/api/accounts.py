@@ -93,6 +93,7 @@ async def health(request: Request) -> Response:
     s = services(request)
     try:
         last = await s.store.last_event_id()
+        oldest = await s.store.oldest_event_id()
         targets = await s.publisher.lag(s.settings.health_publish_seconds)
     except Exception as exc:
         log.exception("health: the store does not answer")
@@ -111,6 +112,16 @@ async def health(request: Request) -> Response:
         "longest_expiry_step_ms": round(s.aloha.longest_expiry_step * 1000, 3),
         "targets": [asdict(t) for t in targets],
         "password_hashes": s.accounts.hashes(),
+        "retention": {
+            "seconds": s.settings.retention_seconds,
+            "events": s.settings.retention_events,
+            "oldest": str(oldest),  # the oldest event kept
+            # pruned by this origin since it started
+            "pruned_events": s.retention.pruned_events,
+            "pruned_deliveries": s.retention.pruned_deliveries,
+            "batches": s.retention.batches,
+            "longest_batch_ms": round(s.retention.longest_batch * 1000, 3),
+        },
     }
     if all(t.stalled for t in targets):
         body["status"] = "unhealthy"

@@ -15,6 +15,7 @@ from app.api import browser
 from app.errors import (
     ApiError,
     BadRequest,
+    Gone,
     NotProxied,
     PayloadTooLarge,
     TooManyRequests,
@@ -179,6 +180,8 @@ async def api_error_handler(request: Request, exc: Exception) -> Response:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     if request.url.path.startswith("/api/v1/"):
         return zulip_error(exc.status, exc.message, exc.code, headers, exc)
+    if isinstance(exc, Gone):  # the cursor to go on from
+        return JSONResponse({"error": exc.message, "last": str(exc.last)}, exc.status, headers)
     return error_response(exc.status, exc.message, headers)
 
 

@@ -133,7 +133,8 @@ def _realtime(operation_id: str, summary: str, items: str, login: bool = True) -
             "that reached the origin directly gets 501). With `Accept: text/event-stream`: "
             "a stream of server-sent events held by the proxy (`id:` the cursor; after "
             "`Last-Event-ID`, else `since`, else the end of the log; `event: reset` with "
-            '`{"last"}` for a cursor it cannot serve).'
+            '`{"last"}` for a cursor it cannot serve: ahead of the log, or one whose following '
+            "events were pruned)."
         ),
         "parameters": [SINCE, GRIP_SIG],
         "responses": {
@@ -145,7 +146,7 @@ def _realtime(operation_id: str, summary: str, items: str, login: bool = True) -
                     "text/event-stream": {"schema": {"type": "string"}},
                 },
             },
-            **_errors(400, *LOGIN_ERRORS, 501),
+            **_errors(400, *LOGIN_ERRORS, 410, 501),
         },
     }
     if not login:
@@ -394,7 +395,7 @@ SPEC: dict[str, Any] = {
                 "parameters": [SINCE],
                 "responses": {
                     **_ok("What followed", _ref("HistoryFeed")),
-                    **_errors(400, *LOGIN_ERRORS),
+                    **_errors(400, *LOGIN_ERRORS, 410),
                 },
             }
         },
@@ -569,6 +570,11 @@ SPEC: dict[str, Any] = {
                 "content": _json(_ref("Error")),
             },
             "409": {"description": "Conflicts with what exists", "content": _json(_ref("Error"))},
+            "410": {
+                "description": "The cursor is older than what the server keeps: events after it"
+                " were pruned; go on from `last`",
+                "content": _json(_ref("Gone")),
+            },
             "413": {"description": "Body over 256 KiB", "content": _json(_ref("Error"))},
             "415": {"description": "Body not declared JSON", "content": _json(_ref("Error"))},
             "422": {
@@ -594,6 +600,7 @@ SPEC: dict[str, Any] = {
         },
         "schemas": {
             "Error": _object(["error"], error={"type": "string"}),
+            "Gone": _object(["error", "last"], error={"type": "string"}, last={"type": "string"}),
             "Health": _object(
                 [
                     "status",
@@ -607,6 +614,7 @@ SPEC: dict[str, Any] = {
                     "longest_expiry_step_ms",
                     "targets",
                     "password_hashes",
+                    "retention",
                 ],
                 status={"type": "string", "enum": ["ok"]},
                 last=_ref("Cursor"),
@@ -692,6 +700,24 @@ SPEC: dict[str, Any] = {
                         "minimum": 0,
                         "description": "the most one client address ran at once",
                     },
+                ),
+                retention=_object(
+                    [
+                        "seconds",
+                        "events",
+                        "oldest",
+                        "pruned_events",
+                        "pruned_deliveries",
+                        "batches",
+                        "longest_batch_ms",
+                    ],
+                    seconds={"type": "integer", "description": "RETENTION_SECONDS"},
+                    events={"type": "integer", "description": "RETENTION_EVENTS"},
+                    oldest=_ref("Cursor"),
+                    pruned_events={"type": "integer", "minimum": 0},
+                    pruned_deliveries={"type": "integer", "minimum": 0},
+                    batches={"type": "integer", "minimum": 0},
+                    longest_batch_ms={"type": "number", "minimum": 0},
                 ),
             ),
             "Cursor": {

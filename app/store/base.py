@@ -35,6 +35,21 @@ class FeedState(NamedTuple):
     items: list[FeedItem]
     channel: str  # the feed's Pushpin channel
     head: int  # the last id published on it
+    kept_from: int = 0  # the last id pruned from the feed: a cursor below it lost something
+
+
+class History(NamedTuple):
+    start: int  # the cursor the read began after
+    items: list[FeedItem]
+    kept_from: int  # as FeedState's, over the account's posts and events
+
+
+class Pruned(NamedTuple):
+    """One batch of retention: events and deliveries deleted, through event ``through``."""
+
+    events: int
+    deliveries: int
+    through: int
 
 
 class Position(NamedTuple):
@@ -219,15 +234,28 @@ class Store(Protocol):
         """The account was online up to ``cursor`` (history starts there next time)."""
         ...
 
-    async def history(
-        self, jid: str, since: int | None, limit: int
-    ) -> tuple[int, list[FeedItem]]: ...
+    async def history(self, jid: str, since: int | None, limit: int) -> History: ...
+
+    # retention
+    async def prune_log(
+        self, created_before: str, keep_events: int, max_events: int, max_deliveries: int
+    ) -> Pruned:
+        """Delete the oldest events (with their deliveries) logged before ``created_before``
+        (ISO 8601; "" for none) or older than the newest ``keep_events`` (0: none), at most
+        ``max_events`` events and about ``max_deliveries`` deliveries, never the newest
+        event; mark each channel with the last id pruned from it."""
+
+    async def oldest_event_id(self) -> int:
+        """The oldest event kept (0: none yet)."""
 
     # Aloha queues
     async def create_queue(self, queue: Queue, max_alive: int = 0, grace: float = 0) -> int: ...
     async def poll_queue(
         self, queue_id: str, jid: str, ack: int, now: float, limit: int, grace: float = 0
-    ) -> QueuePoll | None: ...
+    ) -> QueuePoll | None:
+        """None for a queue that is unknown, expired, someone else's, or whose events were
+        pruned before it took them (it is deleted then)."""
+
     async def skip_queue(self, queue_id: str, to: int) -> None: ...
     async def delete_queue(self, queue_id: str, jid: str, now: str) -> bool: ...
     async def expire_queues(self, now: float, grace: float, limit: int) -> int: ...

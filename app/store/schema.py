@@ -160,6 +160,40 @@ MIGRATIONS: list[str] = [
     CREATE INDEX sessions_by_jid ON sessions (jid, expires);
     CREATE INDEX sessions_by_expiry ON sessions (expires);
     """,
+    # 8: retention. The log and its deliveries are pruned from their oldest end; posts and
+    # idempotency keys stay, so they no longer reference the log (SQLite drops a foreign key
+    # only by rebuilding the table). Each channel keeps the last id of its deliveries pruned:
+    # a cursor below it has lost something there (410, reset, BAD_EVENT_QUEUE_ID).
+    """
+    CREATE TABLE posts_kept (
+        id TEXT PRIMARY KEY,
+        node_id INTEGER NOT NULL REFERENCES nodes(id),
+        event_id INTEGER NOT NULL UNIQUE,  -- its event in the log, which may be pruned
+        author TEXT NOT NULL,
+        body TEXT NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        local_id TEXT
+    );
+    INSERT INTO posts_kept (id, node_id, event_id, author, body, deleted, local_id)
+        SELECT id, node_id, event_id, author, body, deleted, local_id FROM posts;
+    DROP TABLE posts;
+    ALTER TABLE posts_kept RENAME TO posts;
+    CREATE INDEX posts_by_node ON posts (node_id, event_id);
+    CREATE TABLE idempotency_keys_kept (
+        author TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        event_id INTEGER NOT NULL,  -- the post's, as posts.event_id
+        created REAL NOT NULL,
+        PRIMARY KEY (author, key)
+    ) WITHOUT ROWID;
+    INSERT INTO idempotency_keys_kept (author, key, fingerprint, event_id, created)
+        SELECT author, key, fingerprint, event_id, created FROM idempotency_keys;
+    DROP TABLE idempotency_keys;
+    ALTER TABLE idempotency_keys_kept RENAME TO idempotency_keys;
+    CREATE INDEX idempotency_keys_by_created ON idempotency_keys (created);
+    ALTER TABLE channel_heads ADD COLUMN pruned INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 # PostgreSQL, the backend for several nodes: version 1 is the SQLite schema as of version 5,
@@ -287,5 +321,11 @@ POSTGRES_MIGRATIONS: list[str] = [
     );
     CREATE INDEX sessions_by_jid ON sessions (jid, expires);
     CREATE INDEX sessions_by_expiry ON sessions (expires);
+    """,
+    # 4: retention (SQLite's version 8).
+    """
+    ALTER TABLE posts DROP CONSTRAINT posts_event_id_fkey;
+    ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_event_id_fkey;
+    ALTER TABLE channel_heads ADD COLUMN pruned BIGINT NOT NULL DEFAULT 0;
     """,
 ]

@@ -28,10 +28,12 @@ from app.store.base import (
     Delivery,
     FeedItem,
     FeedState,
+    History,
     NodeInfo,
     Notice,
     Position,
     PostWritten,
+    Pruned,
     Queue,
     QueueEvent,
     QueuePoll,
@@ -715,12 +717,13 @@ class SqlStore:
                 limit,
             )
             head = await _head(conn, channel)
+            kept_from = await _kept_from(conn, [channel])
         if jid is not None and account_id is not None and since <= last_id:
             # Where the account was when last online: what /history starts from. A cursor
             # ahead of the log is refused by the caller, and must not move it.
             await self.mark_online(jid, since)
         items = [FeedItem(int(r[0]), r[1]) for r in rows]
-        return FeedState(int(last_id), items, hold_channel or channel, head)
+        return FeedState(int(last_id), items, hold_channel or channel, head, kept_from)
 
     async def socket_channel(self, jid: str) -> str:
         async with self.db.read() as conn:
@@ -736,7 +739,7 @@ class SqlStore:
                 cursor,
             )
 
-    async def history(self, jid: str, since: int | None, limit: int) -> tuple[int, list[FeedItem]]:
+    async def history(self, jid: str, since: int | None, limit: int) -> History:
         """The account's posts and events after ``since`` (default: where it was last online),
         posts wrapped as ``{"type": "post", "cursor", "post"}``; and the cursor used."""
         async with self.db.read() as conn:
@@ -760,13 +763,14 @@ class SqlStore:
                 jid,
                 limit,
             )
+            kept_from = await _kept_from(conn, [posts, events])
         items = [
             FeedItem(id_, f'{{"type":"post","cursor":"{id_}","post":{payload}}}')
             if type_ == "post"
             else FeedItem(id_, payload)
             for id_, type_, payload in rows
         ]
-        return start, items
+        return History(start, items, kept_from)
 
     # -- Aloha queues ----------------------------------------------------------------------
 
@@ -822,13 +826,17 @@ class SqlStore:
                 await tx.execute("DELETE FROM queues WHERE id = ?", queue_id)
                 return None
             acked = max(queue.acked, ack)
-            await tx.execute(
-                "UPDATE queues SET acked = ?, last_poll = ? WHERE id = ?", acked, now, queue_id
-            )
             (account_id,) = await _one(tx, "SELECT id FROM accounts WHERE jid = ?", jid)
             channels = [f"{QUEUES}{account_id}"]
             if queue.all_public_streams:
                 channels.append(f"{QUEUES}{FIREHOSE}")
+            if acked < await _kept_from(tx, channels):
+                # Retention pruned events it had not taken: as a queue Zulip garbage-collected.
+                await tx.execute("DELETE FROM queues WHERE id = ?", queue_id)
+                return None
+            await tx.execute(
+                "UPDATE queues SET acked = ?, last_poll = ? WHERE id = ?", acked, now, queue_id
+            )
             marks = ",".join("?" * len(channels))
             rows = await tx.fetchall(
                 f"SELECT DISTINCT e.id, e.type, {_CURRENT}, e.node_id,"
@@ -892,6 +900,62 @@ class SqlStore:
                 now,
                 limit,
             )
+
+    # -- retention: the log is pruned from its oldest end ------------------------------------
+
+    async def prune_log(
+        self, created_before: str, keep_events: int, max_events: int, max_deliveries: int
+    ) -> Pruned:
+        """One batch, in one write transaction: the ids to prune are decided under the write
+        lock and deleted as a range, so processes that prune at once prune each batch once."""
+        async with self.db.write() as tx:
+            oldest, newest = await _one(tx, "SELECT min(id), max(id) FROM events")
+            if oldest is None:
+                return Pruned(0, 0, 0)
+            oldest, newest = int(oldest), int(newest)
+            # The newest event stays: its id is the log's end, which every cursor is checked
+            # against, and which a new queue starts from.
+            through = min(newest - 1, oldest + max_events - 1)
+            by_count = newest - keep_events if keep_events else 0  # over the cap through it
+            if through > by_count:  # past the cap, only what is old enough goes
+                if not created_before:
+                    through = by_count
+                else:
+                    (young,) = await _one(
+                        tx,
+                        "SELECT min(id) FROM events WHERE id > ? AND id <= ? AND created >= ?",
+                        by_count,
+                        through,
+                        created_before,
+                    )
+                    if young is not None:
+                        through = int(young) - 1
+            row = await tx.fetchone(
+                "SELECT event_id FROM deliveries WHERE event_id <= ?"
+                " ORDER BY event_id, channel LIMIT 1 OFFSET ?",
+                through,
+                max_deliveries,
+            )
+            if row is not None:
+                # An event with more deliveries than a batch goes alone, in one transaction
+                # (the one that wrote them was as large).
+                through = max(int(row[0]) - 1, oldest)
+            if through < oldest:
+                return Pruned(0, 0, 0)
+            await tx.execute(
+                "UPDATE channel_heads SET pruned = d.last FROM (SELECT channel,"
+                " max(event_id) AS last FROM deliveries WHERE event_id <= ? GROUP BY channel) d"
+                " WHERE channel_heads.channel = d.channel",
+                through,
+            )
+            deliveries = await tx.execute("DELETE FROM deliveries WHERE event_id <= ?", through)
+            events = await tx.execute("DELETE FROM events WHERE id <= ?", through)
+        return Pruned(events, deliveries, through)
+
+    async def oldest_event_id(self) -> int:
+        async with self.db.connection() as conn:
+            (value,) = await _one(conn, "SELECT coalesce(min(id), 0) FROM events")
+        return int(value)
 
     # -- rate limits -----------------------------------------------------------------------
 
@@ -1034,6 +1098,15 @@ async def _one(conn: Connection | _Tx, sql: str, *params: Any) -> Row:
 async def _head(conn: Connection | _Tx, channel: str) -> int:
     row = await conn.fetchone("SELECT last_id FROM channel_heads WHERE channel = ?", channel)
     return int(row[0]) if row else 0
+
+
+async def _kept_from(conn: Connection | _Tx, channels: list[str]) -> int:
+    """The last id pruned from any of ``channels``: what follows it is all still there."""
+    marks = ",".join("?" * len(channels))
+    row = await conn.fetchone(
+        f"SELECT max(pruned) FROM channel_heads WHERE channel IN ({marks})", *channels
+    )
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 async def _banned_somewhere(conn: Connection, jid: str) -> bool:
