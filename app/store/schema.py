@@ -160,6 +160,14 @@ MIGRATIONS: list[str] = [
     CREATE INDEX sessions_by_jid ON sessions (jid, expires);
     CREATE INDEX sessions_by_expiry ON sessions (expires);
     """,
+    # 8: an account's credentials change (a password, a new API key) and it may be deleted: a
+    # count of its credential changes, which every stream's next link names (a stream opened
+    # before a change ends at its next call), and when it was deleted (the row stays: its id
+    # names Pushpin channels and its name authors posts, so neither is given again).
+    """
+    ALTER TABLE accounts ADD COLUMN credentials INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN deleted TEXT;
+    """,
 ]
 
 # PostgreSQL, the backend for several nodes: version 1 is the SQLite schema as of version 5,
@@ -287,5 +295,10 @@ POSTGRES_MIGRATIONS: list[str] = [
     );
     CREATE INDEX sessions_by_jid ON sessions (jid, expires);
     CREATE INDEX sessions_by_expiry ON sessions (expires);
+    """,
+    # 4: credential changes and deleted accounts (SQLite's version 8).
+    """
+    ALTER TABLE accounts ADD COLUMN credentials BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN deleted TEXT;
     """,
 ]
