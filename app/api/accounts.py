@@ -86,6 +86,11 @@ async def start_session(request: Request) -> Response:
     if old := request.cookies.get(browser.COOKIE):
         await s.sessions.end(old)
     session = await s.sessions.start(jid)
+    if await s.store.get_account(jid) is None:
+        # Deleted since the login was checked: the deletion ended every session it saw, and
+        # this one it may not have.
+        await s.sessions.end(session.token)
+        raise Unauthorized("no such account")
     cookie = browser.set_cookie(
         session.token, s.settings.session_seconds, scheme(request) == "https"
     )

@@ -984,15 +984,12 @@ class SqlStore:
     ) -> None:
         # One login of an account at a time counts and trims its sessions, across processes.
         async with self.db.keyed(f"sessions\x00{jid}") as conn:
-            # Not for an account deleted since its login was checked.
             await conn.execute(
-                "INSERT INTO sessions (id, jid, created, expires) SELECT ?, ?, ?, ?"
-                " WHERE EXISTS (SELECT 1 FROM accounts WHERE jid = ? AND deleted IS NULL)",
+                "INSERT INTO sessions (id, jid, created, expires) VALUES (?, ?, ?, ?)",
                 session_id,
                 jid,
                 now,
                 expires,
-                jid,
             )
             await conn.execute(
                 "DELETE FROM sessions WHERE jid = ? AND id NOT IN (SELECT id FROM sessions"
