@@ -14,7 +14,14 @@ import time
 from math import ceil
 
 from app.config import Limits
-from app.errors import ApiError, BadRequest, Conflict, TooManyRequests, Unauthorized
+from app.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    TooManyRequests,
+    Unauthorized,
+)
 from app.model import now_iso, parse_jid
 from app.store import Store
 from app.store.base import Account
@@ -56,6 +63,17 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(computed, _unb64(digest))
 
 
+def check_new_password(password: str) -> None:
+    if not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS:
+        raise BadRequest(
+            f"password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
+        )
+
+
+def new_api_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -83,6 +101,8 @@ class Accounts:
         # (keyed hash, address) of passwords that were right from that address, oldest first:
         # they pass the failure limits, which others' guesses may have filled
         self._succeeded: dict[tuple[bytes, str], None] = {}
+        # times cached logins were dropped (app/lifecycle.py): a check that saw one caches nothing
+        self._forgets = 0
         self.slow_checks = 0  # password hashes computed to check logins (an API key is cheap)
         self.new_hashes = 0  # password hashes computed for new accounts
         limits = limits or Limits()
@@ -116,10 +136,7 @@ class Accounts:
         if not isinstance(username, str) or not isinstance(password, str):
             raise BadRequest('expected JSON {"username": JID, "password": string}')
         jid = parse_jid(username)
-        if not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS:
-            raise BadRequest(
-                f"password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
-            )
+        check_new_password(password)
         # Every channel, an account's or a topic's, is made with its posts node.
         if await self.store.get_node(jid, "posts") is not None:
             raise Conflict(f"{jid} already exists")
@@ -127,13 +144,36 @@ class Accounts:
             raise TooManyRequests(
                 f"too many accounts created from your address: try again in {ceil(wait)}s", wait
             )
-        async with self._hashing.slot(address):
-            self.new_hashes += 1
-            password_hash = await asyncio.to_thread(hash_password, password)
-        api_key = secrets.token_urlsafe(24)
+        password_hash = await self.new_hash(password, address)
+        api_key = new_api_key()
         # A name taken since the check above is still refused here (409).
         await self.store.create_account(jid, password_hash, api_key, now_iso())
         return jid
+
+    async def new_hash(self, password: str, address: str) -> str:
+        """The slow hash of a new password, in one of ``address``'s slots for hashes."""
+        async with self._hashing.slot(address):
+            self.new_hashes += 1
+            return await asyncio.to_thread(hash_password, password)
+
+    async def check_own_password(self, jid: str, password: object, address: str) -> Account:
+        """The account of ``jid`` (logged in already), if ``password`` is its password (not
+        its API key): Forbidden if not. A slow hash, limited as logins are."""
+        if not isinstance(password, str):
+            raise BadRequest("the account's password is needed, as a string")
+        account = await self._account(jid, address)
+        if account is None:
+            raise Unauthorized("no such account")
+        if not await self._check_password(self._key(jid, password), account, password, address):
+            raise Forbidden("the password is wrong")
+        return account
+
+    def forget(self, jid: str | None = None) -> None:
+        """Drop the cached logins of ``jid`` (None: of everyone), whose credentials changed;
+        a check under way now caches nothing (it may have read them before the change)."""
+        self._forgets += 1
+        for key in [k for k, (who, _) in self._cache.items() if jid is None or who == jid]:
+            del self._cache[key]
 
     async def authenticate(self, authorization: str | None, address: str = "") -> str:
         """The JID of the caller of a Basic ``Authorization`` header, or Unauthorized.
@@ -186,10 +226,11 @@ class Accounts:
     async def _verify_and_cache(
         self, key: bytes, username: str, secret: str, address: str
     ) -> str | None:
+        forgets = self._forgets
         jid = await self._verify(key, username, secret, address)
         if jid is None:
             self._cache.pop(key, None)  # cached, and a background check found them invalid
-        elif self._cache_seconds:
+        elif self._cache_seconds and forgets == self._forgets:
             self._remember(key, jid)
         return jid
 

@@ -218,3 +218,22 @@ def response_item(
     if stream is not None:
         formats["http-stream"] = {"content": stream}
     return {"channel": channel, "id": item_id, "prev-id": prev_id, "formats": formats}
+
+
+def close_items(channel: str) -> list[dict[str, Any]]:
+    """Items that end what is held on an account's feed ``channel``: its streams close, and
+    its held long-polls are asked of the origin again (which may refuse them). No id: they
+    stand outside the channel's prev-id chain."""
+    formats = {"http-stream": {"action": "close"}, "http-response": {"action": "hint"}}
+    return [{"channel": channel, "formats": formats}]
+
+
+def held_hint(channel: str) -> dict[str, Any]:
+    """An item that makes Pushpin ask the origin again for each long-poll held on
+    ``channel``, at once (no id: outside the channel's prev-id chain)."""
+    return {"channel": channel, "formats": {"http-response": {"action": "hint"}}}
+
+
+def socket_close_item(channel: str, code: int) -> dict[str, Any]:
+    """An item that closes every WebSocket subscribed to ``channel``, with ``code``."""
+    return {"channel": channel, "formats": {"ws-message": {"action": "close", "code": code}}}

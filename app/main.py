@@ -34,6 +34,7 @@ from app.cors import Cors
 from app.errors import ApiError
 from app.feeds import Feeds
 from app.holds import HeldRequests
+from app.lifecycle import Lifecycle
 from app.model import name_problems
 from app.publisher import Publisher
 from app.retention import Retention
@@ -77,8 +78,14 @@ ROUTES = [
     Route("/api/v1/register", aloha.register, methods=["POST"]),
     Route("/api/v1/events", aloha.events, methods=["GET", "DELETE"]),
     Route("/api/v1/messages", aloha.messages, methods=["POST"]),
+    Route("/api/v1/settings", aloha.update_settings, methods=["PATCH"]),
+    Route("/api/v1/users/me/api_key/regenerate", aloha.regenerate_api_key, methods=["POST"]),
+    Route("/api/v1/users/me", aloha.deactivate, methods=["DELETE"]),
     Route("/api/account", accounts.create_account, methods=["POST"]),
     Route("/api/account", accounts.show_account, methods=["GET"]),
+    Route("/api/account", accounts.change_password, methods=["PATCH"]),
+    Route("/api/account", accounts.delete_account, methods=["DELETE"]),
+    Route("/api/account/api_key", accounts.new_api_key, methods=["POST"]),
     Route("/api/session", accounts.start_session, methods=["POST"]),
     Route("/api/session", accounts.show_session, methods=["GET"]),
     Route("/api/session", accounts.end_session, methods=["DELETE"]),
@@ -118,14 +125,17 @@ def create_app(settings: Settings) -> Starlette:
     )
     publisher.on_sending = held.published
     channels = Channels(store, settings.limits, settings.idempotency_seconds)
+    logins = Accounts(store, settings.secret_key, settings.auth_cache_seconds, settings.limits)
+    browser_sessions = Sessions(
+        store, settings.session_seconds, limits.max_sessions, settings.session_cache_seconds
+    )
     services = Services(
         settings=settings,
         store=store,
         publisher=publisher,
-        accounts=Accounts(store, settings.secret_key, settings.auth_cache_seconds, settings.limits),
-        sessions=Sessions(
-            store, settings.session_seconds, limits.max_sessions, settings.session_cache_seconds
-        ),
+        accounts=logins,
+        sessions=browser_sessions,
+        lifecycle=Lifecycle(store, logins, browser_sessions, publisher),
         channels=channels,
         subscriptions=Subscriptions(channels, settings.limits),
         feeds=Feeds(store),

@@ -128,6 +128,7 @@ class Publisher:
             target.client = publish_client(target.publish_url, timeout, ca_file)
             # Its own connection: a client sends one request at a time.
             target.wake_client = publish_client(target.publish_url, timeout, ca_file)
+        self._timeout, self._ca_file = timeout, ca_file
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._progress = asyncio.Event()  # set (and replaced) after each accepted publish
@@ -198,6 +199,25 @@ class Publisher:
                 self.on_sending(channels or [])
                 self._progress.set()
                 self._progress = asyncio.Event()
+
+    async def send_now(self, items: list[dict[str, Any]]) -> list[str]:
+        """Send ``items`` to every target at once, outside the log's order (items with no id:
+        closes and hints), each on a connection of its own; the targets that failed, each
+        logged. Whichever origin calls this sends: it needs no lease."""
+
+        async def send(target: Target) -> bool:
+            client = publish_client(target.publish_url, self._timeout, self._ca_file)
+            try:
+                await self._send(target, [_encode(items)], client)
+                return True
+            except PublishError as exc:
+                log.warning("sending %d items to %s failed: %s", len(items), target.label, exc)
+                return False
+            finally:
+                await client.aclose()
+
+        sent = await asyncio.gather(*(send(target) for target in self.targets))
+        return [t.label for t, ok in zip(self.targets, sent, strict=True) if not ok]
 
     def notify(self) -> None:
         """Called after a commit: there is something new in the log."""

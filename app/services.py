@@ -12,6 +12,7 @@ from app.config import Settings
 from app.cors import Cors
 from app.feeds import Feeds
 from app.holds import HeldRequests
+from app.lifecycle import Lifecycle
 from app.publisher import Publisher
 from app.retention import Retention
 from app.sessions import Sessions
@@ -28,6 +29,7 @@ class Services:
     publisher: Publisher
     accounts: Accounts
     sessions: Sessions
+    lifecycle: Lifecycle
     channels: Channels
     subscriptions: Subscriptions
     aloha: Aloha

@@ -80,6 +80,13 @@ class Sessions:
         await self.store.end_session(session_id)
         self._forget(session_id)
 
+    def forget_account(self, jid: str | None = None) -> None:
+        """Drop the cached sessions of ``jid`` (None: everyone's), whose rows were deleted
+        (app/lifecycle.py): refused from now on; a lookup under way caches nothing."""
+        self._ends += 1
+        for session_id in [s for s, (who, _) in self._cache.items() if jid is None or who == jid]:
+            del self._cache[session_id]
+
     def _forget(self, session_id: str) -> None:
         self._ends += 1
         self._cache.pop(session_id, None)

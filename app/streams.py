@@ -125,6 +125,8 @@ class Link:
     feed: str
     jid: str | None
     cursor: int | None
+    # the reader's credential changes when the stream opened: after another, the stream ends
+    credentials: int = 0
 
 
 class BadLink(Exception):
@@ -139,15 +141,25 @@ class LinkTokens:
 
     def make(self, link: Link) -> str:
         expires = -(-(int(time.time()) + self.seconds) // TOKEN_ROUNDING) * TOKEN_ROUNDING
-        claims = {"f": link.feed, "u": link.jid or "", "c": link.cursor, "exp": expires}
+        claims = {
+            "f": link.feed,
+            "u": link.jid or "",
+            "c": link.cursor,
+            "g": link.credentials,
+            "exp": expires,
+        }
         return jwt.encode(claims, self._key, algorithm=_TOKEN_ALGORITHM)
 
     def read(self, token: str) -> Link:
         try:
             claims = jwt.decode(token, self._key, algorithms=[_TOKEN_ALGORITHM])
-            feed, jid, cursor = claims["f"], claims["u"], claims["c"]
+            feed, jid, cursor, credentials = claims["f"], claims["u"], claims["c"], claims["g"]
         except (jwt.PyJWTError, KeyError, TypeError) as exc:
             raise BadLink(str(exc)) from None
-        if feed not in ("posts", "events", "firehose") or not isinstance(cursor, int | None):
+        if (
+            feed not in ("posts", "events", "firehose")
+            or not isinstance(cursor, int | None)
+            or not isinstance(credentials, int)
+        ):
             raise BadLink("malformed stream link")
-        return Link(feed, jid or None, cursor)
+        return Link(feed, jid or None, cursor, credentials)

@@ -45,6 +45,37 @@ async def show_account(request: Request) -> Response:
     return JSONResponse({"username": jid, "api_key": account.api_key})
 
 
+async def change_password(request: Request) -> Response:
+    """``{"old_password", "new_password"}``: 204; the old password stops working at once, on
+    every node, and what was opened with the account's credentials closes (app/lifecycle.py)."""
+    jid = await caller(request)
+    body = await read_json(request)
+    if not isinstance(body, dict) or "old_password" not in body or "new_password" not in body:
+        raise BadRequest('expected JSON {"old_password": string, "new_password": string}')
+    await services(request).lifecycle.change_password(
+        jid, body["old_password"], body["new_password"], client_address(request)
+    )
+    return Response(status_code=204)
+
+
+async def new_api_key(request: Request) -> Response:
+    """A new API key, ``{"api_key"}``; the old one stops working at once, on every node."""
+    jid = await caller(request)
+    api_key = await services(request).lifecycle.new_api_key(jid)
+    return JSONResponse({"api_key": api_key}, headers=NOT_STORED)
+
+
+async def delete_account(request: Request) -> Response:
+    """``{"password"}``: 204, and the account is gone (app/lifecycle.py says what stays)."""
+    jid = await caller(request)
+    body = await read_json(request)
+    if not isinstance(body, dict) or "password" not in body:
+        raise BadRequest('expected JSON {"password": string}: the account\'s password')
+    await services(request).lifecycle.delete(jid, body["password"], client_address(request))
+    cookie = browser.clear_cookie(scheme(request) == "https")
+    return Response(status_code=204, headers={"Set-Cookie": cookie, **NOT_STORED})
+
+
 async def start_session(request: Request) -> Response:
     """A browser login: HTTP Basic (password or API key, checked and limited as every login)
     in, a session cookie out. A session the request's cookie named before ends."""
@@ -55,6 +86,11 @@ async def start_session(request: Request) -> Response:
     if old := request.cookies.get(browser.COOKIE):
         await s.sessions.end(old)
     session = await s.sessions.start(jid)
+    if await s.store.get_account(jid) is None:
+        # Deleted since the login was checked: the deletion ended every session it saw, and
+        # this one it may not have.
+        await s.sessions.end(session.token)
+        raise Unauthorized("no such account")
     cookie = browser.set_cookie(
         session.token, s.settings.session_seconds, scheme(request) == "https"
     )

@@ -90,6 +90,42 @@ async def messages(request: Request) -> Response:
     return success(id=message_id)
 
 
+async def update_settings(request: Request) -> Response:
+    """Zulip's password change: form fields ``old_password`` and ``new_password`` (the only
+    settings there are here)."""
+    jid = await caller(request)
+    fields = await _form(request)
+    if "old_password" not in fields or "new_password" not in fields:
+        raise BadRequest("old_password and new_password are required: no other setting exists")
+    await services(request).lifecycle.change_password(
+        jid, fields["old_password"], fields["new_password"], client_address(request)
+    )
+    return success()
+
+
+async def regenerate_api_key(request: Request) -> Response:
+    jid = await caller(request)
+    return success(api_key=await services(request).lifecycle.new_api_key(jid))
+
+
+async def deactivate(request: Request) -> Response:
+    """Zulip's ``DELETE /users/me``, with the account's password as the form field
+    ``password`` (Zulip asks for none: deleting here needs the password, not only the key)."""
+    jid = await caller(request)
+    fields = await _form(request)
+    if "password" not in fields:
+        raise BadRequest("password is required: the account's password")
+    await services(request).lifecycle.delete(jid, fields["password"], client_address(request))
+    return success()
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """Form fields of the body only: a password never travels in a URL."""
+    if any(name.endswith("password") for name in request.query_params):
+        raise BadRequest("send passwords as form fields in the body, never in the URL")
+    return await _params(request)
+
+
 async def _params(request: Request) -> dict[str, str]:
     """Query parameters, then form fields (url-encoded) over them."""
     params = dict(request.query_params)

@@ -295,6 +295,52 @@ SPEC: dict[str, Any] = {
                 "summary": "The caller's account and API key",
                 "responses": {**_ok("The caller", _ref("Account")), **_errors(*LOGIN_ERRORS)},
             },
+            "patch": {
+                "operationId": "changePassword",
+                "summary": "Change the password",
+                "description": (
+                    "The old password (not the API key) must be right (403 if not; a slow hash, "
+                    "limited as logins are). The new one follows the signup rule. The old "
+                    "password is refused at once on every node; the account's browser sessions "
+                    "end, its streams and sockets close and its held long-polls are asked again."
+                ),
+                "requestBody": _body(
+                    _object(
+                        ["old_password", "new_password"],
+                        old_password={"type": "string"},
+                        new_password={"type": "string", "minLength": 8, "maxLength": 1024},
+                    )
+                ),
+                "responses": {
+                    "204": {"description": "Changed"},
+                    **_errors(*BODY_ERRORS, *LOGIN_ERRORS, 403, 409),
+                },
+            },
+            "delete": {
+                "operationId": "deleteAccount",
+                "summary": "Delete the account (its password in the body)",
+                "description": (
+                    "Its credentials, sessions, Aloha queues and follows go, and what is open "
+                    "closes as on a password change. Its posts and channel stay, authored by its "
+                    "JID, which is never given to a new account (409)."
+                ),
+                "requestBody": _body(_object(["password"], password={"type": "string"})),
+                "responses": {
+                    "204": {"description": "Deleted", "headers": {"Set-Cookie": SET_COOKIE}},
+                    **_errors(*BODY_ERRORS, *LOGIN_ERRORS, 403, 409),
+                },
+            },
+        },
+        "/api/account/api_key": {
+            "post": {
+                "operationId": "newApiKey",
+                "summary": "A new API key; the old one is refused at once on every node",
+                "description": "Sessions, streams and sockets close as on a password change.",
+                "responses": {
+                    **_ok("The new key", _object(["api_key"], api_key={"type": "string"})),
+                    **_errors(*LOGIN_ERRORS),
+                },
+            }
         },
         "/api/session": {
             "post": {

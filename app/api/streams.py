@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.common import PUBLISHED_WAIT_SECONDS, client_address, proxied, services
-from app.errors import NotProxied
+from app.errors import NotProxied, Unauthorized
 from app.feeds import parse_cursor
 from app.model import FIREHOSE, FIREHOSE_HINT
 from app.streams import (
@@ -51,9 +51,15 @@ async def open_stream(request: Request, feed: str, jid: str | None) -> Response:
     # Pushpin tells the origin nothing of a stream once it holds it: it counts against the
     # held-request limits as a long-poll would, until the hold timeout (app/holds.py).
     s.held.admit(jid, client_address(request), ())
+    credentials = 0
+    if jid is not None:
+        account = await s.store.get_account(jid)
+        if account is None:  # deleted since the login was checked
+            raise Unauthorized("no such account")
+        credentials = account.credentials
     step = await s.streams.step(feed, jid, since)
     headers = {"Cache-Control": "no-cache", **s.cors.headers_for(request)}
-    return await _answer(request, feed, jid, step, headers)
+    return await _answer(request, Link(feed, jid, None, credentials), step, headers)
 
 
 async def next_page(request: Request) -> Response:
@@ -67,7 +73,11 @@ async def next_page(request: Request) -> Response:
     try:
         link = s.link_tokens.read(request.path_params["link"])
     except BadLink:
-        return Response(b"", media_type=SSE_CONTENT_TYPE)  # ends the stream: the client is back
+        return _ended()
+    if link.jid is not None:
+        account = await s.store.get_account(link.jid)
+        if account is None or account.credentials != link.credentials:
+            return _ended()  # deleted, or a password or key changed since the stream opened
     if link.cursor is not None:  # the next page, or a hint on a hint channel
         s.feed_requests["stream_page"] += 1
         cursor: int | None = link.cursor
@@ -76,19 +86,24 @@ async def next_page(request: Request) -> Response:
         grip_last = _grip_last(request.headers.get("grip-last", ""))
         cursor = FOREIGN_CURSOR if grip_last is None else grip_last
     step = await s.streams.step(link.feed, link.jid, cursor)
-    return await _answer(request, link.feed, link.jid, step, {})
+    return await _answer(request, link, step, {})
 
 
-async def _answer(
-    request: Request, feed: str, jid: str | None, step: Step, headers: dict[str, str]
-) -> Response:
+def _ended() -> Response:
+    """An answer that ends the stream: the client comes back with its own login."""
+    return Response(b"", media_type=SSE_CONTENT_TYPE)
+
+
+async def _answer(request: Request, stream: Link, step: Step, headers: dict[str, str]) -> Response:
+    """``stream``: whose stream of which feed (its cursor is the step's)."""
     s = services(request)
     if step.hold and step.hold[0] == FIREHOSE:
-        jid = None  # the public firehose: one link for all who see it so (app/streams.py)
+        # the public firehose: one link for all who see it so (app/streams.py)
+        stream = Link(stream.feed, None, None)
     # Pushpin's Grip-Last tells where a held stream stands, but not on a hint channel, where
     # it sends nothing itself (its Grip-Last is the hint's id): there the token tells.
     told = step.hold is not None and step.hold[0] != FIREHOSE_HINT
-    link = Link(feed, jid, None if told else step.cursor)
+    link = Link(stream.feed, stream.jid, None if told else step.cursor, stream.credentials)
     token = quote(s.link_tokens.make(link), safe="")
     headers["Grip-Link"] = f"<{NEXT_PATH}/{token}>; rel=next; timeout={LINK_TIMEOUT}"
     if step.hold is not None:

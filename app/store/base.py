@@ -5,11 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
+# What on_announce hears when the process listens again after losing its connection to the
+# database: announcements made meanwhile went unheard.
+LISTENING_AGAIN = "listening again"
+
 
 class Account(NamedTuple):
     jid: str
     password_hash: str
     api_key: str
+    credentials: int = 0  # how many times its password or API key changed
 
 
 class SessionRow(NamedTuple):
@@ -176,7 +181,25 @@ class Store(Protocol):
     async def create_account(self, jid: str, password_hash: str, api_key: str, now: str) -> None:
         """Conflict if the name is taken by an account or a channel."""
 
-    async def get_account(self, jid: str) -> Account | None: ...
+    async def get_account(self, jid: str) -> Account | None:
+        """The account, unless there is none or it was deleted."""
+
+    async def change_credentials(
+        self,
+        jid: str,
+        password_hash: str | None = None,
+        was: str | None = None,
+        api_key: str | None = None,
+    ) -> int | None:
+        """Set the account's password hash (if it still is ``was``, when given) and/or API key,
+        count the change and end its browser sessions; the account's id, or None (no account,
+        or its password changed meanwhile)."""
+
+    async def delete_account(self, jid: str, was: str, now: str) -> int | None:
+        """Delete the account whose password hash still is ``was``: its credentials, sessions,
+        queues and follows go; its row stays, so its id and name are never given again. The
+        account's id, or None."""
+
     async def create_channel(
         self,
         jid: str,

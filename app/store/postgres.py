@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from app.store.base import LISTENING_AGAIN
 from app.store.schema import POSTGRES_MIGRATIONS
 from app.store.sql import Row
 
@@ -106,6 +107,7 @@ class PostgresDatabase:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.on_append()  # commits made meanwhile went unheard
+        self.on_announce(LISTENING_AGAIN)  # and so did announcements
 
     def _appended(self, *args: Any) -> None:
         self.on_append()

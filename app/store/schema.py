@@ -194,6 +194,14 @@ MIGRATIONS: list[str] = [
     CREATE INDEX idempotency_keys_by_created ON idempotency_keys (created);
     ALTER TABLE channel_heads ADD COLUMN pruned INTEGER NOT NULL DEFAULT 0;
     """,
+    # 9: an account's credentials change (a password, a new API key) and it may be deleted: a
+    # count of its credential changes, which every stream's next link names (a stream opened
+    # before a change ends at its next call), and when it was deleted (the row stays: its id
+    # names Pushpin channels and its name authors posts, so neither is given again).
+    """
+    ALTER TABLE accounts ADD COLUMN credentials INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN deleted TEXT;
+    """,
 ]
 
 # PostgreSQL, the backend for several nodes: version 1 is the SQLite schema as of version 5,
@@ -327,5 +335,10 @@ POSTGRES_MIGRATIONS: list[str] = [
     ALTER TABLE posts DROP CONSTRAINT posts_event_id_fkey;
     ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_event_id_fkey;
     ALTER TABLE channel_heads ADD COLUMN pruned BIGINT NOT NULL DEFAULT 0;
+    """,
+    # 5: credential changes and deleted accounts (SQLite's version 9).
+    """
+    ALTER TABLE accounts ADD COLUMN credentials BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN deleted TEXT;
     """,
 ]

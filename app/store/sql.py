@@ -229,9 +229,55 @@ class SqlStore:
     async def get_account(self, jid: str) -> Account | None:
         async with self.db.connection() as conn:
             row = await conn.fetchone(
-                "SELECT jid, password_hash, api_key FROM accounts WHERE jid = ?", jid
+                "SELECT jid, password_hash, api_key, credentials FROM accounts"
+                " WHERE jid = ? AND deleted IS NULL",
+                jid,
             )
-        return Account(*row) if row else None
+        return Account(row[0], row[1], row[2], int(row[3])) if row else None
+
+    async def change_credentials(
+        self,
+        jid: str,
+        password_hash: str | None = None,
+        was: str | None = None,
+        api_key: str | None = None,
+    ) -> int | None:
+        async with self._write() as tx:
+            row = await tx.fetchone(
+                "SELECT id, password_hash FROM accounts WHERE jid = ? AND deleted IS NULL", jid
+            )
+            if row is None or (was is not None and row[1] != was):
+                return None
+            if password_hash is not None:
+                await tx.execute(
+                    "UPDATE accounts SET password_hash = ? WHERE id = ?", password_hash, row[0]
+                )
+            if api_key is not None:
+                await tx.execute("UPDATE accounts SET api_key = ? WHERE id = ?", api_key, row[0])
+            await tx.execute(
+                "UPDATE accounts SET credentials = credentials + 1 WHERE id = ?", row[0]
+            )
+            await tx.execute("DELETE FROM sessions WHERE jid = ?", jid)
+            return int(row[0])
+
+    async def delete_account(self, jid: str, was: str, now: str) -> int | None:
+        async with self._write() as tx:
+            row = await tx.fetchone(
+                "SELECT id, password_hash FROM accounts WHERE jid = ? AND deleted IS NULL", jid
+            )
+            if row is None or row[1] != was:
+                return None
+            # No password hash matches '', and no API key is '!' and an id (keys are base64url).
+            await tx.execute(
+                "UPDATE accounts SET password_hash = '', api_key = ?,"
+                " credentials = credentials + 1, deleted = ? WHERE id = ?",
+                f"!{row[0]}",
+                now,
+                row[0],
+            )
+            for table in ("sessions", "queues", "subscriptions", "given_roles"):
+                await tx.execute(f"DELETE FROM {table} WHERE jid = ?", jid)
+            return int(row[0])
 
     async def create_channel(
         self,
