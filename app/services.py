@@ -12,6 +12,7 @@ from app.config import Settings
 from app.cors import Cors
 from app.feeds import Feeds
 from app.holds import HeldRequests
+from app.metrics import Metrics
 from app.publisher import Publisher
 from app.sessions import Sessions
 from app.sockets import Sockets
@@ -36,6 +37,7 @@ class Services:
     sockets: Sockets
     cors: Cors
     held: HeldRequests
+    metrics: Metrics
     in_flight: int = 0
     requests: int = 0  # handled since start
     # realtime requests per feed: a test tells a published answer from one the origin gave

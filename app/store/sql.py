@@ -893,6 +893,13 @@ class SqlStore:
                 limit,
             )
 
+    async def open_queues(self, now: float) -> int:
+        async with self.db.connection() as conn:
+            (count,) = await _one(
+                conn, "SELECT count(*) FROM queues WHERE last_poll + lifespan >= ?", now
+            )
+        return int(count)
+
     # -- rate limits -----------------------------------------------------------------------
 
     async def take_slot(self, name: str, key: str, limit: int, window: float, now: float) -> float:
