@@ -260,7 +260,7 @@ class Publisher:
                     target=target.label,
                     failing=target.failing,
                     lag_items=items,
-                    lag_events=max(0, newest - position.event_id) if items else 0,
+                    lag_events=max(0, newest - _through(position)) if items else 0,
                     lag_seconds=round(seconds, 3),
                     stalled=items > 0 and idle > stalled_after,
                     passed_over=target.passed_over,
@@ -488,6 +488,12 @@ def _epoch(iso: str) -> float:
 def _past(position: Position, channel: str, item_id: int) -> bool:
     """Has a target at ``position`` published item ``item_id`` of ``channel``? (0: nothing.)"""
     return item_id == 0 or (position.event_id, position.channel) >= (item_id, channel)
+
+
+def _through(position: Position) -> int:
+    """The last event a target at ``position`` has passed: (E, "") is before E's deliveries
+    (Position.after_event), (E, channel) among them or after the last."""
+    return position.event_id - 1 if position.channel == "" else position.event_id
 
 
 def _fit(items: list[bytes]) -> int:

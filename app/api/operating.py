@@ -8,7 +8,9 @@ import hmac
 import ipaddress
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 # checks time out after a few seconds; this answers first).
 STORE_ANSWER_SECONDS = 3.0
 NOT_STORED = {"Cache-Control": "no-store"}
+T = TypeVar("T")
 
 
 async def health(request: Request) -> Response:
@@ -33,7 +36,7 @@ async def health(request: Request) -> Response:
     reason). Each target's lag is read from the store every origin shares."""
     s = services(request)
     try:
-        last, targets = await asyncio.wait_for(_read(s), STORE_ANSWER_SECONDS)
+        last, targets = await _within(_read(s), STORE_ANSWER_SECONDS)
     except TimeoutError:
         log.error("health: the store did not answer in %.0fs", STORE_ANSWER_SECONDS)
         return _unhealthy(f"store: no answer in {STORE_ANSWER_SECONDS:.0f}s")
@@ -67,6 +70,19 @@ async def health(request: Request) -> Response:
 
 async def _read(s: Services) -> tuple[int, list[TargetLag]]:
     return await s.store.last_event_id(), await s.publisher.lag(s.settings.health_publish_seconds)
+
+
+async def _within(read: Coroutine[Any, Any, T], seconds: float) -> T:
+    """``read``'s answer, or TimeoutError after ``seconds``. Unlike wait_for, this does not wait
+    for the read to end once it is cancelled: a database driver may wait for the server to
+    acknowledge the cancellation, from a store that does not answer. The read runs on (its
+    end is collected) and fails or ends when the store answers again."""
+    task = asyncio.ensure_future(read)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        raise TimeoutError
+    return task.result()
 
 
 def _unhealthy(reason: str) -> Response:
