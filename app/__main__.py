@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from app import logs
 from app.config import ConfigError, Settings
 from app.main import create_app
 from app.pushpin import Pushpin, PushpinError
@@ -45,7 +46,10 @@ async def serve(settings: Settings, with_pushpin: bool = True) -> int:
             loop="none",
             http="httptools",
             log_level=settings.log_level,
-            access_log=settings.log_level == "debug",
+            # Our own request log (app/api/request_log.py) says more, with the request's id;
+            # uvicorn's loggers write through the handler app.logs configures.
+            access_log=False,
+            log_config=None,
             lifespan="on",
             # About 1 s after a channel's first subscriber, Pushpin asks the origin again for
             # every request held on it, through a connection each: thousands at once. With
@@ -68,6 +72,7 @@ async def serve(settings: Settings, with_pushpin: bool = True) -> int:
         sig_key=settings.grip_sig_key,
         sig_iss=settings.grip_sig_iss,
         binary=settings.pushpin_bin,
+        metrics_port=settings.pushpin_metrics_port,
     )
 
     def on_signal() -> None:
@@ -100,7 +105,8 @@ async def serve(settings: Settings, with_pushpin: bool = True) -> int:
             f"Ready: clients connect to http://127.0.0.1:{settings.port}/ "
             f"(try /api/notifications/posts); origin on {settings.origin_host}:"
             f"{settings.origin_port}, its Pushpin takes publishes on 127.0.0.1:"
-            f"{settings.publish_port}, {len(settings.grip_urls)} publish target(s), data in "
+            f"{settings.publish_port}{pushpin_metrics(settings)}, "
+            f"{len(settings.grip_urls)} publish target(s), data in "
             f"{settings.data_dir}. Ctrl-C stops.",
             flush=True,
         )
@@ -112,6 +118,11 @@ async def serve(settings: Settings, with_pushpin: bool = True) -> int:
         await pushpin.stop()  # whatever happened: no Pushpin outlives the run command
     log.info("stopped")
     return 0
+
+
+def pushpin_metrics(settings: Settings) -> str:
+    port = settings.pushpin_metrics_port
+    return f" and shows its metrics on 127.0.0.1:{port}" if port else ""
 
 
 async def supervise(pushpin: Pushpin) -> None:
@@ -144,12 +155,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # httpx (the readiness check of Pushpin) would log a line per request.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logs.configure(settings.log_level, settings.log_format)
     import uvloop
 
     try:

@@ -130,6 +130,10 @@ class Accounts:
             "most_at_once": self._hashing.most,
         }
 
+    def logins_refused(self) -> dict[str, int]:
+        """Logins refused (429) since start, by the limit that refused them."""
+        return {t.name: t.refused for t in (self._per_account, self._per_address, self._unknown)}
+
     async def create(self, username: object, password: object, address: str = "") -> str:
         """A new account; Conflict if the name is taken, TooManyRequests past the accounts
         ``address`` may create in an hour (the name is checked first: it costs no hash)."""

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from app.grip import FASTLY_API_HOST, SigKey, parse_grip_url, without_credentials
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(Exception):
@@ -133,6 +134,11 @@ class Settings:
     commit_delay: float = 0.0
     cors_origins: list[str] = field(default_factory=list)
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one object a line
+    # GET /metrics: with a token, only with it (Bearer); without, only straight from loopback
+    metrics_token: str = ""
+    # Pushpin's own Prometheus metrics, on 127.0.0.1 (0: none), started by the run command
+    pushpin_metrics_port: int = 5564
     pushpin_bin: str = "pushpin"
     pushpin_config: Path = Path("pushpin/pushpin.conf")
     # More certificate authorities to trust for https publish targets (a PEM bundle)
@@ -192,6 +198,9 @@ class Settings:
             session_cache_seconds=_int(env, "SESSION_CACHE_SECONDS", 5, 0),
             cors_origins=_list(env, "CORS_ORIGINS"),
             log_level=env.get("LOG_LEVEL", "info").lower(),
+            log_format=env.get("LOG_FORMAT", "text").lower(),
+            metrics_token=env.get("METRICS_TOKEN", ""),
+            pushpin_metrics_port=_int(env, "PUSHPIN_METRICS_PORT", 5564, 0),
             pushpin_bin=env.get("PUSHPIN_BIN", "pushpin"),
             pushpin_config=Path(env.get("PUSHPIN_CONFIG", "pushpin/pushpin.conf")).resolve(),
             grip_ca_file=Path(ca_file).resolve() if ca_file else None,
@@ -204,6 +213,10 @@ class Settings:
                 raise ConfigError(f"ORIGINS: {origin!r} is not host:port")
         if settings.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        if settings.log_format not in LOG_FORMATS:
+            raise ConfigError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+        if settings.metrics_token and len(settings.metrics_token) < 16:
+            raise ConfigError("METRICS_TOKEN must be at least 16 characters")
         return settings
 
 

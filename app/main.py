@@ -11,7 +11,6 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.accounts import CREATION_WINDOW, Accounts
 from app.aloha import Aloha
@@ -21,13 +20,15 @@ from app.api import (
     content,
     notifications,
     openapi,
+    operating,
     page,
     social,
     sockets,
     streams,
 )
-from app.api.common import api_error_handler, http_error_handler
+from app.api.common import api_error_handler, http_error_handler, server_error_handler
 from app.api.percent_encoding import PercentEncoding
+from app.api.request_log import RequestLog
 from app.channels import Channels
 from app.config import Settings
 from app.cors import Cors
@@ -35,6 +36,7 @@ from app.errors import ApiError
 from app.feeds import Feeds
 from app.holds import HeldRequests
 from app.lifecycle import Lifecycle
+from app.metrics import Metrics
 from app.model import name_problems
 from app.publisher import Publisher
 from app.retention import Retention
@@ -50,28 +52,11 @@ log = logging.getLogger("app")
 DRAIN_SECONDS = 5.0
 
 
-class CountInFlight:
-    """Counts HTTP requests being handled, to show that Pushpin, not the origin, holds them."""
-
-    def __init__(self, app: ASGIApp, services: Services) -> None:
-        self.app, self.services = app, services
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        self.services.in_flight += 1
-        self.services.requests += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.services.in_flight -= 1
-
-
 ROUTES = [
     Route("/", page.page, methods=["GET"]),
     Route("/page.js", page.script, methods=["GET"]),
-    Route("/health", accounts.health, methods=["GET"]),
+    Route("/health", operating.health, methods=["GET"]),
+    Route("/metrics", operating.metrics, methods=["GET"]),
     Route("/openapi.json", openapi.openapi, methods=["GET"]),
     Route("/api/v1/server_settings", aloha.server_settings, methods=["GET", "POST"]),
     Route("/api/v1/fetch_api_key", aloha.fetch_api_key, methods=["POST"]),
@@ -109,13 +94,18 @@ ROUTES = [
 
 
 def create_app(settings: Settings) -> Starlette:
-    store = open_store(settings.database_url, settings.database_pool_size, settings.commit_delay)
+    metrics = Metrics()
+    # Every store call is timed (store_call_seconds), by the name of the call.
+    store = metrics.timed(
+        open_store(settings.database_url, settings.database_pool_size, settings.commit_delay)
+    )
     publisher = Publisher(
         store,
         settings.grip_urls,
         settings.publish_timeout,
         settings.publish_poll_seconds,
         settings.grip_ca_file,
+        metrics,
     )
     cors = Cors(settings.cors_origins)
     store.on_commit = publisher.notify
@@ -153,6 +143,30 @@ def create_app(settings: Settings) -> Starlette:
             settings.retention_events,
             settings.retention_check_seconds,
         ),
+        metrics=metrics,
+    )
+    accounts_ = services.accounts
+    metrics.read_at_scrape(
+        "password_hashes",
+        "Slow password hashes computed: to check a login, or for a new account",
+        "purpose",
+        lambda: {"login": accounts_.slow_checks, "account": accounts_.new_hashes},
+    )
+    metrics.read_at_scrape(
+        "logins_throttled",
+        "Logins refused (429) by a limit on failures or on unknown accounts",
+        "limit",
+        accounts_.logins_refused,
+    )
+    retention_ = services.retention
+    metrics.read_at_scrape(
+        "retention_pruned_rows",
+        "Rows retention removed (app/retention.py), by table",
+        "table",
+        lambda: {
+            "events": retention_.pruned_events,
+            "deliveries": retention_.pruned_deliveries,
+        },
     )
 
     @contextlib.asynccontextmanager
@@ -181,11 +195,15 @@ def create_app(settings: Settings) -> Starlette:
         routes=ROUTES,
         # CORS only where browser origins are configured: it wraps every answer otherwise.
         middleware=[
-            Middleware(CountInFlight, services=services),
+            Middleware(RequestLog, services=services),
             *([cors.middleware()] if settings.cors_origins else []),
             Middleware(PercentEncoding),
         ],
-        exception_handlers={ApiError: api_error_handler, HTTPException: http_error_handler},
+        exception_handlers={
+            ApiError: api_error_handler,
+            HTTPException: http_error_handler,
+            Exception: server_error_handler,
+        },
         lifespan=lifespan,
     )
     # No redirect from a path with a trailing slash to one without: Starlette builds its

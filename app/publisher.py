@@ -32,6 +32,7 @@ import jwt
 
 from app.config import ConfigError
 from app.grip import hint_item, parse_grip_url, response_item, without_credentials
+from app.metrics import Metrics
 from app.model import FIREHOSE, FIREHOSE_HINT, feed_body, feed_of
 from app.publish_client import ClientError, PublishClient, publish_client
 from app.store import Store
@@ -57,6 +58,7 @@ class TargetLag:
     target: str
     failing: bool  # its last publish failed
     lag_items: int  # deliveries not yet accepted (counted up to LAG_COUNT_MAX)
+    lag_events: int  # the newest event's id minus the one it has accepted up to
     lag_seconds: float  # age of the oldest of them
     stalled: bool
     passed_over: int
@@ -84,6 +86,8 @@ class Target:
     client: PublishClient | None = None
     wake_client: PublishClient | None = None
     saved: Position = field(default_factory=lambda: Position(0, ""))  # as the store has it
+    # as the store had it when this origin, not publishing to the target, last looked (lag)
+    seen_saved: Position = field(default_factory=lambda: Position(0, ""))
     saved_at: float = 0.0
     failing: bool = False  # its last publish failed
     accepted_at: float = field(default_factory=time.monotonic)  # its last accepted publish
@@ -118,8 +122,10 @@ class Publisher:
         timeout: float = 5.0,
         poll_seconds: float = 1.0,
         ca_file: Path | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
         # How often it looks at the log unwoken: a safety net, which also picks up commits
         # made by another process on the same store.
         self.poll_seconds = poll_seconds
@@ -249,11 +255,24 @@ class Publisher:
 
     async def lag(self, stalled_after: float) -> list[TargetLag]:
         """Where each target stands: what waits for it, since when, and whether it is stalled
-        (events wait and it has accepted nothing for ``stalled_after`` seconds)."""
+        (events wait and it has accepted nothing for ``stalled_after`` seconds).
+
+        Where another origin publishes, this one knows the target's position from what that
+        one announces, and from what it saves in the store: the store's, when it is further
+        (an origin started after the last publish has heard nothing), counts as progress."""
         now, wall = time.monotonic(), time.time()
+        newest = await self.store.last_event_id()
         lags = []
         for target in self.targets:
-            items, oldest = await self.store.backlog(target.position, LAG_COUNT_MAX)
+            position = target.position
+            if not target.leader:
+                saved = await self.store.publish_position(target.label)
+                if saved is not None and saved > target.seen_saved:
+                    target.seen_saved = saved
+                    if saved > position:
+                        target.accepted_at = now
+                position = max(position, target.seen_saved)
+            items, oldest = await self.store.backlog(position, LAG_COUNT_MAX)
             seconds = 0.0 if oldest is None else max(0.0, wall - _epoch(oldest))
             idle = now - target.accepted_at
             lags.append(
@@ -261,6 +280,7 @@ class Publisher:
                     target=target.label,
                     failing=target.failing,
                     lag_items=items,
+                    lag_events=max(0, newest - _through(position)) if items else 0,
                     lag_seconds=round(seconds, 3),
                     stalled=items > 0 and idle > stalled_after,
                     passed_over=target.passed_over,
@@ -328,6 +348,7 @@ class Publisher:
                 # same batch has: retry it, ever more patiently. This task must not die.
                 target.failing = True
                 if isinstance(exc, PublishError):
+                    self.metrics.publish_failed(target.label)
                     log.warning(
                         "publish after %s to %s failed: %s; retrying in %.2fs",
                         target.position,
@@ -404,6 +425,7 @@ class Publisher:
         if target.wakes is not None:
             target.wakes.add((row.channel, row.event_id) for row in rows)
         self.published += len(rows)
+        self.metrics.published(target.label, len(rows))
         self._progress.set()
         self._progress = asyncio.Event()
         # The holds other origins made on these channels end too, when they hear of it.
@@ -486,6 +508,12 @@ def _epoch(iso: str) -> float:
 def _past(position: Position, channel: str, item_id: int) -> bool:
     """Has a target at ``position`` published item ``item_id`` of ``channel``? (0: nothing.)"""
     return item_id == 0 or (position.event_id, position.channel) >= (item_id, channel)
+
+
+def _through(position: Position) -> int:
+    """The last event a target at ``position`` has passed: (E, "") is before E's deliveries
+    (Position.after_event), (E, channel) among them or after the last."""
+    return position.event_id - 1 if position.channel == "" else position.event_id
 
 
 def _fit(items: list[bytes]) -> int:

@@ -24,6 +24,7 @@ import httpx
 log = logging.getLogger("app.pushpin")
 
 DEBIAN_INTERNAL_CONF = Path("/usr/lib/pushpin/internal.conf")
+METRICS_PREFIX = "pushpin_"
 _PROCESS_NAMES = ("pushpin", "condure", "zurl", "m2adapter", "mongrel2")
 
 
@@ -41,6 +42,7 @@ class Pushpin:
     sig_key: str
     sig_iss: str = "pushpin"
     binary: str = "pushpin"
+    metrics_port: int = 0  # Pushpin's Prometheus metrics, on loopback (0: none)
     _process: asyncio.subprocess.Process | None = None
 
     @property
@@ -79,6 +81,10 @@ class Pushpin:
         handler["push_in_spec"] = "ipc://{rundir}/{ipc_prefix}push-in"
         handler["push_in_sub_specs"] = "ipc://{rundir}/{ipc_prefix}push-in-sub"
         handler["command_spec"] = "ipc://{rundir}/{ipc_prefix}handler-command"
+        if self.metrics_port:
+            # The handler's metrics take in the proxy's (connections) too: one port serves all.
+            handler["prometheus_port"] = f"127.0.0.1:{self.metrics_port}"
+            handler["prometheus_prefix"] = METRICS_PREFIX
         (self.rundir / "routes").write_text(self._render_routes())
         path = self.rundir / "pushpin.conf"
         path.unlink(missing_ok=True)

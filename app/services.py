@@ -13,6 +13,7 @@ from app.cors import Cors
 from app.feeds import Feeds
 from app.holds import HeldRequests
 from app.lifecycle import Lifecycle
+from app.metrics import Metrics
 from app.publisher import Publisher
 from app.retention import Retention
 from app.sessions import Sessions
@@ -40,6 +41,7 @@ class Services:
     cors: Cors
     held: HeldRequests
     retention: Retention
+    metrics: Metrics
     in_flight: int = 0
     requests: int = 0  # handled since start
     # realtime requests per feed: a test tells a published answer from one the origin gave

@@ -25,12 +25,16 @@ class Throttle:
         self.name = name
         self.limit = limit
         self.window = window
+        self.refused = 0  # takes refused since start (each a 429), for the metrics
 
     async def take(self, key: str, now: float | None = None) -> float:
         """Count one for ``key`` if it is under the limit (0 then); else the seconds until it
         may, counting nothing. Checked and counted at once, so no concurrency passes it."""
         now = time.time() if now is None else now
-        return await self.store.take_slot(self.name, key, self.limit, self.window, now)
+        wait = await self.store.take_slot(self.name, key, self.limit, self.window, now)
+        if wait:
+            self.refused += 1
+        return wait
 
     async def give_back(self, key: str) -> None:
         """Uncount the latest one taken for ``key`` (what it was taken for went well)."""

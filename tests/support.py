@@ -72,12 +72,13 @@ class Stack:
     process: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
-        port, origin, publish = free_ports(3)
+        port, origin, publish, pushpin_metrics = free_ports(4)
         self.env = {
             "DATA_DIR": str(self.data_dir),
             "PORT": str(port),
             "ORIGIN_PORT": str(origin),
             "PUSHPIN_PUBLISH_PORT": str(publish),
+            "PUSHPIN_METRICS_PORT": str(pushpin_metrics),
             "LOG_LEVEL": "info",
             **RAISED_LIMITS,
             **self.env,

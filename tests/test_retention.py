@@ -20,6 +20,7 @@ from tests.conftest import unique
 from tests.databases import database_env
 from tests.support import Background, Stack, health, running
 from tests.test_aloha import Aloha
+from tests.test_metrics import scrape, value
 from tests.test_posts_feed import follow, last, post
 from tests.test_sockets import PRESENCE, Socket
 from tests.test_streams import open_stream, take
@@ -73,9 +74,8 @@ def test_a_pruned_cursor_gets_410_and_going_on_from_last_loses_nothing_kept(
         r = c.get(f"/api/notifications/posts?since={start}")
         assert r.status_code == 410, r.text
         gone = r.json()
-        assert (
-            set(gone) == {"error", "last"} and "older than what the server keeps" in gone["error"]
-        )
+        assert set(gone) == {"error", "last", "request_id"}
+        assert "older than what the server keeps" in gone["error"]
         resume = gone["last"]
         assert int(start) < int(resume) < int(last(c))
         # From `last`, what is kept, each once and in order, to the newest post.
@@ -88,6 +88,9 @@ def test_a_pruned_cursor_gets_410_and_going_on_from_last_loses_nothing_kept(
         # History too.
         assert c.get(f"/api/notifications/history?since={start}").status_code == 410
         assert c.get(f"/api/notifications/history?since={resume}").status_code == 200
+        # The pruning shows in /metrics.
+        pruned = "buddycloud_retention_pruned_rows_total"
+        assert value(scrape(kept), pruned, table="events") > 0
 
 
 def test_a_cursor_within_retention_is_answered_in_full(kept: Stack) -> None:

@@ -1,9 +1,6 @@
-"""Accounts and the health check."""
+"""Accounts and browser sessions."""
 
 from __future__ import annotations
-
-import logging
-from dataclasses import asdict
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,7 +18,6 @@ from app.api.common import (
 )
 from app.errors import BadRequest, NotFound, Unauthorized
 
-log = logging.getLogger(__name__)
 # An answer that sets or clears a session cookie is no cache's to keep.
 NOT_STORED = {"Cache-Control": "no-store"}
 
@@ -120,50 +116,3 @@ async def end_session(request: Request) -> Response:
         await services(request).sessions.end(token)
     cookie = browser.clear_cookie(scheme(request) == "https")
     return Response(status_code=204, headers={"Set-Cookie": cookie, **NOT_STORED})
-
-
-async def health(request: Request) -> Response:
-    """200 ``ok``, or 503 with the reason: the store does not answer, or every publish
-    target has events waiting and has accepted none for HEALTH_PUBLISH_SECONDS (one dead
-    Pushpin among several is shown, and is not a reason)."""
-    s = services(request)
-    try:
-        last = await s.store.last_event_id()
-        oldest = await s.store.oldest_event_id()
-        targets = await s.publisher.lag(s.settings.health_publish_seconds)
-    except Exception as exc:
-        log.exception("health: the store does not answer")
-        return JSONResponse({"status": "unhealthy", "reason": f"store: {exc}"}, 503)
-    body = {
-        "status": "ok",
-        "last": str(last),
-        # requests being handled right now, this one excluded: holds live in Pushpin
-        "requests_in_flight": s.in_flight - 1,
-        "requests": s.requests,  # handled since start, this one included
-        "feed_requests": dict(s.feed_requests),
-        "published_items": s.publisher.published,
-        "holds_unconfirmed": s.holds_unconfirmed,
-        # Aloha queues deleted after their life, and the longest the loop spent on one step
-        "queues_expired": s.aloha.expired,
-        "longest_expiry_step_ms": round(s.aloha.longest_expiry_step * 1000, 3),
-        "targets": [asdict(t) for t in targets],
-        "password_hashes": s.accounts.hashes(),
-        "retention": {
-            "seconds": s.settings.retention_seconds,
-            "events": s.settings.retention_events,
-            "oldest": str(oldest),  # the oldest event kept
-            # pruned by this origin since it started
-            "pruned_events": s.retention.pruned_events,
-            "pruned_deliveries": s.retention.pruned_deliveries,
-            "batches": s.retention.batches,
-            "longest_batch_ms": round(s.retention.longest_batch * 1000, 3),
-        },
-    }
-    if all(t.stalled for t in targets):
-        body["status"] = "unhealthy"
-        body["reason"] = (
-            f"events wait and no publish target has accepted any for "
-            f"{s.settings.health_publish_seconds}s"
-        )
-        return JSONResponse(body, 503)
-    return JSONResponse(body)

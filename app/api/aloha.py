@@ -80,7 +80,7 @@ async def events(request: Request) -> Response:
     found, hold = await aloha.events(jid, fields.get("queue_id", ""), last_event_id)
     if found or _json(fields, "dont_block"):
         return success(events=found)
-    return await held(request, hold, jid)
+    return await held(request, "aloha", hold, jid)
 
 
 async def messages(request: Request) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -25,6 +26,7 @@ from app.errors import (
 from app.feeds import Hold
 from app.services import Services
 
+log = logging.getLogger(__name__)
 # The longest post, form-encoded as the Zulip client sends it, is about 120 KB.
 MAX_REQUEST_BYTES = 256 * 1024
 JSON_TYPE = "application/json"
@@ -164,13 +166,25 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+def request_id(request: Request) -> str | None:
+    """The request's id (app/api/request_log.py), which its log line and error answer carry."""
+    found: str | None = getattr(request.state, "request_id", None)
+    return found
+
+
 def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    request_id: str | None = None,
 ) -> JSONResponse:
     headers = dict(headers or {})
     if status == 401:
-        headers["WWW-Authenticate"] = f'Basic realm="{REALM}"'
-    return JSONResponse({"error": message}, status, headers)
+        headers.setdefault("WWW-Authenticate", f'Basic realm="{REALM}"')
+    body = {"error": message}
+    if request_id:
+        body["request_id"] = request_id
+    return JSONResponse(body, status, headers)
 
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:
@@ -179,19 +193,27 @@ async def api_error_handler(request: Request, exc: Exception) -> Response:
     if isinstance(exc, TooManyRequests):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     if request.url.path.startswith("/api/v1/"):
-        return zulip_error(exc.status, exc.message, exc.code, headers, exc)
+        return zulip_error(exc.status, exc.message, exc.code, headers, exc, request_id(request))
     if isinstance(exc, Gone):  # the cursor to go on from
-        return JSONResponse({"error": exc.message, "last": str(exc.last)}, exc.status, headers)
-    return error_response(exc.status, exc.message, headers)
+        body = {"error": exc.message, "last": str(exc.last), "request_id": request_id(request)}
+        return JSONResponse(body, exc.status, headers)
+    return error_response(exc.status, exc.message, headers, request_id(request))
 
 
 def zulip_error(
-    status: int, message: str, code: str, headers: dict[str, str], exc: Exception | None = None
+    status: int,
+    message: str,
+    code: str,
+    headers: dict[str, str],
+    exc: Exception | None = None,
+    request_id: str | None = None,
 ) -> JSONResponse:
     """Errors on /api/v1 as Zulip writes them (its clients read ``code``)."""
     body: dict[str, Any] = {"result": "error", "msg": message, "code": code}
     if isinstance(exc, UnknownQueue):
         body["queue_id"] = exc.queue_id
+    if request_id:
+        body["request_id"] = request_id
     if status == 401:
         headers = {**headers, "WWW-Authenticate": f'Basic realm="{REALM}"'}
     return JSONResponse(body, status, headers)
@@ -202,12 +224,21 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     message = {404: "no such endpoint", 405: "method not allowed on this endpoint"}
     text = message.get(exc.status_code, str(exc.detail))
     if request.url.path.startswith("/api/v1/"):
-        response = zulip_error(exc.status_code, text, "BAD_REQUEST", {})
+        response = zulip_error(exc.status_code, text, "BAD_REQUEST", {}, None, request_id(request))
     else:
-        response = error_response(exc.status_code, text)
+        response = error_response(exc.status_code, text, None, request_id(request))
     if exc.headers:
         response.headers.update(exc.headers)
     return response
+
+
+async def server_error_handler(request: Request, exc: Exception) -> Response:
+    """An error no handler expected: a JSON 500 with the request's id, which the log line
+    before the traceback names too (uvicorn logs the traceback once this is sent)."""
+    rid = request_id(request)
+    log.error("internal error answering %s %s (request %s)", request.method, request.url.path, rid)
+    headers = {"X-Request-Id": rid} if rid else {}
+    return error_response(500, "internal error", headers, rid)
 
 
 def query_int(request: Request, name: str, default: int, minimum: int, maximum: int) -> int:
@@ -224,7 +255,7 @@ def query_int(request: Request, name: str, default: int, minimum: int, maximum: 
     return int(raw)
 
 
-async def held(request: Request, hold: Hold, jid: str | None) -> Response:
+async def held(request: Request, feed: str, hold: Hold, jid: str | None) -> Response:
     """Answer with a GRIP hold, if the request came through our proxy (else 501: only Pushpin
     may hold a request), once what the hold's prev-ids name has been published. ``jid`` (None:
     anonymous) and the client's address may each have only so many holds at once (429)."""
@@ -235,6 +266,7 @@ async def held(request: Request, hold: Hold, jid: str | None) -> Response:
         s.held.admit(jid, client_address(request), [channel for channel, _ in hold.channels])
     if not await s.publisher.published_through(hold.channels, PUBLISHED_WAIT_SECONDS):
         s.holds_unconfirmed += 1
+    s.metrics.held(feed, "long-poll")
     # The held answer's headers: Pushpin keeps them for the published answer too.
     headers = {"Content-Type": JSON_TYPE, **s.cors.headers_for(request)}
     # No Grip-Link: for a held long-poll Pushpin re-sends the client's own request when it

@@ -49,4 +49,4 @@ async def _feed(request: Request, feed: str, jid: str | None) -> Response:
     answer = await s.feeds.since(feed, jid, parse_cursor(raw_since))
     if not isinstance(answer, Hold):
         return RawJSONResponse(answer.body)
-    return await held(request, answer, jid)
+    return await held(request, feed, answer, jid)

@@ -271,6 +271,29 @@ SPEC: dict[str, Any] = {
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "The origin's metrics, in Prometheus' text format",
+                "description": "Straight from loopback (no proxy in between) without a login; "
+                "with METRICS_TOKEN set, only with Authorization: Bearer <token>, from anywhere",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus' text exposition format 0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": {
+                        "description": "METRICS_TOKEN is set and the request does not carry it",
+                        "content": _json(_ref("Error")),
+                    },
+                    "403": {
+                        "description": "Not straight from loopback, and no METRICS_TOKEN is set",
+                        "content": _json(_ref("Error")),
+                    },
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
@@ -645,8 +668,20 @@ SPEC: dict[str, Any] = {
             },
         },
         "schemas": {
-            "Error": _object(["error"], error={"type": "string"}),
-            "Gone": _object(["error", "last"], error={"type": "string"}, last={"type": "string"}),
+            "Error": _object(
+                ["error"],
+                error={"type": "string"},
+                request_id={
+                    "type": "string",
+                    "description": "the request's X-Request-Id, as the origin's log has it",
+                },
+            ),
+            "Gone": _object(
+                ["error", "last"],
+                error={"type": "string"},
+                last={"type": "string"},
+                request_id={"type": "string"},
+            ),
             "Health": _object(
                 [
                     "status",
@@ -702,6 +737,7 @@ SPEC: dict[str, Any] = {
                             "target",
                             "failing",
                             "lag_items",
+                            "lag_events",
                             "lag_seconds",
                             "stalled",
                             "passed_over",
@@ -713,6 +749,12 @@ SPEC: dict[str, Any] = {
                             "type": "integer",
                             "minimum": 0,
                             "description": "deliveries it has not accepted yet",
+                        },
+                        lag_events={
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "the newest event's id minus the id it has "
+                            "accepted up to",
                         },
                         lag_seconds={
                             "type": "number",

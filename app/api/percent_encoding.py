@@ -44,8 +44,9 @@ class PercentEncoding:
         ):
             await self.app(scope, receive, send)
             return
+        request_id = scope.get("state", {}).get("request_id")
         if scope["path"].startswith("/api/v1/"):
-            response = zulip_error(400, MESSAGE, "BAD_REQUEST", {})
+            response = zulip_error(400, MESSAGE, "BAD_REQUEST", {}, None, request_id)
         else:
-            response = error_response(400, MESSAGE)
+            response = error_response(400, MESSAGE, None, request_id)
         await response(scope, receive, send)

@@ -57,7 +57,7 @@ async def socket_events(request: Request) -> Response:
             reply = await _text(request, jid, event.content or b"", cursor is None)
             if reply.cursor is not None:
                 cursor, read = reply.cursor, True
-            out += _events(reply)
+            out += _events(request, reply)
         elif event.type == "PING":
             out.append(WebSocketEvent("PONG", event.content))
         elif event.type == "CLOSE":
@@ -68,7 +68,7 @@ async def socket_events(request: Request) -> Response:
         # (A presence's answer ends with a ping: its pong reads what came meanwhile.)
         reply = await s.sockets.catch_up(jid, cursor)
         cursor = reply.cursor
-        out += _events(reply)
+        out += _events(request, reply)
     if cursor is not None:
         headers["Set-Meta-Cursor"] = str(cursor)
     return Response(encode_websocket_events(out), headers=headers, media_type=EVENTS_TYPE)
@@ -104,9 +104,11 @@ def _count(request: Request, jid: str, kinds: set[str]) -> None:
             held.admit(jid, client_address(request), [key], seconds=SOCKET_COUNT_SECONDS)
 
 
-def _events(reply: Reply) -> list[WebSocketEvent]:
+def _events(request: Request, reply: Reply) -> list[WebSocketEvent]:
     """Subscriptions first, then the frames (text frames carry grip's ``m:`` prefix), then a
     ping if more waits or the socket just subscribed: its pong brings the next read."""
+    for _ in reply.subscribe:  # from here Pushpin holds the socket on that channel
+        services(request).metrics.held("socket", "websocket")
     out = [
         WebSocketEvent("TEXT", "c:" + json.dumps({"type": "subscribe", "channel": channel}))
         for channel in reply.subscribe

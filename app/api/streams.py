@@ -110,6 +110,7 @@ async def _answer(request: Request, stream: Link, step: Step, headers: dict[str,
         channel, prev_id = step.hold
         if not await s.publisher.published_through([step.hold], PUBLISHED_WAIT_SECONDS):
             s.holds_unconfirmed += 1
+        s.metrics.held(stream.feed, "stream")
         headers["Grip-Hold"] = "stream"
         headers["Grip-Channel"] = f"{channel}; prev-id={prev_id}"
         headers["Grip-Keep-Alive"] = KEEP_ALIVE

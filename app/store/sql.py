@@ -1003,6 +1003,13 @@ class SqlStore:
             (value,) = await _one(conn, "SELECT coalesce(min(id), 0) FROM events")
         return int(value)
 
+    async def open_queues(self, now: float) -> int:
+        async with self.db.connection() as conn:
+            (count,) = await _one(
+                conn, "SELECT count(*) FROM queues WHERE last_poll + lifespan >= ?", now
+            )
+        return int(count)
+
     # -- rate limits -----------------------------------------------------------------------
 
     async def take_slot(self, name: str, key: str, limit: int, window: float, now: float) -> float:
