@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from bench.harness import (
     Holds,
     RunResult,
     begin_fanout,
+    fanout_record,
     long_polls,
     origin_run,
     raw_run,
@@ -118,11 +118,7 @@ def run(
         bench = LongPolls(d, writer, readers, workdir / "raw-pushpin")
         results = uvloop.run(bench.run(sizes, runs, echo))
     rows = summarize(results, sizes, runs, len(readers), setup.origins, "long-polls", echo)
-    return {
-        "summary": {"sizes": rows},
-        "targets": targets(rows, "fan-out to {clients:,}"),
-        "results": [asdict(r) for r in results],
-    }
+    return fanout_record(rows, targets(rows, "fan-out to {clients:,}"), results)
 
 
 def run_repeated(

@@ -7,7 +7,8 @@ WebSockets), then one post (or a raw publish) and the time until the last of the
 - ``Bench`` alternates origin runs and raw runs on one deployment and one raw Pushpin
   (``origin_run``, ``raw_run`` do one run each); ``Clients`` are the HTTP clients they share.
 - ``summarize`` makes a row per size (medians over the runs, origin against raw, failures,
-  memory while held, CPU from the POST to the last delivery), ``targets`` the verdict.
+  memory while held, CPU from the POST to the last delivery), ``targets`` the verdict,
+  ``fanout_record`` the case's record of them and of every run.
 
 What each case holds and why: ``bench.fanout`` (long-polls), ``bench.sse_fanout``,
 ``bench.ws_fanout``.
@@ -22,7 +23,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -622,6 +623,17 @@ def summarize(
             f"(raw Pushpin {_s(row['raw_pushpin_cpu_seconds'])})"
         )
     return rows
+
+
+def fanout_record(
+    rows: list[dict[str, Any]], verdict: list[dict[str, Any]], results: list[RunResult]
+) -> dict[str, Any]:
+    """A fan-out case's part of its record: a summary row per size, the targets, every run."""
+    return {
+        "summary": {"sizes": rows},
+        "targets": verdict,
+        "results": [asdict(r) for r in results],
+    }
 
 
 def _mb(value: float | None) -> str:

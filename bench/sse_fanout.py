@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from bench.harness import (
     RunResult,
     begin_fanout,
     failed,
+    fanout_record,
     origin_run,
     raw_run,
     summarize,
@@ -140,8 +140,4 @@ def run(
         bench = FirehoseStreams(d, writer, workdir / "raw-pushpin")
         results = uvloop.run(bench.run(sizes, runs, echo))
     rows = summarize(results, sizes, runs, 0, setup.origins, "SSE streams", echo)
-    return {
-        "summary": {"sizes": rows},
-        "targets": targets(rows, "fan-out to {clients:,} SSE streams"),
-        "results": [asdict(r) for r in results],
-    }
+    return fanout_record(rows, targets(rows, "fan-out to {clients:,} SSE streams"), results)

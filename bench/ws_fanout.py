@@ -35,7 +35,6 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ from bench.harness import (
     RunResult,
     begin_fanout,
     failed,
+    fanout_record,
     median_of,
     origin_run,
     raw_run,
@@ -207,11 +207,7 @@ def run(
             f"{ms(row['raw_wake_ms'])}, failures {row['raw_wake_failures']}, Pushpin CPU "
             f"{number(row['raw_wake_pushpin_cpu_seconds'], 2)} s"
         )
-    return {
-        "summary": {"sizes": rows},
-        "targets": _targets(rows),
-        "results": [asdict(r) for r in results],
-    }
+    return fanout_record(rows, _targets(rows), results)
 
 
 def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
