@@ -79,6 +79,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def total_cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU seconds of ``pids``, summed over those that still run."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):  # it ended
+            total += cpu_seconds(pid)
+    return total
+
+
 def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
 

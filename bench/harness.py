@@ -17,7 +17,6 @@ What each case holds and why: ``bench.fanout`` (long-polls), ``bench.sse_fanout`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import time
@@ -42,6 +41,7 @@ from bench.common import (
     raise_file_limit,
     ratio,
     rss_bytes,
+    total_cpu_seconds,
     tree_rss_bytes,
 )
 from bench.setups import Deployment
@@ -228,7 +228,7 @@ class Holds:
         gc.disable()
         groups = pids or {}
         try:
-            cpu_before = {name: _cpu(group) for name, group in groups.items()}
+            cpu_before = {name: total_cpu_seconds(group) for name, group in groups.items()}
             self.published = True
             t0 = time.perf_counter()
             try:
@@ -239,7 +239,9 @@ class Holds:
                 check = _never
             request_ms = (time.perf_counter() - t0) * 1000
             done, pending = await asyncio.wait(waiting, timeout=timeout) if waiting else ((), ())
-            cpu = {name: _cpu(group) - cpu_before[name] for name, group in groups.items()}
+            cpu = {
+                name: total_cpu_seconds(group) - cpu_before[name] for name, group in groups.items()
+            }
         finally:
             gc.enable()
         for task in pending:
@@ -261,15 +263,6 @@ class Holds:
 
 def _never(body: bytes) -> bool:
     return False
-
-
-def _cpu(pids: list[int]) -> float:
-    """CPU seconds of ``pids``, those that still run."""
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            total += cpu_seconds(pid)
-    return total
 
 
 def _describe(answer: Answer) -> str:
