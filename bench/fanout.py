@@ -54,6 +54,7 @@ from bench.harness import (
     fanout_record,
     long_polls,
     origin_run,
+    raw_channel,
     raw_run,
     summarize,
     targets,
@@ -90,8 +91,7 @@ class LongPolls(Bench):
     async def raw_run(
         self, run: int, n: int, clients: Clients, echo: Callable[[str], None]
     ) -> RunResult:
-        # A new channel each run: Pushpin drops a (channel, id) pair it saw in the last 60 s.
-        channel = f"bench{n}-{run}"
+        channel = raw_channel("bench", run, n)
         holds = Holds(long_polls([self.raw.http_port], lambda i: (f"/hold/{channel}", {})))
         body = self.body or FALLBACK_BODY
         item = {

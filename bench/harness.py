@@ -466,6 +466,12 @@ async def origin_run(
     return result, measured.sample
 
 
+def raw_channel(kind: str, run: int, clients: int) -> str:
+    """A raw run's channel, new each run: every raw run publishes its item as id 1, and Pushpin
+    drops a (channel, id) pair it saw in the last 60 s."""
+    return f"{kind}{clients}-{run}"
+
+
 async def raw_run(
     raw: RawPushpin,
     holds: Holds,

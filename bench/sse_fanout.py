@@ -48,6 +48,7 @@ from bench.harness import (
     failed,
     fanout_record,
     origin_run,
+    raw_channel,
     raw_run,
     summarize,
     targets,
@@ -110,7 +111,7 @@ class FirehoseStreams(Bench):
     async def raw_run(
         self, run: int, n: int, clients: Clients, echo: Callable[[str], None]
     ) -> RunResult:
-        channel = f"sse{n}-{run}"  # a new channel each run: Pushpin drops ids seen in 60 s
+        channel = raw_channel("sse", run, n)
         streams = Streams([self.raw.http_port], f"/stream/{channel}")
         event = self.body or FALLBACK_EVENT.encode()
         item = {

@@ -57,6 +57,7 @@ from bench.harness import (
     fanout_record,
     median_of,
     origin_run,
+    raw_channel,
     raw_run,
     summarize,
 )
@@ -162,7 +163,7 @@ class UserSockets(Bench):
     ) -> RunResult:
         """A raw run: the frame published to the sockets, or (``wake``) a ping published and
         each pong answered by the tiny origin with the frame, as the origin does."""
-        channel = f"{'wake' if wake else 'ws'}{n}-{run}"  # Pushpin drops ids seen in 60 s
+        channel = raw_channel("wake" if wake else "ws", run, n)
         url = f"ws://{HOST}:{self.raw.http_port}/ws/{channel}"
         ack = json.loads(SOCKET_ACK)[0]
         sockets = Sockets(lambda i: (url, {}), json.dumps([PRESENCE, {}]), ack)
