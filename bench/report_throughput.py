@@ -32,10 +32,9 @@ def cells(s: dict[str, Any]) -> str:
         f"| {s['delivered_per_second']:,.0f}/s | {s['lost']}, {s['duplicates']} "
         f"| {_n(s['delivery_p50_ms'])}, {_n(s['delivery_p99_ms'])} ms "
         f"| {_n(s['post_p50_ms'], 1, ' ms')} "
-        f"| {errors(s['post_errors'])}; {errors(s['poll_errors'])} "
+        f"| {_errors(s['post_errors'])}; {_errors(s['poll_errors'])} "
     )
 
 
-def errors(errors: dict[str, int]) -> str:
-    """Refusals by reason, or 0."""
-    return ", ".join(f"{n} ({what})" for what, n in errors.items()) or "0"
+def _errors(by_reason: dict[str, int]) -> str:
+    return ", ".join(f"{n} ({what})" for what, n in by_reason.items()) or "0"
