@@ -33,7 +33,6 @@ creates its followers' channel heads, later ones move them).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import resource
@@ -52,11 +51,11 @@ from bench.common import (
     BenchError,
     Conn,
     RawPushpin,
-    cpu_seconds,
     median,
     ms,
     raise_file_limit,
     ratio,
+    total_cpu_seconds,
     tree_rss_bytes,
 )
 from bench.harness import Holds, held_memory, long_polls, origins_idle
@@ -89,14 +88,6 @@ def spread(count: int, among: int) -> list[int]:
     if count == 1:
         return [among - 1]
     return sorted({round(j * (among - 1) / (count - 1)) for j in range(count)})
-
-
-def _cpu(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError):  # it ended
-            total += cpu_seconds(pid)
-    return total
 
 
 class BigPost:
@@ -157,7 +148,7 @@ class BigPost:
         origin_rss, pushpin_rss = held_memory(self.d)
         before = (await origins[0].get("/health")).json()
         origin_pids, pushpin_pids = self.d.origin_pids(), self.d.pushpin_pids()
-        cpu = (_cpu(origin_pids), _cpu(pushpin_pids))
+        cpu = (total_cpu_seconds(origin_pids), total_cpu_seconds(pushpin_pids))
         writer = _writer(size)
         published: asyncio.Future[tuple[float, dict[str, Any]]] = asyncio.Future()
 
@@ -179,7 +170,7 @@ class BigPost:
         t0, commit_ms, delays = measured.t0, measured.request_ms, measured.delays
         done_at, after = await asyncio.wait_for(published, PUBLISH_DEADLINE)
         busy = max(done_at, t0 + max(delays, default=0.0) / 1000) - t0
-        used = (_cpu(origin_pids) - cpu[0], _cpu(pushpin_pids) - cpu[1])
+        used = (total_cpu_seconds(origin_pids) - cpu[0], total_cpu_seconds(pushpin_pids) - cpu[1])
         self.body = self.body or measured.sample
         return {
             "case": "origin",
@@ -229,7 +220,7 @@ class BigPost:
             for start in range(0, size, BATCH_ROWS)
         ]
         pids = self.raw.pids()
-        cpu = _cpu(pids)
+        cpu = total_cpu_seconds(pids)
         conn = Conn(self.raw.publish_port)
 
         async def publish() -> Callable[[bytes], bool]:
@@ -259,7 +250,7 @@ class BigPost:
             "quiet": quiet,
             "settle_seconds": settle,
             "origin_cpu_seconds": None,
-            "pushpin_cpu_seconds": _cpu(pids) - cpu,
+            "pushpin_cpu_seconds": total_cpu_seconds(pids) - cpu,
             "busy_seconds": max(measured.request_ms, max(measured.delays, default=0.0)) / 1000,
             "origin_rss_mb": None,
             "pushpin_rss_mb": pushpin_rss,

@@ -16,7 +16,7 @@ import platform
 import resource
 import statistics
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def total_cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU seconds of ``pids``, summed over those that still run."""
+    return _summed(cpu_seconds, pids)
+
+
 def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
 
@@ -103,10 +108,15 @@ def descendants(pid: int) -> list[int]:
 
 
 def tree_rss_bytes(pids: Sequence[int]) -> int:
-    total = 0
+    return int(_summed(rss_bytes, pids))
+
+
+def _summed(read: Callable[[int], float], pids: Sequence[int]) -> float:
+    """``read`` of each of ``pids``, summed over those that still run."""
+    total = 0.0
     for pid in pids:
         with contextlib.suppress(OSError):  # it ended
-            total += rss_bytes(pid)
+            total += read(pid)
     return total
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +51,10 @@ from bench.harness import (
     Holds,
     RunResult,
     begin_fanout,
+    fanout_record,
     long_polls,
     origin_run,
+    raw_channel,
     raw_run,
     summarize,
     targets,
@@ -90,8 +91,7 @@ class LongPolls(Bench):
     async def raw_run(
         self, run: int, n: int, clients: Clients, echo: Callable[[str], None]
     ) -> RunResult:
-        # A new channel each run: Pushpin drops a (channel, id) pair it saw in the last 60 s.
-        channel = f"bench{n}-{run}"
+        channel = raw_channel("bench", run, n)
         holds = Holds(long_polls([self.raw.http_port], lambda i: (f"/hold/{channel}", {})))
         body = self.body or FALLBACK_BODY
         item = {
@@ -118,11 +118,7 @@ def run(
         bench = LongPolls(d, writer, readers, workdir / "raw-pushpin")
         results = uvloop.run(bench.run(sizes, runs, echo))
     rows = summarize(results, sizes, runs, len(readers), setup.origins, "long-polls", echo)
-    return {
-        "summary": {"sizes": rows},
-        "targets": targets(rows, "fan-out to {clients:,}"),
-        "results": [asdict(r) for r in results],
-    }
+    return fanout_record(rows, targets(rows, "fan-out to {clients:,}"), results)
 
 
 def run_repeated(

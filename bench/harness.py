@@ -7,7 +7,8 @@ WebSockets), then one post (or a raw publish) and the time until the last of the
 - ``Bench`` alternates origin runs and raw runs on one deployment and one raw Pushpin
   (``origin_run``, ``raw_run`` do one run each); ``Clients`` are the HTTP clients they share.
 - ``summarize`` makes a row per size (medians over the runs, origin against raw, failures,
-  memory while held, CPU from the POST to the last delivery), ``targets`` the verdict.
+  memory while held, CPU from the POST to the last delivery), ``targets`` the verdict,
+  ``fanout_record`` the case's record of them and of every run.
 
 What each case holds and why: ``bench.fanout`` (long-polls), ``bench.sse_fanout``,
 ``bench.ws_fanout``.
@@ -16,13 +17,12 @@ What each case holds and why: ``bench.fanout`` (long-polls), ``bench.sse_fanout`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from bench.common import (
     raise_file_limit,
     ratio,
     rss_bytes,
+    total_cpu_seconds,
     tree_rss_bytes,
 )
 from bench.setups import Deployment
@@ -227,7 +228,7 @@ class Holds:
         gc.disable()
         groups = pids or {}
         try:
-            cpu_before = {name: _cpu(group) for name, group in groups.items()}
+            cpu_before = {name: total_cpu_seconds(group) for name, group in groups.items()}
             self.published = True
             t0 = time.perf_counter()
             try:
@@ -238,7 +239,9 @@ class Holds:
                 check = _never
             request_ms = (time.perf_counter() - t0) * 1000
             done, pending = await asyncio.wait(waiting, timeout=timeout) if waiting else ((), ())
-            cpu = {name: _cpu(group) - cpu_before[name] for name, group in groups.items()}
+            cpu = {
+                name: total_cpu_seconds(group) - cpu_before[name] for name, group in groups.items()
+            }
         finally:
             gc.enable()
         for task in pending:
@@ -260,15 +263,6 @@ class Holds:
 
 def _never(body: bytes) -> bool:
     return False
-
-
-def _cpu(pids: list[int]) -> float:
-    """CPU seconds of ``pids``, those that still run."""
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            total += cpu_seconds(pid)
-    return total
 
 
 def _describe(answer: Answer) -> str:
@@ -472,6 +466,12 @@ async def origin_run(
     return result, measured.sample
 
 
+def raw_channel(kind: str, run: int, clients: int) -> str:
+    """A raw run's channel, new each run: every raw run publishes its item as id 1, and Pushpin
+    drops a (channel, id) pair it saw in the last 60 s."""
+    return f"{kind}{clients}-{run}"
+
+
 async def raw_run(
     raw: RawPushpin,
     holds: Holds,
@@ -622,6 +622,17 @@ def summarize(
             f"(raw Pushpin {_s(row['raw_pushpin_cpu_seconds'])})"
         )
     return rows
+
+
+def fanout_record(
+    rows: list[dict[str, Any]], verdict: list[dict[str, Any]], results: list[RunResult]
+) -> dict[str, Any]:
+    """A fan-out case's part of its record: a summary row per size, the targets, every run."""
+    return {
+        "summary": {"sizes": rows},
+        "targets": verdict,
+        "results": [asdict(r) for r in results],
+    }
 
 
 def _mb(value: float | None) -> str:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import report_transports
+from bench import report_throughput, report_transports
 from bench.common import HOLD_TIMEOUT
 from bench.common import number as _n
 from bench.setups import SETUPS, Setup
@@ -443,24 +443,13 @@ def _holdcost(r: dict[str, Any]) -> list[str]:
 
 def _throughput(r: dict[str, Any]) -> list[str]:
     lines = [
-        "| case | offered | stored | delivered | lost, duplicated | post to delivery p50, p99 "
-        "| POST answered p50 | refused: POSTs; long-polls (asked again) "
-        "| CPU: origin, Pushpin, clients |",
+        report_throughput.HEAD + "long-polls (asked again) | CPU: origin, Pushpin, clients |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    cases = r["summary"]["cases"]
-    raw = [s for s in cases if s["case"] == "raw"]
-    for s in [s for s in cases if s not in raw] + r["summary"].get("sweep", []) + raw:
-        origin_cpu = s.get("origin_cpu_cores")
+    for s in report_throughput.cases(r):
         lines.append(
-            f"| {THROUGHPUT_LABELS[s['case']]} | {s['offered_rate']:,.0f}/s "
-            f"| {s['stored_per_second']:,.0f}/s "
-            f"| {s['delivered_per_second']:,.0f}/s | {s['lost']}, {s['duplicates']} "
-            f"| {_n(s['delivery_p50_ms'])}, {_n(s['delivery_p99_ms'])} ms "
-            f"| {_n(s['post_p50_ms'], 1, ' ms')} "
-            f"| {_errors(s['post_errors'])}; {_errors(s['poll_errors'])} "
-            f"| {_n(origin_cpu, 2)}, {s['pushpin_cpu_cores']:.2f}, "
-            f"{s['client_cpu_cores']:.2f} cores |"
+            f"{report_throughput.cells(s)}| {_n(s.get('origin_cpu_cores'), 2)}, "
+            f"{s['pushpin_cpu_cores']:.2f}, {s['client_cpu_cores']:.2f} cores |"
         )
     p = r["params"]
     lines += [
@@ -471,10 +460,6 @@ def _throughput(r: dict[str, Any]) -> list[str]:
         "asked again 50 ms later from the same cursor: its posts are late, not lost.",
     ]
     return lines
-
-
-def _errors(errors: dict[str, int]) -> str:
-    return ", ".join(f"{n} ({what})" for what, n in errors.items()) or "0"
 
 
 def _latency(r: dict[str, Any]) -> list[str]:

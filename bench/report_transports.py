@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import report_throughput
 from bench.common import median
 from bench.common import number as _n
-from bench.throughput import LABELS
 
 NOUNS = {"ssefanout": "SSE streams", "wsfanout": "WebSockets"}
 WAKE_NOTE = (
@@ -100,21 +100,13 @@ def fanout(r: dict[str, Any]) -> list[str]:
 
 def throughput(r: dict[str, Any]) -> list[str]:
     lines = [
-        "| case | offered | stored | delivered | lost, duplicated | post to delivery p50, p99 "
-        "| POST answered p50 | refused: POSTs; streams (opened again) "
+        report_throughput.HEAD + "streams (opened again) "
         "| CPU a post delivered: origin, Pushpin | cores: origin, Pushpin, clients |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    cases = r["summary"]["cases"]
-    raw = [s for s in cases if s["case"] == "raw"]
-    for s in [s for s in cases if s not in raw] + r["summary"].get("sweep", []) + raw:
+    for s in report_throughput.cases(r):
         lines.append(
-            f"| {LABELS[s['case']]} | {s['offered_rate']:,.0f}/s | {s['stored_per_second']:,.0f}/s "
-            f"| {s['delivered_per_second']:,.0f}/s | {s['lost']}, {s['duplicates']} "
-            f"| {_n(s['delivery_p50_ms'])}, {_n(s['delivery_p99_ms'])} ms "
-            f"| {_n(s['post_p50_ms'], 1, ' ms')} "
-            f"| {_errors(s['post_errors'])}; {_errors(s['poll_errors'])} "
-            f"| {_n(s.get('origin_cpu_ms_per_post'), 2, ' ms')}, "
+            f"{report_throughput.cells(s)}| {_n(s.get('origin_cpu_ms_per_post'), 2, ' ms')}, "
             f"{_n(s.get('pushpin_cpu_ms_per_post'), 2, ' ms')} "
             f"| {_n(s.get('origin_cpu_cores'), 2)}, {s['pushpin_cpu_cores']:.2f}, "
             f"{s['client_cpu_cores']:.2f} |"
@@ -132,10 +124,6 @@ def throughput(r: dict[str, Any]) -> list[str]:
         "delivered; cores: the same over that time.",
     ]
     return lines
-
-
-def _errors(errors: dict[str, int]) -> str:
-    return ", ".join(f"{n} ({what})" for what, n in errors.items()) or "0"
 
 
 def why(records: dict[str, dict[str, Any]], label: str) -> list[str]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,9 @@ from bench.harness import (
     RunResult,
     begin_fanout,
     failed,
+    fanout_record,
     origin_run,
+    raw_channel,
     raw_run,
     summarize,
     targets,
@@ -110,7 +111,7 @@ class FirehoseStreams(Bench):
     async def raw_run(
         self, run: int, n: int, clients: Clients, echo: Callable[[str], None]
     ) -> RunResult:
-        channel = f"sse{n}-{run}"  # a new channel each run: Pushpin drops ids seen in 60 s
+        channel = raw_channel("sse", run, n)
         streams = Streams([self.raw.http_port], f"/stream/{channel}")
         event = self.body or FALLBACK_EVENT.encode()
         item = {
@@ -140,8 +141,4 @@ def run(
         bench = FirehoseStreams(d, writer, workdir / "raw-pushpin")
         results = uvloop.run(bench.run(sizes, runs, echo))
     rows = summarize(results, sizes, runs, 0, setup.origins, "SSE streams", echo)
-    return {
-        "summary": {"sizes": rows},
-        "targets": targets(rows, "fan-out to {clients:,} SSE streams"),
-        "results": [asdict(r) for r in results],
-    }
+    return fanout_record(rows, targets(rows, "fan-out to {clients:,} SSE streams"), results)

@@ -129,13 +129,9 @@ def run(
 ) -> dict[str, Any]:
     """The three cases at ``rate`` with SSE readers; then POSTs direct at each rate of
     ``sweep``."""
-    echo(
-        f"throughput: {rate:.0f} posts/s offered for {seconds:.0f} s over {channels} channels, "
-        f"one SSE stream per channel, on {setup.label}"
-    )
     kinds = (OriginStreams, RawStreams)
-    rows, swept = cases(channels, rate, seconds, workdir, kinds, sweep, setup, echo)
-    return {"summary": {"cases": rows, "sweep": swept}, "targets": _targets(rows)}
+    summary = cases(channels, rate, seconds, workdir, kinds, "SSE stream", sweep, setup, echo)
+    return {"summary": summary, "targets": _targets(summary["cases"])}
 
 
 def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -438,12 +438,9 @@ def run(
 ) -> dict[str, Any]:
     """The three cases at ``rate``; then POSTs direct at each lower rate of ``sweep``, to find
     what the origin sustains within the p99 target."""
-    echo(
-        f"throughput: {rate:.0f} posts/s offered for {seconds:.0f} s over {channels} channels, "
-        f"one long-poll per channel, on {setup.label}"
-    )
-    rows, swept = cases(channels, rate, seconds, workdir, (OriginRun, RawRun), sweep, setup, echo)
-    return {"summary": {"cases": rows, "sweep": swept}, "targets": _targets(rows)}
+    kinds = (OriginRun, RawRun)
+    summary = cases(channels, rate, seconds, workdir, kinds, "long-poll", sweep, setup, echo)
+    return {"summary": summary, "targets": _targets(summary["cases"])}
 
 
 def cases(
@@ -452,14 +449,20 @@ def cases(
     seconds: float,
     workdir: Path,
     kinds: tuple[Callable[[Deployment, list[str], bool], Run], Callable[[RawPushpin, int], Run]],
+    reader: str,
     sweep: Sequence[float],
     setup: Setup,
     echo: Callable[[str], None],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> dict[str, list[dict[str, Any]]]:
     """Origin (POSTs through Pushpin), origin (POSTs direct) and raw at ``rate``, then POSTs
     direct at each rate of ``sweep``; ``kinds``: how the origin cases (given the deployment,
     the readers and whether POSTs go direct) and the raw case (given the raw Pushpin and the
-    channels) read. Returns the rows of the three, and those of the sweep."""
+    channels) read, ``reader``: what each channel's reader holds, said once at the start.
+    Returns the summary: the rows of the three (``cases``), and those of the sweep."""
+    echo(
+        f"throughput: {rate:.0f} posts/s offered for {seconds:.0f} s over {channels} channels, "
+        f"one {reader} per channel, on {setup.label}"
+    )
     origin_kind, raw_kind = kinds
     with deployed(setup, workdir) as d:
         readers = _setup(d, channels)
@@ -487,7 +490,7 @@ def cases(
 
     rows.append(uvloop.run(raw_case()))
     echo(_line(rows[-1]))
-    return rows, swept
+    return {"cases": rows, "sweep": swept}
 
 
 def _per_post(row: dict[str, Any]) -> None:

@@ -35,7 +35,6 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +54,10 @@ from bench.harness import (
     RunResult,
     begin_fanout,
     failed,
+    fanout_record,
     median_of,
     origin_run,
+    raw_channel,
     raw_run,
     summarize,
 )
@@ -162,7 +163,7 @@ class UserSockets(Bench):
     ) -> RunResult:
         """A raw run: the frame published to the sockets, or (``wake``) a ping published and
         each pong answered by the tiny origin with the frame, as the origin does."""
-        channel = f"{'wake' if wake else 'ws'}{n}-{run}"  # Pushpin drops ids seen in 60 s
+        channel = raw_channel("wake" if wake else "ws", run, n)
         url = f"ws://{HOST}:{self.raw.http_port}/ws/{channel}"
         ack = json.loads(SOCKET_ACK)[0]
         sockets = Sockets(lambda i: (url, {}), json.dumps([PRESENCE, {}]), ack)
@@ -207,11 +208,7 @@ def run(
             f"{ms(row['raw_wake_ms'])}, failures {row['raw_wake_failures']}, Pushpin CPU "
             f"{number(row['raw_wake_pushpin_cpu_seconds'], 2)} s"
         )
-    return {
-        "summary": {"sizes": rows},
-        "targets": _targets(rows),
-        "results": [asdict(r) for r in results],
-    }
+    return fanout_record(rows, _targets(rows), results)
 
 
 def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
