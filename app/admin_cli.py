@@ -94,7 +94,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         where = f" (the replaced database is at {done.aside})" if done.aside else ""
         print(
             f"restored: events through id {done.last}; new ids follow {done.ids_after}, and"
-            f" cursors from {done.last + 1} to {done.ids_after} are answered as pruned{where}"
+            f" cursors from {done.last + 1} to {done.ids_after} are answered as pruned"
+            f" (go on from {done.ids_after + 1}){where}"
             if done.ids_after > done.last
             else f"restored: events through id {done.last}{where}"
         )

@@ -291,11 +291,12 @@ class Store(Protocol):
     async def oldest_event_id(self) -> int:
         """The oldest event kept (0: none yet)."""
 
-    async def restored(self, through: int, now: str) -> int:
-        """The database was restored from a backup while ids up to ``through`` had been
-        handed out: log an event with id ``through`` (the log goes on after it) and record the
-        gap between the backup's last event and it, whose cursors are answered as pruned
-        ones. The backup's last event id (nothing is recorded when it is ``through`` or more)."""
+    async def restored(self, handed_out: int, now: str) -> int:
+        """The database was restored from a backup while ids up to ``handed_out`` had been
+        handed out: log an event with the next id (the log goes on after it) and record the
+        gap from the backup's last event to it, whose cursors are answered as pruned ones (go
+        on from that event). The backup's last event id (nothing is recorded when it is
+        ``handed_out`` or more)."""
 
     # Aloha queues
     async def create_queue(self, queue: Queue, max_alive: int = 0, grace: float = 0) -> int: ...

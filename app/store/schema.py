@@ -204,13 +204,13 @@ MIGRATIONS: list[str] = [
     """,
     # 10: the admin command (app/admin.py). An account may be banned from the service (when;
     # NULL: not banned). A restore of an older backup leaves a gap in the log: the ids after
-    # the backup's last event through the highest id the replaced database had handed out were
+    # the backup's last event up to the highest id the replaced database had handed out were
     # cursors of events that are gone; a cursor in it is answered as a pruned one (410, reset).
     """
     ALTER TABLE accounts ADD COLUMN banned TEXT;
     CREATE TABLE log_gaps (
         after INTEGER NOT NULL,  -- the restored backup's last event
-        through INTEGER NOT NULL,  -- the highest id handed out before the restore
+        through INTEGER NOT NULL,  -- the restore's event, past every id handed out before
         restored TEXT NOT NULL  -- when
     );
     """,

@@ -1042,30 +1042,32 @@ class SqlStore:
             (value,) = await _one(conn, "SELECT coalesce(min(id), 0) FROM events")
         return int(value)
 
-    async def restored(self, through: int, now: str) -> int:
+    async def restored(self, handed_out: int, now: str) -> int:
         async with self.db.write() as tx:
             (last,) = await _one(tx, "SELECT coalesce(max(id), 0) FROM events")
             last = int(last)
-            if last >= through:
+            if last >= handed_out:
                 return last
+            # An event just past the high-water mark, delivered nowhere: a cursor no client
+            # held before, from which readers in the gap go on; the log's end is there (a
+            # cursor in the gap is not "ahead of the log") and the next ids follow it.
+            marker = handed_out + 1
             await tx.execute(
                 "INSERT INTO log_gaps (after, through, restored) VALUES (?, ?, ?)",
                 last,
-                through,
+                marker,
                 now,
             )
-            # An event at the high-water mark, delivered nowhere: the log's end is there (a
-            # cursor up to it is not "ahead of the log") and the next id follows it.
-            payload = _dumps({"type": "restored", "cursor": str(through), "after": str(last)})
+            payload = _dumps({"type": "restored", "cursor": str(marker), "after": str(last)})
             await tx.execute(
                 "INSERT INTO events (id, type, node_id, payload, created) VALUES (?,?,?,?,?)",
-                through,
+                marker,
                 "restored",
                 None,
                 payload,
                 now,
             )
-            await self.db.ids_past(tx, through)
+            await self.db.ids_past(tx, marker)
         return last
 
     async def open_queues(self, now: float) -> int:
