@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,9 +249,7 @@ def backup(settings: Settings, target: Path, progress: Progress) -> int:
 
     try:
         return sqlite.backup(path, target, step)
-    except (OSError, ValueError) as exc:
-        raise AdminError(f"backup failed: {exc}") from exc
-    except Exception as exc:  # sqlite3.Error
+    except (OSError, sqlite3.Error) as exc:
         raise AdminError(f"backup failed: {exc}") from exc
 
 
@@ -296,4 +295,6 @@ async def restore(
                 await store.close()
     except sqlite.InUse as exc:
         raise AdminError(str(exc)) from None
+    except (OSError, RuntimeError, sqlite3.Error) as exc:
+        raise AdminError(f"restore failed: {exc}") from exc
     return Restored(last, max(high, last), aside)

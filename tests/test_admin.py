@@ -280,3 +280,14 @@ def test_postgresql_restore_moves_the_ids_past_what_was_handed_out(tmp_path: Pat
 def test_unknown_accounts_fail_with_a_message(stack: Stack, args: list[str]) -> None:
     done = admin(stack.env, *args)
     assert done.returncode == 1 and "no account" in done.stderr
+
+
+def test_restore_refuses_what_is_no_backup(tmp_path: Path) -> None:
+    env = {"DATA_DIR": str(tmp_path / "data")}
+    junk = tmp_path / "junk.sqlite3"
+    junk.write_bytes(b"not a database, " * 1000)
+    for source in (junk, tmp_path / "missing.sqlite3"):
+        done = admin(env, "restore", str(source))
+        assert done.returncode == 1, done.stdout
+        assert str(source) in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "data" / "buddycloud.sqlite3").exists()
