@@ -109,6 +109,10 @@ def test_a_ban_refuses_the_account_and_ends_its_stream(stack: Stack, bg: Backgro
         assert refused.status_code == 403
         assert "banned" in refused.json()["error"]
         assert c.post(f"/api/{user}/content/posts", json={"content": "x"}).status_code == 403
+        zulip = r.post("/api/v1/fetch_api_key", data={"username": user, "password": PASSWORD})
+        assert zulip.status_code == 403 and zulip.json()["code"] == "USER_DEACTIVATED"
+        wrong = httpx.get(f"{stack.url}/api/account", auth=(user, "not the password"))
+        assert wrong.status_code == 401  # the ban is told only to who has the credentials
         assert r.get(f"/api/{user}/content/posts/{kept['id']}").status_code == 200
 
         assert admin(stack.env, "unban", user).returncode == 0
