@@ -211,7 +211,16 @@ class Admin:
 
     async def restored(self, ids_after: int) -> int:
         """Record that the store was restored while ids up to ``ids_after`` had been handed
-        out (see restore); the restored log's last event id."""
+        out (see restore); the restored log's last event id. Refused while a node runs: one
+        holds the lease of each publish target."""
+        for target in self.publisher.targets:
+            name = self.publisher.lease(target)
+            if not await self.store.try_lease(name):
+                raise AdminError(
+                    f"a node is running (one holds the lease to publish to {target.label}):"
+                    " stop every node first"
+                )
+            await self.store.release_lease(name)
         return await self.store.restored(ids_after, now_iso())
 
 

@@ -263,8 +263,10 @@ def test_postgresql_restore_moves_the_ids_past_what_was_handed_out(tmp_path: Pat
         with stack.account(user) as c:
             post(c, user, "kept")
             end = int(last(c))
-        stack.stop()
         high = end + 1000
+        while_running = admin(stack.env, "restore", "--ids-after", str(high))
+        assert while_running.returncode == 1 and "stop every node" in while_running.stderr
+        stack.stop()
         done = admin(stack.env, "restore", "--ids-after", str(high))
         assert done.returncode == 0, done.stderr
         stack.start()
