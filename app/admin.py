@@ -11,7 +11,6 @@ copied online); PostgreSQL has its own tools, which this only advises.
 from __future__ import annotations
 
 import contextlib
-import logging
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -31,8 +30,6 @@ from app.retention import Retention
 from app.sessions import Sessions
 from app.store import Store, open_store
 from app.store.base import NodeSize, Pruned
-
-log = logging.getLogger("app.admin")
 
 Progress = Callable[[str], None]  # one line of progress, for long work
 ORIGIN_CALL_SECONDS = 3.0
