@@ -2,7 +2,8 @@
 
 Clients connect to Pushpin (PORT, 7999 by default), which forwards to the origin and holds the
 long-polls. Ctrl-C (or SIGTERM) drains the publisher's outbox, then stops both.
-``python -m app --origin-only`` runs the origin alone, for a Pushpin run elsewhere (Docker).
+``python -m app --origin-only`` runs the origin alone, for a Pushpin run elsewhere (Docker);
+``python -m app admin ...`` is the operator's tool (app/admin_cli.py).
 """
 
 from __future__ import annotations
@@ -145,7 +146,15 @@ async def supervise(pushpin: Pushpin) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    if sys.argv[1:2] == ["admin"]:
+        from app import admin_cli
+
+        return admin_cli.main(sys.argv[2:])
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description=__doc__,
+        epilog="python -m app admin --help: the operator's tool (accounts, bans, backups)",
+    )
     parser.add_argument(
         "--origin-only", action="store_true", help="run the origin without starting Pushpin"
     )

@@ -231,7 +231,11 @@ class Accounts:
         self, key: bytes, username: str, secret: str, address: str
     ) -> str | None:
         forgets = self._forgets
-        jid = await self._verify(key, username, secret, address)
+        try:
+            jid = await self._verify(key, username, secret, address)
+        except Banned:
+            self._cache.pop(key, None)  # cached, and banned since
+            raise
         if jid is None:
             self._cache.pop(key, None)  # cached, and a background check found them invalid
         elif self._cache_seconds and forgets == self._forgets:
@@ -255,6 +259,7 @@ class Accounts:
             self._key(username, password), account, password, address
         ):
             raise Unauthorized("invalid credentials: fetch_api_key takes the password")
+        _refuse_banned(account)
         return account
 
     async def _verify(self, key: bytes, username: str, secret: str, address: str) -> str | None:
@@ -263,8 +268,10 @@ class Accounts:
             return None
         # Before any limit: an API key costs no hash, so nobody's failures may refuse it.
         if hmac.compare_digest(secret.encode(), account.api_key.encode()):
-            return account.jid
-        return account.jid if await self._check_password(key, account, secret, address) else None
+            return _refuse_banned(account)
+        if not await self._check_password(key, account, secret, address):
+            return None
+        return _refuse_banned(account)
 
     async def _account(self, username: str, address: str) -> Account | None:
         """The account ``username`` names, or None, counted against ``address``'s own limit
@@ -315,6 +322,22 @@ class Accounts:
             await self._per_account.give_back(account_key)
             raise TooManyRequests(f"too many failed logins: try again in {ceil(wait)}s", wait)
         return [(self._per_account, account_key), (self._per_address, address)]
+
+
+class Banned(Forbidden):
+    """Right credentials of an account the operator banned (python -m app admin ban)."""
+
+    code = "USER_DEACTIVATED"  # Zulip's name for an account that may not log in
+
+    def __init__(self, jid: str) -> None:
+        super().__init__(f"{jid} is banned from this service: ask its operator")
+
+
+def _refuse_banned(account: Account) -> str:
+    """The account's JID, if it is not banned. (Told only to whoever has its credentials.)"""
+    if account.banned:
+        raise Banned(account.jid)
+    return account.jid
 
 
 def _parse_basic(header: str) -> tuple[str, str]:

@@ -193,6 +193,10 @@ class Channels:
         info, author, _ = await self._existing_post(caller, channel, node, post_id)
         access.check_edit(info, await self.affiliation(caller, info), caller, author)
         await self._count_write(caller)
+        await self.remove_post(info, post_id)
+
+    async def remove_post(self, info: NodeInfo, post_id: str) -> None:
+        """Delete a post, whoever may: its readers hear ``post_deleted``, its text is erased."""
         source = node_source(info.channel, info.name)
         fields = {"id": post_id, "source": source}
         notice = Notice("post_deleted", fields, Recipients("readers"), post_id)

@@ -12,9 +12,11 @@ origin too. docs/design.md ("Accounts over time") says why this and not a read p
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 
 from app.accounts import Accounts, check_new_password, new_api_key
 from app.errors import BadRequest, Conflict, Unauthorized
@@ -33,12 +35,30 @@ HEARD_WAIT = 1.0  # seconds the changing origin waits to hear its own announceme
 SOCKET_CLOSE_CODE = 4001
 
 
+# Where a running origin hears, from the admin command on its machine, that an account's
+# logins changed (SQLite's announcements stay in one process): straight from loopback, with the
+# operator's token, which only who can read SECRET_KEY can make.
+LOGINS_CHANGED_PATH = "/admin/logins-changed"
+
+
+def operator_token(secret_key: str) -> str:
+    return hmac.new(secret_key.encode(), b"operator: logins changed", "sha256").hexdigest()
+
+
 class Lifecycle:
     def __init__(
-        self, store: Store, accounts: Accounts, sessions: Sessions, publisher: Publisher
+        self,
+        store: Store,
+        accounts: Accounts,
+        sessions: Sessions,
+        publisher: Publisher,
+        elsewhere: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.store, self.accounts = store, accounts
         self.sessions, self.publisher = sessions, publisher
+        # Tells origins the announcement does not reach (the admin command on SQLite, whose
+        # announcements stay in its own process) that the account's logins changed.
+        self.elsewhere = elsewhere
         # Announcements that are not ours go on to whoever listened before (the publisher).
         self._others = store.on_announce
         store.on_announce = self._heard
@@ -56,14 +76,14 @@ class Lifecycle:
         )
         if account_id is None:
             raise Conflict("the password was changed meanwhile: nothing was changed")
-        await self._changed(jid, account_id)
+        await self.changed(jid, account_id)
 
     async def new_api_key(self, jid: str) -> str:
         api_key = new_api_key()
         account_id = await self.store.change_credentials(jid, api_key=api_key)
         if account_id is None:
             raise Unauthorized("no such account")
-        await self._changed(jid, account_id)
+        await self.changed(jid, account_id)
         return api_key
 
     async def delete(self, jid: str, password: object, address: str) -> None:
@@ -73,9 +93,14 @@ class Lifecycle:
         account_id = await self.store.delete_account(jid, account.password_hash, now_iso())
         if account_id is None:
             raise Conflict("the password was changed meanwhile: nothing was deleted")
-        await self._changed(jid, account_id)
+        await self.changed(jid, account_id)
 
-    async def _changed(self, jid: str, account_id: int) -> None:
+    def forget(self, jid: str) -> None:
+        """Drop the account's cached logins and sessions here (another process changed it)."""
+        self.accounts.forget(jid)
+        self.sessions.forget_account(jid)
+
+    async def changed(self, jid: str, account_id: int) -> None:
         """After the commit: tell every origin, then close what is open. Never raises: the
         change is made, and an error now would say it was not."""
         self.accounts.forget(jid)
@@ -89,6 +114,13 @@ class Lifecycle:
             log.error("telling the other origins that %s's credentials changed: %r", jid, exc)
         finally:
             self._waiting.pop(nonce, None)
+        if self.elsewhere is not None:  # before the closes: a client reconnects at once
+            await self.elsewhere(jid)
+        await self.close_connections(jid, account_id)
+
+    async def close_connections(self, jid: str, account_id: int) -> None:
+        """Close the account's streams and sockets and ask its held requests again, through
+        every proxy."""
         items = [item for kind in (POSTS, EVENTS) for item in close_items(f"{kind}{account_id}")]
         items.append(held_hint(f"{QUEUES}{account_id}"))
         items.append(socket_close_item(f"{SOCKETS}{account_id}", SOCKET_CLOSE_CODE))

@@ -35,7 +35,7 @@ from app.cors import Cors
 from app.errors import ApiError
 from app.feeds import Feeds
 from app.holds import HeldRequests
-from app.lifecycle import Lifecycle
+from app.lifecycle import LOGINS_CHANGED_PATH, Lifecycle
 from app.metrics import Metrics
 from app.model import name_problems
 from app.publisher import Publisher
@@ -57,6 +57,7 @@ ROUTES = [
     Route("/page.js", page.script, methods=["GET"]),
     Route("/health", operating.health, methods=["GET"]),
     Route("/metrics", operating.metrics, methods=["GET"]),
+    Route(LOGINS_CHANGED_PATH, operating.logins_changed, methods=["POST"]),
     Route("/openapi.json", openapi.openapi, methods=["GET"]),
     Route("/api/v1/server_settings", aloha.server_settings, methods=["GET", "POST"]),
     Route("/api/v1/fetch_api_key", aloha.fetch_api_key, methods=["POST"]),

@@ -159,7 +159,8 @@ class Publisher:
             task = asyncio.create_task(target.wakes.run(), name=f"wake sockets {target.label}")
             self._tasks.append(task)
 
-    def _lease(self, target: Target) -> str:
+    def lease(self, target: Target) -> str:
+        """The lease whose holder publishes to ``target`` (one origin at a time)."""
         return f"publish {target.label}"
 
     async def _lead(self, target: Target) -> bool:
@@ -170,11 +171,11 @@ class Publisher:
             if now - target.lease_checked < LEASE_CHECK_SECONDS:
                 return True
             target.lease_checked = now
-            if await self.store.lease_held(self._lease(target)):
+            if await self.store.lease_held(self.lease(target)):
                 return True
             target.leader = False
             log.warning("lost the lease to publish to %s: another origin may take it", target.label)
-        if not await self.store.try_lease(self._lease(target)):
+        if not await self.store.try_lease(self.lease(target)):
             return False
         saved = await self.store.publish_position(target.label)
         if saved is not None and saved > target.position:
@@ -321,7 +322,7 @@ class Publisher:
                 continue
             try:
                 await self._save(target, now=math.inf)
-                await self.store.release_lease(self._lease(target))
+                await self.store.release_lease(self.lease(target))
                 released = [target.label, target.position.event_id, target.position.channel]
                 await self.store.announce(json.dumps([*released, None]))
             except Exception:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from app.store import Store
+from app.store.base import Pruned
 
 log = logging.getLogger("app.retention")
 
@@ -42,8 +44,8 @@ class Retention:
     def enabled(self) -> bool:
         return bool(self.seconds or self.events)
 
-    async def prune(self) -> int:
-        """Prune what is due, batch by batch; the events pruned."""
+    async def prune(self, on_batch: Callable[[Pruned], None] | None = None) -> int:
+        """Prune what is due, batch by batch (``on_batch`` hears of each); the events pruned."""
         cutoff = ""
         if self.seconds:
             moment = datetime.fromtimestamp(time.time() - self.seconds, UTC)
@@ -61,6 +63,8 @@ class Retention:
             self.pruned_events += batch.events
             self.pruned_deliveries += batch.deliveries
             self.pruned_through = batch.through
+            if on_batch is not None:
+                on_batch(batch)
             await asyncio.sleep(PAUSE_SECONDS)
         if events:
             log.info(

@@ -294,6 +294,30 @@ SPEC: dict[str, Any] = {
                 },
             }
         },
+        "/admin/logins-changed": {
+            "post": {
+                "operationId": "loginsChanged",
+                "summary": "The admin command changed an account's logins: drop them here",
+                "description": "For python -m app admin on this machine: straight from "
+                "loopback only, with Authorization: Bearer <a token derived from SECRET_KEY>",
+                "security": [],
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "required": ["jid"],
+                        "properties": {"jid": {"type": "string"}},
+                    }
+                ),
+                "responses": {
+                    "204": {"description": "The account's cached logins and sessions dropped"},
+                    "400": {"description": 'Not {"jid": string}', "content": _json(_ref("Error"))},
+                    "403": {
+                        "description": "Not straight from loopback, or without the token",
+                        "content": _json(_ref("Error")),
+                    },
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",

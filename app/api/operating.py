@@ -1,5 +1,6 @@
 """What an operator reads: ``/health`` (for a load balancer: 200 or 503) and ``/metrics``
-(Prometheus' text format, for a scraper on loopback or one with METRICS_TOKEN)."""
+(Prometheus' text format, for a scraper on loopback or one with METRICS_TOKEN); and where the
+admin command tells a running origin that an account's logins changed."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.common import JSONResponse, error_response, request_id, services
-from app.errors import Forbidden
+from app.api.common import JSONResponse, error_response, read_json, request_id, services
+from app.errors import BadRequest, Forbidden
+from app.lifecycle import operator_token
 from app.metrics import CONTENT_TYPE
 from app.publisher import TargetLag
 from app.services import Services
@@ -114,6 +116,23 @@ async def metrics(request: Request) -> Response:
         raise Forbidden("metrics are served to loopback only, unless METRICS_TOKEN is set")
     await sample(s)
     return Response(s.metrics.exposition(), media_type=CONTENT_TYPE, headers=NOT_STORED)
+
+
+async def logins_changed(request: Request) -> Response:
+    """The admin command changed an account's logins (a ban, a new password): drop what this
+    origin cached of them. Straight from loopback, with the operator's token only."""
+    s = services(request)
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    token = operator_token(s.settings.secret_key)
+    if not straight_from_loopback(request) or not (
+        scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
+    ):
+        raise Forbidden("for the admin command on this machine only")
+    body = await read_json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("jid"), str):
+        raise BadRequest('expected JSON {"jid": JID}')
+    s.lifecycle.forget(body["jid"])
+    return Response(status_code=204, headers=NOT_STORED)
 
 
 def straight_from_loopback(request: Request) -> bool:

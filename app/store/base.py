@@ -15,6 +15,7 @@ class Account(NamedTuple):
     password_hash: str
     api_key: str
     credentials: int = 0  # how many times its password or API key changed
+    banned: bool = False  # banned from the service by the operator: it may not log in
 
 
 class SessionRow(NamedTuple):
@@ -55,6 +56,15 @@ class Pruned(NamedTuple):
     events: int
     deliveries: int
     through: int
+
+
+class NodeSize(NamedTuple):
+    """A node and what its posts take (deleted posts not counted)."""
+
+    channel: str
+    name: str
+    posts: int
+    bytes: int  # of the posts' JSON as stored
 
 
 class Position(NamedTuple):
@@ -200,6 +210,16 @@ class Store(Protocol):
         queues and follows go; its row stays, so its id and name are never given again. The
         account's id, or None."""
 
+    async def set_banned(self, jid: str, banned: bool, now: str) -> int | None:
+        """Ban the account from the service (or lift its ban): a ban counts as a credential
+        change and ends its browser sessions. The account's id, or None (no such account)."""
+
+    async def posts_by(self, jid: str) -> list[tuple[str, str, str]]:
+        """The (channel, node, post id) of every post ``jid`` wrote that is not deleted."""
+
+    async def largest_nodes(self, limit: int) -> list[NodeSize]:
+        """The ``limit`` nodes with the most posts, the largest first."""
+
     async def create_channel(
         self,
         jid: str,
@@ -270,6 +290,13 @@ class Store(Protocol):
 
     async def oldest_event_id(self) -> int:
         """The oldest event kept (0: none yet)."""
+
+    async def restored(self, handed_out: int, now: str) -> int:
+        """The database was restored from a backup while ids up to ``handed_out`` had been
+        handed out: log an event with the next id (the log goes on after it) and record the
+        gap from the backup's last event to it, whose cursors are answered as pruned ones (go
+        on from that event). The backup's last event id (nothing is recorded when it is
+        ``handed_out`` or more)."""
 
     # Aloha queues
     async def create_queue(self, queue: Queue, max_alive: int = 0, grace: float = 0) -> int: ...

@@ -188,6 +188,12 @@ class PostgresDatabase:
         """PostgreSQL keeps a row's old version until VACUUM reclaims it (README: what remains
         where). Autovacuum does so in time; nothing to force here."""
 
+    async def ids_past(self, tx: Any, event_id: int) -> None:
+        """An id given at insert does not move the identity's sequence: move it here."""
+        await tx.execute(
+            "SELECT setval(pg_get_serial_sequence('events', 'id'), CAST(? AS BIGINT))", event_id
+        )
+
     # -- across processes --------------------------------------------------------------------
 
     async def try_lease(self, name: str) -> bool:

@@ -202,6 +202,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE accounts ADD COLUMN credentials INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE accounts ADD COLUMN deleted TEXT;
     """,
+    # 10: the admin command (app/admin.py). An account may be banned from the service (when;
+    # NULL: not banned). A restore of an older backup leaves a gap in the log: the ids after
+    # the backup's last event up to the highest id the replaced database had handed out were
+    # cursors of events that are gone; a cursor in it is answered as a pruned one (410, reset).
+    """
+    ALTER TABLE accounts ADD COLUMN banned TEXT;
+    CREATE TABLE log_gaps (
+        after INTEGER NOT NULL,  -- the restored backup's last event
+        through INTEGER NOT NULL,  -- the restore's event, past every id handed out before
+        restored TEXT NOT NULL  -- when
+    );
+    """,
 ]
 
 # PostgreSQL, the backend for several nodes: version 1 is the SQLite schema as of version 5,
@@ -340,5 +352,14 @@ POSTGRES_MIGRATIONS: list[str] = [
     """
     ALTER TABLE accounts ADD COLUMN credentials BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE accounts ADD COLUMN deleted TEXT;
+    """,
+    # 6: bans and the log's gaps (SQLite's version 10).
+    """
+    ALTER TABLE accounts ADD COLUMN banned TEXT;
+    CREATE TABLE log_gaps (
+        after BIGINT NOT NULL,
+        through BIGINT NOT NULL,
+        restored TEXT NOT NULL
+    );
     """,
 ]

@@ -30,6 +30,7 @@ from app.store.base import (
     FeedState,
     History,
     NodeInfo,
+    NodeSize,
     Notice,
     Position,
     PostWritten,
@@ -87,6 +88,9 @@ class Database(Protocol):
 
     async def erased(self) -> None:
         """Rows were rewritten to erase text: make sure no old copy stays where it can."""
+
+    async def ids_past(self, tx: Connection, event_id: int) -> None:
+        """An event was inserted with id ``event_id``: the log's next ids come after it."""
 
     async def try_lease(self, name: str) -> bool:
         """Take the lease ``name`` unless another process holds it; held until released or
@@ -229,11 +233,11 @@ class SqlStore:
     async def get_account(self, jid: str) -> Account | None:
         async with self.db.connection() as conn:
             row = await conn.fetchone(
-                "SELECT jid, password_hash, api_key, credentials FROM accounts"
-                " WHERE jid = ? AND deleted IS NULL",
+                "SELECT jid, password_hash, api_key, credentials, banned IS NOT NULL"
+                " FROM accounts WHERE jid = ? AND deleted IS NULL",
                 jid,
             )
-        return Account(row[0], row[1], row[2], int(row[3])) if row else None
+        return Account(row[0], row[1], row[2], int(row[3]), bool(row[4])) if row else None
 
     async def change_credentials(
         self,
@@ -278,6 +282,41 @@ class SqlStore:
             for table in ("sessions", "queues", "subscriptions", "given_roles"):
                 await tx.execute(f"DELETE FROM {table} WHERE jid = ?", jid)
             return int(row[0])
+
+    async def set_banned(self, jid: str, banned: bool, now: str) -> int | None:
+        async with self._write() as tx:
+            row = await tx.fetchone(
+                "SELECT id FROM accounts WHERE jid = ? AND deleted IS NULL", jid
+            )
+            if row is None:
+                return None
+            # Counted as a credential change: a stream's next link made before it is refused.
+            await tx.execute(
+                "UPDATE accounts SET banned = ?, credentials = credentials + 1 WHERE id = ?",
+                now if banned else None,
+                row[0],
+            )
+            await tx.execute("DELETE FROM sessions WHERE jid = ?", jid)
+            return int(row[0])
+
+    async def posts_by(self, jid: str) -> list[tuple[str, str, str]]:
+        async with self.db.connection() as conn:
+            rows = await conn.fetchall(
+                "SELECT n.channel, n.name, p.id FROM posts p JOIN nodes n ON n.id = p.node_id"
+                " WHERE p.author = ? AND p.deleted = 0 ORDER BY p.event_id",
+                jid,
+            )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def largest_nodes(self, limit: int) -> list[NodeSize]:
+        async with self.db.connection() as conn:
+            rows = await conn.fetchall(
+                "SELECT n.channel, n.name, count(*), coalesce(sum(length(p.body)), 0)"
+                " FROM posts p JOIN nodes n ON n.id = p.node_id WHERE p.deleted = 0"
+                " GROUP BY n.id, n.channel, n.name ORDER BY 3 DESC, 4 DESC, 1, 2 LIMIT ?",
+                limit,
+            )
+        return [NodeSize(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
 
     async def create_channel(
         self,
@@ -763,7 +802,7 @@ class SqlStore:
                 limit,
             )
             head = await _head(conn, channel)
-            kept_from = await _kept_from(conn, [channel])
+            kept_from = await _kept_from(conn, [channel], since)
         if jid is not None and account_id is not None and since <= last_id:
             # Where the account was when last online: what /history starts from. A cursor
             # ahead of the log is refused by the caller, and must not move it.
@@ -809,7 +848,7 @@ class SqlStore:
                 jid,
                 limit,
             )
-            kept_from = await _kept_from(conn, [posts, events])
+            kept_from = await _kept_from(conn, [posts, events], start)
         items = [
             FeedItem(id_, f'{{"type":"post","cursor":"{id_}","post":{payload}}}')
             if type_ == "post"
@@ -876,7 +915,7 @@ class SqlStore:
             channels = [f"{QUEUES}{account_id}"]
             if queue.all_public_streams:
                 channels.append(f"{QUEUES}{FIREHOSE}")
-            if acked < await _kept_from(tx, channels):
+            if acked < await _kept_from(tx, channels, acked):
                 # Retention pruned events it had not taken: as a queue Zulip garbage-collected.
                 await tx.execute("DELETE FROM queues WHERE id = ?", queue_id)
                 return None
@@ -1002,6 +1041,34 @@ class SqlStore:
         async with self.db.connection() as conn:
             (value,) = await _one(conn, "SELECT coalesce(min(id), 0) FROM events")
         return int(value)
+
+    async def restored(self, handed_out: int, now: str) -> int:
+        async with self.db.write() as tx:
+            (last,) = await _one(tx, "SELECT coalesce(max(id), 0) FROM events")
+            last = int(last)
+            if last >= handed_out:
+                return last
+            # An event just past the high-water mark, delivered nowhere: a cursor no client
+            # held before, from which readers in the gap go on; the log's end is there (a
+            # cursor in the gap is not "ahead of the log") and the next ids follow it.
+            marker = handed_out + 1
+            await tx.execute(
+                "INSERT INTO log_gaps (after, through, restored) VALUES (?, ?, ?)",
+                last,
+                marker,
+                now,
+            )
+            payload = _dumps({"type": "restored", "cursor": str(marker), "after": str(last)})
+            await tx.execute(
+                "INSERT INTO events (id, type, node_id, payload, created) VALUES (?,?,?,?,?)",
+                marker,
+                "restored",
+                None,
+                payload,
+                now,
+            )
+            await self.db.ids_past(tx, marker)
+        return last
 
     async def open_queues(self, now: float) -> int:
         async with self.db.connection() as conn:
@@ -1153,11 +1220,19 @@ async def _head(conn: Connection | _Tx, channel: str) -> int:
     return int(row[0]) if row else 0
 
 
-async def _kept_from(conn: Connection | _Tx, channels: list[str]) -> int:
-    """The last id pruned from any of ``channels``: what follows it is all still there."""
+async def _kept_from(conn: Connection | _Tx, channels: list[str], since: int) -> int:
+    """Where a reader at ``since`` may go on from without having lost anything: the last id
+    pruned from any of ``channels``, or the end of a restore's gap that ``since`` is in (the
+    events it was the cursor of are gone: app/admin.py)."""
     marks = ",".join("?" * len(channels))
+    # One statement, as before restores existed: a feed read makes no more round trips.
     row = await conn.fetchone(
-        f"SELECT max(pruned) FROM channel_heads WHERE channel IN ({marks})", *channels
+        f"SELECT max(mark) FROM (SELECT pruned AS mark FROM channel_heads"
+        f" WHERE channel IN ({marks}) UNION ALL SELECT through AS mark FROM log_gaps"
+        " WHERE after < ? AND through > ?) marks",
+        *channels,
+        since,
+        since,
     )
     return int(row[0]) if row and row[0] is not None else 0
 

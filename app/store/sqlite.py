@@ -16,18 +16,33 @@ import fcntl
 import hashlib
 import os
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from app.store.schema import MIGRATIONS, NAMES_NORMALISED
 from app.store.sql import Row
 
+BACKUP_PAGES = 1024  # copied per step of a backup or restore (4 MiB of 4 KiB pages)
+
+
+class InUse(Exception):
+    """The database file is open in another process (a running origin, or an admin command)."""
+
+
+def lock_path(path: Path) -> Path:
+    """The file every process with ``path`` open holds a shared lock on: a restore takes it
+    exclusively, so it never replaces a database under a running origin."""
+    return path.with_name(f"{path.name}.lock")
+
 
 class SqliteDatabase:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, shared_lock: bool = True) -> None:
         self.path = path
         self.label = str(path)
+        self._shared_lock = shared_lock  # False: the caller holds the lock exclusively
+        self._lock_fd: int | None = None
         self._db: sqlite3.Connection | None = None
         self._write = _Transaction(self, "BEGIN IMMEDIATE")
         self._read = _Transaction(self, "BEGIN")
@@ -46,6 +61,8 @@ class SqliteDatabase:
         """Open the file, migrating it to this version's schema. Migrating past
         NAMES_NORMALISED needs ``check_names``: the problems it finds with the names stored."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._shared_lock:
+            self._lock_fd = _lock(self.path, fcntl.LOCK_SH)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a process crash (not a power cut) without fsync.
@@ -63,6 +80,9 @@ class SqliteDatabase:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # and with it the lock
+            self._lock_fd = None
 
     async def schema_version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
@@ -136,6 +156,9 @@ class SqliteDatabase:
         erased pages into the database file and empties the write-ahead log, which held the
         old ones."""
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def ids_past(self, tx: Any, event_id: int) -> None:
+        """AUTOINCREMENT already goes on after the largest id ever inserted."""
 
     # -- across processes on one file -------------------------------------------------------
 
@@ -213,3 +236,122 @@ class _Transaction(_Statements):
 def statements(script: str) -> list[str]:
     code = "\n".join(line for line in script.splitlines() if not line.strip().startswith("--"))
     return [s.strip() for s in code.split(";") if s.strip()]
+
+
+def _lock(path: Path, kind: int) -> int:
+    """A file descriptor holding ``kind`` of lock on the database's lock file, or InUse."""
+    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        if kind == fcntl.LOCK_SH:
+            raise InUse(f"{path} is being restored: start again when the restore is done") from None
+        raise InUse(
+            f"{path} is open in another process (the run command, or an admin command):"
+            " stop the service first"
+        ) from None
+    return fd
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """While no other process has the database open (else InUse), and none may open it."""
+    fd = _lock(path, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def backup(source: Path, target: Path, progress: Callable[[int, int], None]) -> int:
+    """Copy the database at ``source`` into a new file ``target``, online: the copy is one
+    snapshot (a read transaction held throughout, which in WAL mode lets writers go on), made
+    page by page with ``progress(done, total)`` after each step. The last event id copied."""
+    part = target.with_name(f"{target.name}.part")
+    part.unlink(missing_ok=True)
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, isolation_level=None)
+    try:
+        src.execute("PRAGMA busy_timeout=5000")
+        src.execute("BEGIN")
+        (last,) = src.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+        dest = sqlite3.connect(part, isolation_level=None)
+        try:
+            src.backup(
+                dest,
+                pages=BACKUP_PAGES,
+                progress=lambda _status, left, total: progress(total - left, total),
+            )
+            # One self-contained file: no write-ahead log beside it.
+            dest.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            dest.close()
+        src.execute("COMMIT")
+    finally:
+        src.close()
+    os.replace(part, target)
+    return int(last)
+
+
+def describe(path: Path) -> tuple[int, int]:
+    """A backup's schema version and last event id; ValueError if it is no sound database of
+    this server's."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    try:
+        (check,) = db.execute("PRAGMA quick_check").fetchone()
+        if check != "ok":
+            raise ValueError(f"{path} is damaged: {check}")
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        (last,) = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+    except sqlite3.Error as exc:
+        raise ValueError(f"{path} is not a database of this server: {exc}") from None
+    finally:
+        db.close()
+    if version > len(MIGRATIONS):
+        raise ValueError(f"{path} has schema version {version}, newer than this server")
+    return int(version), int(last)
+
+
+def high_water(path: Path) -> int:
+    """The highest event id the database at ``path`` ever handed out (0: no such file):
+    AUTOINCREMENT's counter, which pruning never lowers."""
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        (last,) = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+    except sqlite3.Error:
+        return 0
+    finally:
+        db.close()
+    return max(int(row[0]) if row else 0, int(last))
+
+
+def replace(path: Path, source: Path, progress: Callable[[int, int], None]) -> Path | None:
+    """Put a copy of the database ``source`` at ``path`` (the caller holds it exclusively); the
+    database that was there is moved aside, with its write-ahead log: where it went, or None."""
+    aside = None
+    if path.exists():
+        aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{path}{suffix}").exists():
+                os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, isolation_level=None)
+    try:
+        dest = sqlite3.connect(path, isolation_level=None)
+        try:
+            src.backup(
+                dest,
+                pages=BACKUP_PAGES,
+                progress=lambda _status, left, total: progress(total - left, total),
+            )
+            dest.execute("PRAGMA journal_mode=WAL")
+        finally:
+            dest.close()
+    finally:
+        src.close()
+    return aside
