@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -15,7 +17,7 @@ import pytest
 from app.accounts import hash_password
 from app.config import Limits
 from app.store import open_store
-from app.store.schema import MIGRATIONS, NAMES_NORMALISED
+from app.store.schema import MIGRATIONS
 from tests.conftest import unique
 from tests.support import PASSWORD, Stack, raw_get, running
 from tests.test_posts_feed import follow, post
@@ -211,23 +213,16 @@ def _store_at_version_3(path: Path, names: list[str], monkeypatch: pytest.Monkey
     asyncio.run(make())
 
 
-def _accounts_before_the_check(
-    path: Path, names: list[str], monkeypatch: pytest.MonkeyPatch
-) -> int:
-    """How many of ``names`` the store still holds, read at the version before the names
-    check (the steps before it ran; the check's own did not)."""
-
-    async def count() -> int:
-        with monkeypatch.context() as patched:
-            patched.setattr("app.store.sqlite.MIGRATIONS", MIGRATIONS[: NAMES_NORMALISED - 1])
-            store = open_store(f"sqlite://{path}")
-            await store.open()
-            assert await store.schema_version() == NAMES_NORMALISED - 1
-            found = [await store.get_account(name) for name in names]
-            await store.close()
-        return sum(account is not None for account in found)
-
-    return asyncio.run(count())
+def _accounts_before_the_check(path: Path, names: list[str]) -> int:
+    """How many of ``names`` the store file still holds, as they were written (the server
+    refused to start, so no API answers: the file is read as it is, whatever later versions'
+    columns the store's own methods would ask for)."""
+    with closing(sqlite3.connect(path)) as db:
+        marks = ",".join("?" * len(names))
+        (count,) = db.execute(
+            f"SELECT count(*) FROM accounts WHERE jid IN ({marks})", names
+        ).fetchone()
+    return int(count)
 
 
 def test_a_store_whose_names_now_fold_together_does_not_start(
@@ -246,7 +241,7 @@ def test_a_store_whose_names_now_fold_together_does_not_start(
     assert "romeo@example.com" not in log, "a name that is fine is not listed"
     assert "Ready:" not in log and "Nothing was changed" in log
     # Nothing was merged or dropped.
-    assert _accounts_before_the_check(data / "buddycloud.sqlite3", names, monkeypatch) == 4
+    assert _accounts_before_the_check(data / "buddycloud.sqlite3", names) == 4
 
 
 def test_a_store_whose_names_are_all_normal_migrates_and_starts(
