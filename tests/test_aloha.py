@@ -197,6 +197,7 @@ def test_unknown_foreign_and_deleted_queues_are_bad_event_queue_id(stack: Stack)
     queue = owner.register()
     for caller, queue_id in ((stranger, queue), (owner, "no-such-queue")):
         answer = caller.call("GET", "events", queue_id=queue_id, last_event_id=-1)
+        assert isinstance(answer.pop("request_id"), str)  # the origin's log line's
         assert answer == {
             "result": "error",
             "msg": f"Bad event queue ID: {queue_id}",

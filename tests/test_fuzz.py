@@ -177,7 +177,8 @@ async def _get_all(app: Starlette, views: tuple[View, ...]) -> list[tuple[int, s
 
 async def _get(app: Starlette, path: str, login: str | None) -> tuple[int, str]:
     route, _, query = path.partition("?")
-    headers = [(b"host", b"testserver")]
+    # One request id for every snapshot, so that an error's body (which names it) is the same.
+    headers = [(b"host", b"testserver"), (b"x-request-id", b"snapshot")]
     if login is not None:
         headers.append((b"authorization", LOGINS[login].encode()))
     scope: Scope = {

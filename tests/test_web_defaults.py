@@ -73,6 +73,6 @@ def test_no_request_header_is_copied_into_a_redirect(stack: Stack) -> None:
         )
         assert answer.status_code == 404, base
         assert "location" not in answer.headers
-        assert answer.json() == {"error": "no such endpoint"}
+        assert answer.json()["error"] == "no such endpoint"
     # Positive control: the path without the slash is the endpoint.
     assert httpx.get(f"{stack.url}/api/notifications/posts").status_code == 401

@@ -101,6 +101,7 @@ def test_call_on_each_message_receives_a_sent_message(stack: Stack) -> None:
 def test_bad_event_queue_id_is_zulips(stack: Stack) -> None:
     client = zulip_client(stack, unique("juliet"))
     answer = client.get_events(queue_id="no-such-queue", last_event_id=-1)
+    assert isinstance(answer.pop("request_id"), str)  # beside Zulip's own fields
     assert answer == {
         "result": "error",
         "msg": "Bad event queue ID: no-such-queue",
