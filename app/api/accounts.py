@@ -16,7 +16,7 @@ from app.api.common import (
     scheme,
     services,
 )
-from app.errors import BadRequest, NotFound, Unauthorized
+from app.errors import ApiError, BadRequest, NotFound, Unauthorized
 
 # An answer that sets or clears a session cookie is no cache's to keep.
 NOT_STORED = {"Cache-Control": "no-store"}
@@ -76,17 +76,20 @@ async def start_session(request: Request) -> Response:
     """A browser login: HTTP Basic (password or API key, checked and limited as every login)
     in, a session cookie out. A session the request's cookie named before ends."""
     s = services(request)
-    jid = await s.accounts.authenticate(
-        request.headers.get("authorization"), client_address(request)
-    )
+    authorization, address = request.headers.get("authorization"), client_address(request)
+    jid = await s.accounts.authenticate(authorization, address)
     if old := request.cookies.get(browser.COOKIE):
         await s.sessions.end(old)
     session = await s.sessions.start(jid)
-    if await s.store.get_account(jid) is None:
-        # Deleted since the login was checked: the deletion ended every session it saw, and
-        # this one it may not have.
+    try:
+        # Checked again now that the session is stored (from the cache, unless a change
+        # dropped it): a password change, a new key, a ban or a deletion that came between
+        # the check and the insert ended every session it saw, and this one it may not have.
+        # One that comes after the insert ends this one too.
+        await s.accounts.authenticate(authorization, address)
+    except ApiError:
         await s.sessions.end(session.token)
-        raise Unauthorized("no such account")
+        raise
     cookie = browser.set_cookie(
         session.token, s.settings.session_seconds, scheme(request) == "https"
     )

@@ -275,17 +275,7 @@ def backup(source: Path, target: Path, progress: Callable[[int, int], None]) -> 
         src.execute("PRAGMA busy_timeout=5000")
         src.execute("BEGIN")
         (last,) = src.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
-        dest = sqlite3.connect(part, isolation_level=None)
-        try:
-            src.backup(
-                dest,
-                pages=BACKUP_PAGES,
-                progress=lambda _status, left, total: progress(total - left, total),
-            )
-            # One self-contained file: no write-ahead log beside it.
-            dest.execute("PRAGMA journal_mode=DELETE")
-        finally:
-            dest.close()
+        _copy(src, part, "DELETE", progress)  # one self-contained file: no log beside it
         src.execute("COMMIT")
     finally:
         src.close()
@@ -342,16 +332,24 @@ def replace(path: Path, source: Path, progress: Callable[[int, int], None]) -> P
                 os.replace(f"{path}{suffix}", f"{aside}{suffix}")
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, isolation_level=None)
     try:
-        dest = sqlite3.connect(path, isolation_level=None)
-        try:
-            src.backup(
-                dest,
-                pages=BACKUP_PAGES,
-                progress=lambda _status, left, total: progress(total - left, total),
-            )
-            dest.execute("PRAGMA journal_mode=WAL")
-        finally:
-            dest.close()
+        _copy(src, path, "WAL", progress)
     finally:
         src.close()
     return aside
+
+
+def _copy(
+    src: sqlite3.Connection, path: Path, journal_mode: str, progress: Callable[[int, int], None]
+) -> None:
+    """Copy ``src`` into a database at ``path`` page by page, saying how far it got, then
+    give the copy ``journal_mode``."""
+    dest = sqlite3.connect(path, isolation_level=None)
+    try:
+        src.backup(
+            dest,
+            pages=BACKUP_PAGES,
+            progress=lambda _status, left, total: progress(total - left, total),
+        )
+        dest.execute(f"PRAGMA journal_mode={journal_mode}")
+    finally:
+        dest.close()
