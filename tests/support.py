@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -29,6 +30,10 @@ from typing import Any, ParamSpec, TypeVar
 import httpx
 
 from app.pushpin import Pushpin, sockets_dir
+
+# One TLS context for every test client: httpx loads the CA bundle again for each client it
+# makes without one (about 40 ms a client, which once was near half the suite's time).
+TLS = ssl.create_default_context()
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -148,7 +153,7 @@ class Stack:
     def client(self, user: str | None = None, origin: bool = False) -> httpx.Client:
         auth = (user, PASSWORD) if user else None
         return httpx.Client(
-            base_url=self.origin_url if origin else self.url, auth=auth, timeout=30.0
+            verify=TLS, base_url=self.origin_url if origin else self.url, auth=auth, timeout=30.0
         )
 
     def account(self, user: str) -> httpx.Client:
@@ -276,7 +281,7 @@ def node_pushpin(node: Stack) -> Pushpin:
 
 def health(stack: Stack) -> dict[str, Any]:
     """The origin's ``/health``, asked directly (not through Pushpin)."""
-    answer: dict[str, Any] = httpx.get(stack.origin_url + "/health", timeout=10).json()
+    answer: dict[str, Any] = httpx.get(stack.origin_url + "/health", verify=TLS, timeout=10).json()
     return answer
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import unique
 from tests.databases import SHARED_SECRETS, database_env, fresh_database
-from tests.support import PASSWORD, ROOT, Background, Stack, running
+from tests.support import PASSWORD, ROOT, TLS, Background, Stack, running
 from tests.test_lifecycle import ended
 from tests.test_posts_feed import follow, last, post
 from tests.test_streams import open_stream, take
@@ -46,7 +46,7 @@ def admin(
 
 
 def login_status(stack: Stack, user: str, password: str = PASSWORD) -> int:
-    with httpx.Client(base_url=stack.url, auth=(user, password), timeout=30) as c:
+    with httpx.Client(verify=TLS, base_url=stack.url, auth=(user, password), timeout=30) as c:
         return c.get("/api/account").status_code
 
 
@@ -111,7 +111,7 @@ def test_a_ban_refuses_the_account_and_ends_its_stream(stack: Stack, bg: Backgro
         assert c.post(f"/api/{user}/content/posts", json={"content": "x"}).status_code == 403
         zulip = r.post("/api/v1/fetch_api_key", data={"username": user, "password": PASSWORD})
         assert zulip.status_code == 403 and zulip.json()["code"] == "USER_DEACTIVATED"
-        wrong = httpx.get(f"{stack.url}/api/account", auth=(user, "not the password"))
+        wrong = httpx.get(f"{stack.url}/api/account", verify=TLS, auth=(user, "not the password"))
         assert wrong.status_code == 401  # the ban is told only to who has the credentials
         assert r.get(f"/api/{user}/content/posts/{kept['id']}").status_code == 200
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import unique
-from tests.support import PASSWORD, Holds, Stack, running
+from tests.support import PASSWORD, TLS, Holds, Stack, running
 from tests.test_posts_feed import follow
 
 
@@ -41,7 +41,10 @@ class Aloha:
             stack.account(user).close()
         self.user = user
         self.http = httpx.Client(
-            base_url=stack.url + "/api/v1/", auth=(user, api_key(stack, user)), timeout=20
+            verify=TLS,
+            base_url=stack.url + "/api/v1/",
+            auth=(user, api_key(stack, user)),
+            timeout=20,
         )
         OPEN.append(self.http)
 

@@ -14,7 +14,7 @@ import httpx
 
 from tests.conftest import unique
 from tests.databases import SHARED_SECRETS, end_connections
-from tests.support import Holds, Stack, cluster, health, kill, pushpin_pids
+from tests.support import TLS, Holds, Stack, cluster, health, kill, pushpin_pids
 from tests.test_aloha import Aloha
 from tests.test_posts_feed import follow, last, post
 
@@ -153,7 +153,7 @@ def test_a_client_moves_between_nodes_with_its_cursor_and_misses_nothing(
             for i in range(6):
                 sent.append(post(w, writer, f"post {i}")["id"])
                 node = nodes[i % 2]  # each poll on the other node, with the cursor so far
-                with httpx.Client(base_url=node.url, auth=r.auth, timeout=30) as c:
+                with httpx.Client(verify=TLS, base_url=node.url, auth=r.auth, timeout=30) as c:
                     body = c.get(f"/api/notifications/posts?since={since}").json()
                 got.extend(item["id"] for item in body["items"])
                 since = body["last"]
@@ -194,7 +194,7 @@ def test_limits_queues_and_keys_agree_across_origins(tmp_path: Path, postgres_ur
         nodes[0].account(user).close()
         statuses = []
         for i in range(6):  # wrong passwords, alternating nodes
-            with httpx.Client(base_url=nodes[i % 2].url, timeout=30) as c:
+            with httpx.Client(verify=TLS, base_url=nodes[i % 2].url, timeout=30) as c:
                 r = c.get("/api/account", auth=(user, f"wrong password {i}"))
             statuses.append(r.status_code)
         assert statuses == [401] * 4 + [429] * 2
@@ -246,7 +246,7 @@ def test_every_pushpin_gets_every_item_and_clients_of_a_killed_one_move_on(
             # One request held on each node's Pushpin: one post answers both, by a publish.
             with Holds(nodes[0]) as on_first, Holds(nodes[1]) as on_second:
                 url = f"/api/notifications/posts?since={since}"
-                with httpx.Client(base_url=nodes[0].url, auth=r.auth, timeout=30) as r0:
+                with httpx.Client(verify=TLS, base_url=nodes[0].url, auth=r.auth, timeout=30) as r0:
                     held = [
                         on_first.hold("posts", r0.get, url),
                         on_second.hold("posts", r.get, url),
@@ -259,7 +259,7 @@ def test_every_pushpin_gets_every_item_and_clients_of_a_killed_one_move_on(
             # The first node's Pushpin dies with a request held in it; posts go on meanwhile.
             with (
                 ThreadPoolExecutor(1) as pool,
-                httpx.Client(base_url=nodes[0].url, auth=r.auth, timeout=30) as r0,
+                httpx.Client(verify=TLS, base_url=nodes[0].url, auth=r.auth, timeout=30) as r0,
             ):
                 orphan = pool.submit(r0.get, f"/api/notifications/posts?since={since}")
                 time.sleep(1)

@@ -25,7 +25,7 @@ import pytest
 from app.pushpin import Pushpin
 from tests.conftest import unique
 from tests.databases import database_env
-from tests.support import ROOT, Background, DelayProxy, Holds, Stack, free_ports
+from tests.support import ROOT, TLS, Background, DelayProxy, Holds, Stack, free_ports
 from tests.test_posts_feed import follow, last, post
 
 SIG_KEY = "a test signing key of more than 32 bytes"
@@ -62,7 +62,7 @@ class _FailingPublishHandler(BaseHTTPRequestHandler):
             self.server.drops -= 1
             status = 200
         else:
-            status = httpx.post(self.server.target, content=body, timeout=5).status_code
+            status = httpx.post(self.server.target, verify=TLS, content=body, timeout=5).status_code
         self.server.log.append((status, ids))
         self.send_response(status)
         self.send_header("Content-Length", "0")

@@ -17,7 +17,7 @@ import httpx
 
 from tests.conftest import unique
 from tests.databases import SHARED_SECRETS
-from tests.support import Background, Stack, free_ports, health
+from tests.support import TLS, Background, Stack, free_ports, health
 from tests.test_posts_feed import post
 from tests.test_publisher import wait_for
 
@@ -87,7 +87,7 @@ def started(stack: Stack) -> Iterator[Stack]:
 
 
 def answer(stack: Stack) -> httpx.Response:
-    return httpx.get(stack.origin_url + "/health", timeout=10)
+    return httpx.get(stack.origin_url + "/health", verify=TLS, timeout=10)
 
 
 def test_a_store_that_does_not_answer_makes_health_503(

@@ -17,7 +17,7 @@ import zulip
 
 from tests.conftest import unique
 from tests.sse import EventStream
-from tests.support import PASSWORD, Background, Stack, basic, cluster, long_poll
+from tests.support import PASSWORD, TLS, Background, Stack, basic, cluster, long_poll
 from tests.test_cluster import node_env
 from tests.test_posts_feed import follow, last, post
 from tests.test_sessions import login, send
@@ -131,7 +131,7 @@ def test_a_change_closes_streams_sockets_sessions_and_held_polls(
     assert ended(bg, stream)
     assert close_code(bg, sock) == 4001
     assert status(stack.url, cookie=cookie) == 401
-    with httpx.Client(base_url=stack.url, auth=(user, NEW_PASSWORD), timeout=30) as c:
+    with httpx.Client(verify=TLS, base_url=stack.url, auth=(user, NEW_PASSWORD), timeout=30) as c:
         login_now = basic(user, NEW_PASSWORD)
         stream = open_stream(bg, stack.url, "/api/notifications/posts", Authorization=login_now)
         post(c, user, "after")

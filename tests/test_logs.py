@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import running
+from tests.support import TLS, running
 from tests.test_publisher import wait_for
 
 
@@ -17,11 +17,14 @@ def test_at_debug_each_request_is_one_json_line_with_its_id(tmp_path: Path) -> N
         # Through Pushpin, to a route with parameters, refused: the id is the client's.
         r = httpx.get(
             stack.url + "/api/someone@example.com/content/posts",
+            verify=TLS,
             headers={"X-Request-Id": "trace-0042"},
             timeout=10,
         )
         assert r.status_code == 401 and r.json()["request_id"] == "trace-0042"
-        made = httpx.get(stack.origin_url + "/health", timeout=10).headers["x-request-id"]
+        made = httpx.get(stack.origin_url + "/health", verify=TLS, timeout=10).headers[
+            "x-request-id"
+        ]
 
         def lines() -> list[dict[str, object]]:
             # Every line is JSON but the run command's Ready line, which is for a person.
@@ -39,7 +42,7 @@ def test_at_debug_each_request_is_one_json_line_with_its_id(tmp_path: Path) -> N
 
 def test_at_info_requests_are_not_logged_and_lines_are_text(tmp_path: Path) -> None:
     with running(tmp_path / "data") as stack:
-        r = httpx.get(stack.origin_url + "/health", headers={"X-Request-Id": "quiet-1"})
+        r = httpx.get(stack.origin_url + "/health", verify=TLS, headers={"X-Request-Id": "quiet-1"})
         assert r.headers["x-request-id"] == "quiet-1"
         stack.stop()
         log = stack.log()

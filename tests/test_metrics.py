@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import unique
 from tests.databases import database_env
 from tests.sse import EventStream
-from tests.support import PASSWORD, Background, Holds, Stack, basic, running
+from tests.support import PASSWORD, TLS, Background, Holds, Stack, basic, running
 from tests.test_posts_feed import last, post
 from tests.test_publisher import recorder, wait_for
 
@@ -33,7 +33,7 @@ def parse(text: str) -> Samples:
 
 
 def scrape(stack: Stack, headers: dict[str, str] | None = None) -> Samples:
-    r = httpx.get(stack.origin_url + "/metrics", headers=headers, timeout=10)
+    r = httpx.get(stack.origin_url + "/metrics", verify=TLS, headers=headers, timeout=10)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
     return parse(r.text)
@@ -47,12 +47,15 @@ def test_metrics_answer_straight_from_loopback_and_never_through_pushpin(stack: 
     samples = scrape(stack)  # no login: straight from loopback
     assert value(samples, "buddycloud_http_requests_total", route="/metrics", status="200") >= 0
     # Through Pushpin the request also comes from 127.0.0.1, but signed: not loopback.
-    proxied = httpx.get(stack.url + "/metrics", timeout=10)
+    proxied = httpx.get(stack.url + "/metrics", verify=TLS, timeout=10)
     assert proxied.status_code == 403
     assert proxied.json()["request_id"] == proxied.headers["x-request-id"]
     # So does a request that says another proxy forwarded it.
     forwarded = httpx.get(
-        stack.origin_url + "/metrics", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=10
+        stack.origin_url + "/metrics",
+        verify=TLS,
+        headers={"X-Forwarded-For": "203.0.113.9"},
+        timeout=10,
     )
     assert forwarded.status_code == 403
 
@@ -162,7 +165,7 @@ def test_password_hashes_throttled_logins_and_open_queues(tmp_path: Path, backen
     with running(tmp_path / "data", **env) as stack:
         user = unique("juliet")
         stack.account(user).close()
-        with httpx.Client(base_url=stack.url, timeout=10) as c:
+        with httpx.Client(verify=TLS, base_url=stack.url, timeout=10) as c:
             assert c.get("/api/account", auth=(user, "wrong password")).status_code == 401
             assert c.get("/api/account", auth=(user, PASSWORD)).status_code == 200
             for expected in (401, 429):  # the second unknown account is past the limit
@@ -185,14 +188,14 @@ def test_password_hashes_throttled_logins_and_open_queues(tmp_path: Path, backen
 def test_metrics_token_is_needed_from_anywhere_once_set(tmp_path: Path) -> None:
     with running(tmp_path / "data", METRICS_TOKEN=TOKEN) as stack:
         for headers in ({}, {"Authorization": "Bearer not-the-token"}, {"Authorization": TOKEN}):
-            r = httpx.get(stack.origin_url + "/metrics", headers=headers, timeout=10)
+            r = httpx.get(stack.origin_url + "/metrics", verify=TLS, headers=headers, timeout=10)
             assert r.status_code == 401
             assert r.headers["www-authenticate"].startswith("Bearer")
             assert r.json()["request_id"] == r.headers["x-request-id"]
         bearer = {"Authorization": f"Bearer {TOKEN}"}
         assert "buddycloud_http_requests_total" in scrape(stack, bearer).__repr__()
         # From anywhere: through Pushpin too.
-        through = httpx.get(stack.url + "/metrics", headers=bearer, timeout=10)
+        through = httpx.get(stack.url + "/metrics", verify=TLS, headers=bearer, timeout=10)
         assert through.status_code == 200
         assert "buddycloud_publish_lag_events" in through.text
 
@@ -202,7 +205,7 @@ def test_pushpins_own_metrics_answer_on_their_port(stack: Stack) -> None:
     assert f"shows its metrics on 127.0.0.1:{port}" in stack.log()
     deadline = time.monotonic() + 5
     while True:  # a scraper's view: Pushpin's counters, under the pushpin_ prefix
-        samples = parse(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+        samples = parse(httpx.get(f"http://127.0.0.1:{port}/metrics", verify=TLS, timeout=10).text)
         names = {name for name, _ in samples}
         if {"pushpin_message_received_total", "pushpin_connection_connected"} <= names:
             break
@@ -213,11 +216,11 @@ def test_pushpins_own_metrics_answer_on_their_port(stack: Stack) -> None:
 @pytest.mark.parametrize("sent", ["client-7f3a.9", "two words", "x" * 65])
 def test_a_request_id_is_kept_when_sane_and_made_otherwise(stack: Stack, sent: str) -> None:
     for url in (stack.origin_url, stack.url):
-        r = httpx.get(url + "/api/account", headers={"X-Request-Id": sent}, timeout=10)
+        r = httpx.get(url + "/api/account", verify=TLS, headers={"X-Request-Id": sent}, timeout=10)
         assert r.status_code == 401
         rid = r.headers["x-request-id"]
         assert r.json()["request_id"] == rid
         assert (rid == sent) == (sent == "client-7f3a.9"), rid
     # Zulip's error shape carries it too.
-    r = httpx.get(stack.origin_url + "/api/v1/events", timeout=10)
+    r = httpx.get(stack.origin_url + "/api/v1/events", verify=TLS, timeout=10)
     assert r.json()["request_id"] == r.headers["x-request-id"]

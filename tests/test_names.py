@@ -19,7 +19,7 @@ from app.config import Limits
 from app.store import open_store
 from app.store.schema import MIGRATIONS
 from tests.conftest import unique
-from tests.support import PASSWORD, Stack, raw_get, running
+from tests.support import PASSWORD, TLS, Stack, raw_get, running
 from tests.test_posts_feed import follow, post
 
 # Invisible characters and direction controls, each of which once made a name that looked
@@ -42,7 +42,7 @@ def create(client: httpx.Client, username: str) -> httpx.Response:
 
 
 def whoami(stack: Stack, login: str, password: str = PASSWORD) -> httpx.Response:
-    with httpx.Client(base_url=stack.url, auth=(login, password), timeout=30) as c:
+    with httpx.Client(verify=TLS, base_url=stack.url, auth=(login, password), timeout=30) as c:
         return c.get("/api/account")
 
 
@@ -137,7 +137,7 @@ def test_a_url_that_is_not_utf8_is_refused_and_creates_nothing(stack: Stack) -> 
         assert status == 400 and b"percent-encoding" in body, body
         # The Zulip side answers as Zulip does, for a bad query string as for a path.
         key = c.get("/api/account").json()["api_key"]
-    with httpx.Client(base_url=stack.url, auth=(user, key), timeout=30) as z:
+    with httpx.Client(verify=TLS, base_url=stack.url, auth=(user, key), timeout=30) as z:
         r = z.get("/api/v1/events?queue_id=%FF&last_event_id=-1")
         assert r.status_code == 400
         assert r.json()["result"] == "error" and r.json()["code"] == "BAD_REQUEST", r.text
@@ -167,7 +167,9 @@ def test_a_narrow_names_a_stream_or_a_sender_in_any_spelling(stack: Stack) -> No
             "sender": [["sender", fullwidth(writer)]],
             "another stream": [["stream", fullwidth(reader)]],  # matches nothing here
         }
-        with httpx.Client(base_url=f"{stack.url}/api/v1/", auth=(reader, key), timeout=30) as z:
+        with httpx.Client(
+            verify=TLS, base_url=f"{stack.url}/api/v1/", auth=(reader, key), timeout=30
+        ) as z:
             queues = {
                 name: z.post("register", data={"narrow": json.dumps(narrow)}).json()["queue_id"]
                 for name, narrow in narrows.items()

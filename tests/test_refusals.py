@@ -18,7 +18,7 @@ import httpx
 
 from tests.conftest import unique
 from tests.sse import EventStream
-from tests.support import ROOT, Background, Holds, Stack, basic, health, running
+from tests.support import ROOT, TLS, Background, Holds, Stack, basic, health, running
 from tests.test_posts_feed import follow, last, post
 from tests.test_publisher import recorder, wait_for
 
@@ -27,7 +27,7 @@ LONGEST_EMOJI = "😀" * 10_000  # 4 bytes each
 
 
 def health_answer(stack: Stack) -> httpx.Response:
-    return httpx.get(f"{stack.origin_url}/health", timeout=10)
+    return httpx.get(f"{stack.origin_url}/health", verify=TLS, timeout=10)
 
 
 def followers(stack: Stack, writer: str, count: int) -> None:

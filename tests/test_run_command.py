@@ -13,7 +13,7 @@ import httpx
 
 from app.pushpin import sockets_dir
 from tests.conftest import unique
-from tests.support import Stack, health, kill
+from tests.support import TLS, Stack, health, kill
 from tests.test_posts_feed import follow, last, post
 from tests.test_publisher import recorder, wait_for
 
@@ -103,7 +103,9 @@ def assert_stops_cleanly(stack: Stack, tmp_path: Path, pids: list[int]) -> None:
     assert stack.stop(signal.SIGINT) == 0
     assert not [pid for pid in pids if alive(pid)]
     assert processes_of(tmp_path) == []
-    with httpx.Client() as probe:
+    with httpx.Client(
+        verify=TLS,
+    ) as probe:
         for url in (stack.url, stack.origin_url):
             try:
                 probe.get(url + "/health", timeout=1)

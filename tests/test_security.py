@@ -24,7 +24,7 @@ from app.config import ConfigError, Settings
 from app.grip import SigKey, is_signed
 from app.pushpin import Pushpin
 from tests.conftest import unique
-from tests.support import ROOT, Background, Holds, Stack, free_ports
+from tests.support import ROOT, TLS, Background, Holds, Stack, free_ports
 from tests.test_posts_feed import last, post
 
 KEY = "k" * 32
@@ -312,7 +312,9 @@ def test_a_proxy_signing_with_an_ec_key_is_believed_and_no_other(tmp_path: Path)
             answer = holds.published(held).json()
             assert answer["items"] == [created]
             path = f"/api/notifications/posts?since={answer['last']}"
-            with httpx.Client(base_url=f"http://127.0.0.1:{other_port}", auth=c.auth) as via:
+            with httpx.Client(
+                verify=TLS, base_url=f"http://127.0.0.1:{other_port}", auth=c.auth
+            ) as via:
                 refused = via.get(path)
             assert refused.status_code == 501, refused.text
             with origin.client(user, origin=True) as direct:

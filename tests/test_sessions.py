@@ -19,7 +19,7 @@ import httpx
 
 from app.api.openapi import SPEC
 from tests.conftest import ALLOWED_ORIGIN, unique
-from tests.support import PASSWORD, Holds, Stack, cluster
+from tests.support import PASSWORD, TLS, Holds, Stack, cluster
 from tests.test_cluster import node_env
 from tests.test_posts_feed import last
 from tests.test_security import token as grip_sig
@@ -43,7 +43,7 @@ def send(
     headers = dict(headers or {})
     if cookie is not None:
         headers["Cookie"] = f"session={cookie}"
-    with httpx.Client(base_url=base, timeout=30) as c:
+    with httpx.Client(verify=TLS, base_url=base, timeout=30) as c:
         return c.request(method, path, auth=auth, headers=headers, **kwargs)
 
 

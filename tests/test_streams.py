@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import unique
 from tests.sse import Event, EventStream, cursors
-from tests.support import PASSWORD, Background, Stack, basic, health
+from tests.support import PASSWORD, TLS, Background, Stack, basic, health
 from tests.test_delivery import split_stack
 from tests.test_posts_feed import follow, last, post
 
@@ -195,7 +195,7 @@ def test_a_backlog_of_5000_items_is_paged(stack: Stack, bg: Background) -> None:
 
         async def post_many() -> None:
             async with httpx.AsyncClient(
-                base_url=stack.origin_url, auth=(user, PASSWORD), timeout=30
+                verify=TLS, base_url=stack.origin_url, auth=(user, PASSWORD), timeout=30
             ) as client:
                 for batch in range(50):
                     answers = await asyncio.gather(
@@ -296,7 +296,7 @@ def test_a_stream_flooded_until_pushpin_drops_items_still_gets_every_item_once(
 
         async def flood() -> None:
             async with httpx.AsyncClient(
-                base_url=stack.origin_url, auth=(user, PASSWORD), timeout=30
+                verify=TLS, base_url=stack.origin_url, auth=(user, PASSWORD), timeout=30
             ) as client:
                 for n in range(1, count + 1):
                     r = await client.post(
@@ -321,7 +321,7 @@ def test_a_stream_flooded_until_pushpin_drops_items_still_gets_every_item_once(
 
             reader = asyncio.create_task(read())
             async with httpx.AsyncClient(
-                base_url=stack.origin_url, auth=(user, PASSWORD), timeout=30
+                verify=TLS, base_url=stack.origin_url, auth=(user, PASSWORD), timeout=30
             ) as client:
                 while not reader.done():
                     newest += 1

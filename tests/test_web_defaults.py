@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import ALLOWED_ORIGIN, unique
-from tests.support import Holds, Stack, running
+from tests.support import TLS, Holds, Stack, running
 from tests.test_posts_feed import follow, last, post
 
 
@@ -56,12 +56,12 @@ def test_configured_origins_match_exactly(stack: Stack) -> None:
         "null",
         ALLOWED_ORIGIN.replace("https", "http"),
     ):
-        answer = httpx.get(f"{stack.url}/health", headers={"Origin": origin})
+        answer = httpx.get(f"{stack.url}/health", verify=TLS, headers={"Origin": origin})
         # (Starlette sends Allow-Credentials to every origin; without Allow-Origin a browser
         # shows the page nothing.)
         assert cors(answer)[0] is None, origin
     # Positive control: the configured origin itself, with credentials.
-    answer = httpx.get(f"{stack.url}/health", headers={"Origin": ALLOWED_ORIGIN})
+    answer = httpx.get(f"{stack.url}/health", verify=TLS, headers={"Origin": ALLOWED_ORIGIN})
     assert cors(answer) == (ALLOWED_ORIGIN, "true")
 
 
@@ -69,10 +69,11 @@ def test_no_request_header_is_copied_into_a_redirect(stack: Stack) -> None:
     for base in (stack.url, stack.origin_url):
         answer = httpx.get(
             f"{base}/api/notifications/posts/",
+            verify=TLS,
             headers={"Host": "evil.example", "X-Forwarded-Host": "evil.example"},
         )
         assert answer.status_code == 404, base
         assert "location" not in answer.headers
         assert answer.json()["error"] == "no such endpoint"
     # Positive control: the path without the slash is the endpoint.
-    assert httpx.get(f"{stack.url}/api/notifications/posts").status_code == 401
+    assert httpx.get(f"{stack.url}/api/notifications/posts", verify=TLS).status_code == 401
