@@ -20,6 +20,11 @@ def backend(request: pytest.FixtureRequest) -> str:
     return name
 
 
+# For a test of what Pushpin does with streams (keep-alives, its queue, paging), where the store
+# answers as any other test shows it does: it runs on SQLite's shared stack only.
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
+
 @pytest.fixture(scope="session")
 def stack(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One run command (Pushpin and origin) shared by the tests that only need a server, on

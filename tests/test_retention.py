@@ -207,10 +207,10 @@ def test_a_queue_whose_events_were_pruned_is_bad_event_queue_id(kept: Stack) -> 
 
 # -- the soak ------------------------------------------------------------------------------
 
-SOAK_SECONDS = 45
+SOAK_SECONDS = 30
 SOAK_RATE = 20  # posts a second
 SOAK_FOLLOWERS = 10  # deliveries per post: theirs, the author's and the firehose's
-SOAK_RETENTION = 10  # seconds
+SOAK_RETENTION = 6  # seconds
 
 
 class Sizes:

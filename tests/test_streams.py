@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import unique
+from tests.conftest import SQLITE_ONLY, unique
 from tests.sse import Event, EventStream, cursors
 from tests.support import PASSWORD, TLS, Background, Stack, basic, health
 from tests.test_delivery import split_stack
@@ -179,6 +179,7 @@ def test_firehose_streams_without_login(stack: Stack, bg: Background) -> None:
         stream.close()
 
 
+@SQLITE_ONLY
 def test_keep_alive_comments_on_a_quiet_stream(stack: Stack, bg: Background) -> None:
     user = unique("sse")
     stack.account(user).close()
@@ -188,6 +189,7 @@ def test_keep_alive_comments_on_a_quiet_stream(stack: Stack, bg: Background) -> 
     stream.close()
 
 
+@SQLITE_ONLY
 def test_a_backlog_of_5000_items_is_paged(stack: Stack, bg: Background) -> None:
     user = unique("sse")
     with stack.account(user) as c:
@@ -261,6 +263,7 @@ def wait_for_repairs(stack: Stack, count: int, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
+@SQLITE_ONLY
 def test_a_stream_flooded_until_pushpin_drops_items_still_gets_every_item_once(
     stack: Stack, bg: Background
 ) -> None:
