@@ -44,6 +44,7 @@ class Services:
     metrics: Metrics
     in_flight: int = 0
     requests: int = 0  # handled since start
+    server_errors: int = 0  # of those, answered with a 5xx status (/health)
     # realtime requests per feed: a test tells a published answer from one the origin gave
     feed_requests: Counter[str] = field(default_factory=Counter)
     # holds sent without knowing that the proxy has seen their prev-ids (the publisher did not

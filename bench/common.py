@@ -24,7 +24,7 @@ from typing import Any
 from gripcontrol import WebSocketEvent, decode_websocket_events, encode_websocket_events
 
 from app.pushpin import Pushpin
-from app.streams import KEEP_ALIVE
+from app.streams import KEEP_ALIVE, LINK_TIMEOUT
 from tests.support import ROOT, Stack, free_ports, read_response
 
 HOST = "127.0.0.1"
@@ -279,12 +279,17 @@ class TinyOrigin:
         if path.startswith("/hold/"):
             hold = _hold(path.removeprefix("/hold/"), params.get("prev", "0"), "{}")
             return _http(hold, "application/grip-instruct")
-        if path.startswith("/stream/"):
+        if path.startswith(("/stream/", "/next/")):
+            channel = path.removeprefix("/stream/").removeprefix("/next/")
             grip = {
                 "Grip-Hold": "stream",
-                "Grip-Channel": path.removeprefix("/stream/"),
+                "Grip-Channel": channel,
                 "Grip-Keep-Alive": KEEP_ALIVE,  # as the origin's streams
             }
+            if "prev" in params:  # as the origin's: a prev-id, and a link all streams share
+                grip["Grip-Channel"] += f"; prev-id={params['prev']}"
+                link = f"/next/{channel}?prev={params['prev']}"
+                grip["Grip-Link"] = f"<{link}>; rel=next; timeout={LINK_TIMEOUT}"
             return _http(b"", "text/event-stream", grip)
         if path.startswith("/ws/") and content_type == SOCKET_EVENTS:
             events = _socket_answer(path.removeprefix("/ws/"), body, self.socket_frame)

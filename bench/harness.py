@@ -129,6 +129,9 @@ class RunResult:
     # the last answer, the POST's own included
     origin_requests: dict[str, int] | None = None
     origin_requests_after_post: int | None = None
+    # answers with a 5xx status the origins gave from the first client opened to the end (a
+    # client's 502 or 500 counted as a failure or a retry is Pushpin's when this is 0)
+    origin_server_errors: int | None = None
 
 
 @dataclass
@@ -411,15 +414,17 @@ class Clients:
         last: str = r.json()["last"]
         return last
 
-    async def requests(self) -> tuple[int, Counter[str]]:
-        """The requests the origins have had (this look at /health not counted), and the
-        realtime ones they have handled, by kind, summed over the nodes."""
-        total, feeds = 0, Counter[str]()
+    async def requests(self) -> tuple[int, Counter[str], int]:
+        """The requests the origins have had (this look at /health not counted), the realtime
+        ones they have handled, by kind, and those they answered with a 5xx status, summed
+        over the nodes."""
+        total, feeds, errors = 0, Counter[str](), 0
         for origin in self.origins:
             health = (await origin.get("/health", timeout=30)).json()
             total += health["requests"] - 1
             feeds.update(health["feed_requests"])
-        return total, feeds
+            errors += health["server_errors"]
+        return total, feeds, errors
 
     async def post(self, content: str) -> dict[str, Any]:
         r = await self.writer.post(
@@ -445,11 +450,11 @@ async def origin_run(
     run publishes)."""
     run, clients = run_clients
     label = f"origin run {run}"
-    _, before = await http.requests()
+    _, before, errors_before = await http.requests()
     ramp = await holds.open(clients, echo, label)
     quiet, settle = await holds.settle(origins_idle(d, http.origins, echo, label))
     held = held_memory(d)
-    posted_at, after = await http.requests()
+    posted_at, after, _ = await http.requests()
 
     async def publish() -> Callable[[bytes], bool]:
         return check(await http.post(f"fan-out run {run}"))
@@ -462,7 +467,9 @@ async def origin_run(
         k: n - before.get(k, 0) for k, n in after.items() if n > before.get(k, 0)
     }
     # Less the look at /health that read ``posted_at`` (counted by the next look, not by it).
-    result.origin_requests_after_post = (await http.requests())[0] - posted_at - len(d.nodes)
+    total, _, errors = await http.requests()
+    result.origin_requests_after_post = total - posted_at - len(d.nodes)
+    result.origin_server_errors = errors - errors_before
     return result, measured.sample
 
 
@@ -550,7 +557,7 @@ def run_line(r: RunResult, runs: int) -> str:
     if r.origin_requests is not None:
         line += (
             f"; origin requests until the post {json.dumps(r.origin_requests)}, after it "
-            f"{r.origin_requests_after_post}"
+            f"{r.origin_requests_after_post}; origin 5xx answers {r.origin_server_errors}"
         )
     if r.failure_reasons:
         line += " " + json.dumps(r.failure_reasons)
@@ -622,6 +629,30 @@ def summarize(
             f"(raw Pushpin {_s(row['raw_pushpin_cpu_seconds'])})"
         )
     return rows
+
+
+def summarize_extra(
+    rows: list[dict[str, Any]],
+    results: list[RunResult],
+    case: str,
+    label: str,
+    echo: Callable[[str], None],
+) -> None:
+    """Add another raw case's medians to each size's row, as ``<case>_ms``, ``<case>_failures``
+    and ``<case>_pushpin_cpu_seconds`` (``case`` with ``_`` for ``-``)."""
+    key = case.replace("-", "_")
+    for row in rows:
+        n = row["clients"]
+        row[f"{key}_ms"] = median_of(results, case, n, "last_ms")
+        row[f"{key}_failures"] = sum(
+            r.failures for r in results if r.case == case and r.clients == n
+        )
+        row[f"{key}_pushpin_cpu_seconds"] = median_of(results, case, n, "pushpin_cpu_seconds")
+        echo(
+            f"fan-out to {n}, {label}: median of {row['runs']}: {ms(row[f'{key}_ms'])}, "
+            f"failures {row[f'{key}_failures']}, Pushpin CPU "
+            f"{_s(row[f'{key}_pushpin_cpu_seconds'])}"
+        )
 
 
 def fanout_record(

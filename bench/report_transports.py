@@ -10,11 +10,23 @@ from bench.common import median
 from bench.common import number as _n
 
 NOUNS = {"ssefanout": "SSE streams", "wsfanout": "WebSockets"}
-WAKE_NOTE = (
-    " Raw Pushpin woken by ping: the same raw sockets, but a ping is published and the tiny "
-    "origin answers each pong with the frame, as the origin does: the round trip per socket "
-    "without the origin's own work."
-)
+# Another raw case beside the plain one, by its key in the summary rows: its column's title,
+# and what the table's note says of it.
+EXTRA = {
+    "raw_wake": (
+        "raw Pushpin woken by ping",
+        " Raw Pushpin woken by ping: the same raw sockets, but a ping is published and the tiny "
+        "origin answers each pong with the frame, as the origin does: the round trip per socket "
+        "without the origin's own work.",
+    ),
+    "raw_linked": (
+        "raw Pushpin, streams with a prev-id and a next link",
+        " Raw Pushpin, streams with a prev-id and a next link: the same raw streams, but each "
+        "held as the origin's are, with `prev-id` on its channel and a next link they all share "
+        "(which the tiny origin answers with the same hold), and the item published with its "
+        "`prev-id`: what Pushpin's gap detection costs, without the origin.",
+    ),
+}
 HELD = {
     "ssefanout": "anonymous streams of the firehose (`GET /api/firehose`, `Accept: "
     "text/event-stream`), against streams held on one channel of a raw Pushpin, published one "
@@ -54,21 +66,21 @@ def _requests(r: dict[str, Any], clients: int) -> str:
 
 def fanout(r: dict[str, Any]) -> list[str]:
     noun = NOUNS[r["case"]]
-    wake = any("raw_wake_ms" in row for row in r["summary"]["sizes"])
+    extra = next((k for k in EXTRA if any(f"{k}_ms" in row for row in r["summary"]["sizes"])), None)
     lines = [
         f"| {noun} | origin: POST to last delivery (first, median) | raw Pushpin: publish to "
         "last delivery (first, median) | ratio | failed (origin, raw) | CPU from the POST: "
         "origin, Pushpin (raw Pushpin) | RSS while held: origin, Pushpin (raw Pushpin) "
         "| origin requests: until the post; after it |"
-        + (" raw Pushpin woken by ping: last delivery; failed; Pushpin CPU |" if wake else ""),
-        "|---:|---:|---:|---:|---:|---:|---:|---|" + ("---:|" if wake else ""),
+        + (f" {EXTRA[extra][0]}: last delivery; failed; Pushpin CPU |" if extra else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|---|" + ("---:|" if extra else ""),
     ]
     for row in r["summary"]["sizes"]:
         n = row["clients"]
-        woken = (
-            f" {_n(row.get('raw_wake_ms'))} ms; {row.get('raw_wake_failures')}; "
-            f"{_n(row.get('raw_wake_pushpin_cpu_seconds'), 2)} s |"
-            if wake
+        other = (
+            f" {_n(row.get(f'{extra}_ms'))} ms; {row.get(f'{extra}_failures')}; "
+            f"{_n(row.get(f'{extra}_pushpin_cpu_seconds'), 2)} s |"
+            if extra
             else ""
         )
         lines.append(
@@ -79,7 +91,7 @@ def fanout(r: dict[str, Any]) -> list[str]:
             f"| {_n(row['origin_cpu_seconds'], 2)} s, {_n(row['pushpin_cpu_seconds'], 2)} s "
             f"({_n(row['raw_pushpin_cpu_seconds'], 2)} s) "
             f"| {_n(row['origin_rss_mb'], 0)} MB, {_n(row['pushpin_rss_mb'], 0)} MB "
-            f"({_n(row['raw_pushpin_rss_mb'], 0)} MB) | {_requests(r, n)} |{woken}"
+            f"({_n(row['raw_pushpin_rss_mb'], 0)} MB) | {_requests(r, n)} |{other}"
         )
     lines += [
         "",
@@ -91,7 +103,7 @@ def fanout(r: dict[str, Any]) -> list[str]:
         "(`stream_repair` is Pushpin calling a held stream's next link; sockets are not "
         "counted there); after it: every request from the POST to the last delivery, the "
         "POST's own included; medians a run."
-        + (WAKE_NOTE if wake else "")
+        + (EXTRA[extra][1] if extra else "")
         + " CPU: from the POST (or the raw publish) until the last delivery. Memory: "
         "resident, while all were held; Pushpin's is the sum of its processes.",
     ]
@@ -214,6 +226,8 @@ def _failed_run(x: dict[str, Any]) -> str:
             f", the origin's requests until the post: {kinds}; after it: "
             f"{x['origin_requests_after_post']}"
         )
+    if x.get("origin_server_errors") is not None:
+        text += f"; the origin's own 5xx answers: {x['origin_server_errors']:,}"
     return text
 
 

@@ -55,11 +55,11 @@ from bench.harness import (
     begin_fanout,
     failed,
     fanout_record,
-    median_of,
     origin_run,
     raw_channel,
     raw_run,
     summarize,
+    summarize_extra,
 )
 from bench.seed import Follower, seed_followers
 from bench.setups import SQLITE, Deployment, Setup, deployed
@@ -196,18 +196,7 @@ def run(
         bench = UserSockets(d, writer, users, workdir / "raw-pushpin")
         results = uvloop.run(bench.run(sizes, runs, echo))
     rows = summarize(results, sizes, runs, max(sizes), setup.origins, "WebSockets", echo)
-    for row in rows:
-        n = row["clients"]
-        row["raw_wake_ms"] = median_of(results, RAW_WAKE, n, "last_ms")
-        row["raw_wake_failures"] = sum(
-            r.failures for r in results if r.case == RAW_WAKE and r.clients == n
-        )
-        row["raw_wake_pushpin_cpu_seconds"] = median_of(results, RAW_WAKE, n, "pushpin_cpu_seconds")
-        echo(
-            f"fan-out to {n} WebSockets, raw Pushpin woken by ping: median of {runs}: "
-            f"{ms(row['raw_wake_ms'])}, failures {row['raw_wake_failures']}, Pushpin CPU "
-            f"{number(row['raw_wake_pushpin_cpu_seconds'], 2)} s"
-        )
+    summarize_extra(rows, results, RAW_WAKE, "raw Pushpin woken by ping", echo)
     return fanout_record(rows, _targets(rows), results)
 
 

@@ -107,6 +107,12 @@ def test_a_store_that_does_not_answer_makes_health_503(
         assert down.json() == {"status": "unhealthy", "reason": "store: no answer in 3s"}
         proxy.thaw()
         wait_for(lambda: answer(stack).status_code == 200, 15)
+        # each 503 is counted as a server error (more than one while the store recovers);
+        # a 200 is not
+        assert first.json()["server_errors"] == 0
+        errors = answer(stack).json()["server_errors"]
+        assert errors >= 1
+        assert answer(stack).json()["server_errors"] == errors
         stack.stop()
         proxy.close()
 

@@ -712,6 +712,7 @@ SPEC: dict[str, Any] = {
                     "last",
                     "requests_in_flight",
                     "requests",
+                    "server_errors",
                     "feed_requests",
                     "published_items",
                     "holds_unconfirmed",
@@ -728,6 +729,12 @@ SPEC: dict[str, Any] = {
                     "type": "integer",
                     "minimum": 1,
                     "description": "HTTP requests handled since start, this one included",
+                },
+                server_errors={
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "HTTP requests the origin answered with a 5xx status since "
+                    "start (a proxy's own 502s to clients are not here)",
                 },
                 feed_requests={
                     "type": "object",

@@ -51,6 +51,7 @@ async def health(request: Request) -> Response:
         # requests being handled right now, this one excluded: holds live in Pushpin
         "requests_in_flight": s.in_flight - 1,
         "requests": s.requests,  # handled since start, this one included
+        "server_errors": s.server_errors,  # answered 5xx since start
         "feed_requests": dict(s.feed_requests),
         "published_items": s.publisher.published,
         "holds_unconfirmed": s.holds_unconfirmed,

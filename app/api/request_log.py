@@ -59,6 +59,8 @@ class RequestLog:
             seconds = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", UNMATCHED)
             s.metrics.answered(route, status, seconds)
+            if status >= 500:
+                s.server_errors += 1
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "%s %s %d %.1fms id=%s",
