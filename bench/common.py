@@ -233,7 +233,9 @@ class TinyOrigin:
       "items"}``), or else a hold on CHANNEL: a long-poll feed, like the origin's, for items
       the benchmark adds with ``append`` and publishes itself;
     - ``/stream/CHANNEL``: an empty server-sent events stream held on CHANNEL (no prev-id, no
-      next link), for ``http-stream`` items;
+      next link), for ``http-stream`` items; with ``?prev=ID``, held as the origin's are, with
+      prev-id ID and a next link that all such streams share, ``/next/CHANNEL?prev=ID``, which
+      answers with the same hold;
     - ``/ws/CHANNEL``: a WebSocket (over HTTP) subscribed to CHANNEL as it opens, for
       ``ws-message`` items; a text frame from the client is answered with ``SOCKET_ACK``, and
       a pong (an answer to a published ping) with ``socket_frame`` when it is set;
