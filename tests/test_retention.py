@@ -44,10 +44,6 @@ def kept(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
         yield stack
 
 
-def oldest(stack: Stack) -> int:
-    return int(health(stack)["retention"]["oldest"])
-
-
 def pruned_past(stack: Stack, cursor: int, timeout: float = 15) -> None:
     """Wait until the event after ``cursor`` is pruned, and the log is down to the newest
     KEEP events: a look made while posts came in may have pruned only part of what is due,
