@@ -14,6 +14,16 @@ raw, linked (``raw-linked``)
     is published with its ``prev-id``: what Pushpin's own gap detection costs. Measured on
     2026-12-01 (1,000 and 5,000 streams), it is within the runs' spread of the plain raw case.
 
+What the origin adds before Pushpin's fan-out begins, timed inside it (2026-12-01, 5,000
+firehose streams held, 5 posts): the POST reached the origin 2.6 to 3.2 ms after it was sent
+(Pushpin's proxy hop), its commit was done 1.0 to 1.3 ms later, the publisher's request left
+0.6 to 2.6 ms after the commit (the event loop first finishes the POST's answer), and Pushpin
+took 6 to 8 ms to accept it. The first stream had the post 31 to 37 ms after the POST was
+sent, the last 220 to 310 ms. So the origin's own share is under 10 ms of each run; the rest
+is Pushpin's and the clients', on the same 2 cores, and it varies with the machine: on a VM
+that had been up for a day (its kernel reclaiming the page cache), the same case at 5,000
+took 400 to 600 ms.
+
 Why the firehose and not per-user posts streams: it is the same shape as the raw case (one
 channel, one published item for N streams), it needs no login, and every firehose stream
 shares one next link. Pushpin calls a held stream's next link about 1 s after a channel gets

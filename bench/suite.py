@@ -87,7 +87,7 @@ CASES = [
     Case(
         "ssefanout",
         "Fan-out of one post to N SSE streams (the firehose; memory while they are held)",
-        {"sizes": [1000, 5000, 10000], "runs": 3},
+        {"sizes": [1000, 5000, 10000], "runs": 5},
         {"sizes": [50], "runs": 1},
         sse_fanout.run,
     ),
