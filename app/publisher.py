@@ -226,6 +226,14 @@ class Publisher:
         sent = await asyncio.gather(*(send(target) for target in self.targets))
         return [t.label for t, ok in zip(self.targets, sent, strict=True) if not ok]
 
+    def probe(self, channels: list[str]) -> None:
+        """Sockets just subscribed to ``channels``: probe them through every target
+        (app/wakes.py). Whichever origin answered sends the probes: they need no lease."""
+        for target in self.targets:
+            if target.wakes is not None:
+                for channel in channels:
+                    target.wakes.probe(channel)
+
     def notify(self) -> None:
         """Called after a commit: there is something new in the log."""
         for target in self.targets:

@@ -17,9 +17,11 @@ brings it a request for the socket. What the publisher sends a socket is a wake-
 on its account's socket channel, paced (app/wakes.py), whose pong (every WebSocket client
 answers pings by itself) comes back to the origin as a request. A wake-up that misses
 (published before the subscription took effect) loses nothing but time: the presence answer
-ends with a ping of its own, whose pong comes after the subscription is in place, and Pushpin
-brings an idle socket to the origin every SWEEP_SECONDS. Two wake-ups bring the same events
-once: the second read starts after the first.
+ends with a ping of its own, whose pong reads what was committed meanwhile; the origin probes
+the socket's channel again a few times in the next seconds, for a commit made after that
+read whose wake-up Pushpin took before the subscription (app/wakes.py); and Pushpin brings an
+idle socket to the origin every SWEEP_SECONDS. Two wake-ups bring the same events once: the
+second read starts after the first.
 """
 
 from __future__ import annotations

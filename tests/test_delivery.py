@@ -34,13 +34,16 @@ SIG_KEY = "a test signing key of more than 32 bytes"
 class FailingPublish(ThreadingHTTPServer):
     """Stand-in in front of Pushpin's real publish port: fails the next ``failures`` publish
     requests with 503 (as a Pushpin that is away would), answers the next ``drops`` 200 and
-    forwards nothing (a publish lost on the way), forwards the others."""
+    forwards nothing (a publish lost on the way), the same for the next ``drop_wakes`` sockets'
+    wake-ups (requests of pings named by an event id, app/wakes.py), forwards the others."""
 
     def __init__(self, publish_port: int) -> None:
         self.target = f"http://127.0.0.1:{publish_port}/publish/"
         self.failures = 0
         self.drops = 0
+        self.drop_wakes = 0
         self.log: list[tuple[int, list[str]]] = []  # (status, item ids) of each attempt
+        self.dropped: list[list[str]] = []  # item ids of each request answered but not forwarded
         super().__init__(("127.0.0.1", free_ports(1)[0]), _FailingPublishHandler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -54,12 +57,18 @@ class _FailingPublishHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        ids = [item["id"] for item in json.loads(body)["items"]]
+        items = json.loads(body)["items"]
+        ids = [item["id"] for item in items]
+        wakes = bool(items) and all(_is_wake(item) for item in items)
         if self.server.failures > 0:
             self.server.failures -= 1
             status = 503
-        elif self.server.drops > 0:
-            self.server.drops -= 1
+        elif self.server.drops > 0 or (wakes and self.server.drop_wakes > 0):
+            if wakes and self.server.drop_wakes > 0:
+                self.server.drop_wakes -= 1
+            else:
+                self.server.drops -= 1
+            self.server.dropped.append(ids)
             status = 200
         else:
             status = httpx.post(self.server.target, verify=TLS, content=body, timeout=5).status_code
@@ -70,6 +79,11 @@ class _FailingPublishHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+def _is_wake(item: dict[str, Any]) -> bool:
+    ping = item.get("formats", {}).get("ws-message", {}).get("type") == "ping"
+    return ping and str(item.get("id", "")).isdigit()
 
 
 @dataclass

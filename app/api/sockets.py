@@ -106,9 +106,12 @@ def _count(request: Request, jid: str, kinds: set[str]) -> None:
 
 def _events(request: Request, reply: Reply) -> list[WebSocketEvent]:
     """Subscriptions first, then the frames (text frames carry grip's ``m:`` prefix), then a
-    ping if more waits or the socket just subscribed: its pong brings the next read."""
+    ping if more waits or the socket just subscribed: its pong brings the next read. A socket
+    that subscribes is probed again later too (app/wakes.py says why)."""
     for _ in reply.subscribe:  # from here Pushpin holds the socket on that channel
         services(request).metrics.held("socket", "websocket")
+    if reply.subscribe:
+        services(request).publisher.probe(reply.subscribe)
     out = [
         WebSocketEvent("TEXT", "c:" + json.dumps({"type": "subscribe", "channel": channel}))
         for channel in reply.subscribe
