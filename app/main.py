@@ -56,6 +56,7 @@ ROUTES = [
     Route("/", page.page, methods=["GET"]),
     Route("/page.js", page.script, methods=["GET"]),
     Route("/health", operating.health, methods=["GET"]),
+    Route("/health/proxy", operating.proxy_health, methods=["GET"]),
     Route("/metrics", operating.metrics, methods=["GET"]),
     Route(LOGINS_CHANGED_PATH, operating.logins_changed, methods=["POST"]),
     Route("/openapi.json", openapi.openapi, methods=["GET"]),

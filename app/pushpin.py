@@ -155,13 +155,28 @@ class Pushpin:
                         f"http://127.0.0.1:{self.publish_port}/publish/", json={"items": []}
                     )
                     proxied = await client.get(f"http://127.0.0.1:{self.http_port}/health")
-                    if published.status_code == 200 and proxied.status_code == 200:
+                    up = published.status_code == 200 and proxied.status_code == 200
+                    if up and await self._holds(client):
                         return
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > deadline:
                     raise PushpinError(f"pushpin not ready after {timeout}s; see {self.log_path}")
                 await asyncio.sleep(0.1)
+
+    async def _holds(self, client: httpx.AsyncClient) -> bool:
+        """Can it hold a request yet? Its proxy answers 500 "Accept service unavailable." until
+        its handler has connected to it, which may come after both answer requests: seen as
+        the first streams of a Pushpin started a moment before (and counted by the origin as
+        held, so a user's next one was refused 429). The origin's /health/proxy is a stream
+        hold: its "ok" comes through only once the handler has taken it."""
+        url = f"http://127.0.0.1:{self.http_port}/health/proxy"
+        async with client.stream("GET", url) as answer:
+            if answer.status_code != 200:
+                return False
+            async for chunk in answer.aiter_bytes():
+                return chunk.startswith(b"ok")
+        return False
 
     async def wait(self) -> int:
         assert self._process is not None

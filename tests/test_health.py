@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import pytest
 
 from tests.conftest import unique
 from tests.databases import SHARED_SECRETS
@@ -150,3 +151,17 @@ def test_an_origin_that_does_not_publish_reports_the_publishers_lag(
                 post(w, writer, "published by the first origin, posted through the second")
             wait_for(lambda: health(second)["targets"][0]["lag_items"] == 0, 10)
             assert health(first)["last"] == health(second)["last"]
+
+
+def test_proxy_health_is_a_stream_pushpin_holds(stack: Stack) -> None:
+    """/health/proxy, through Pushpin: 200 and "ok", then the stream stays open, held by
+    Pushpin (the origin has no request in hand meanwhile). Straight to the origin: 501, as
+    any request to hold. (The run command's Pushpin waits for this before it is ready.)"""
+    with httpx.stream("GET", stack.url + "/health/proxy", timeout=5) as held:
+        assert held.status_code == 200
+        assert next(held.iter_bytes()).startswith(b"ok")
+        assert health(stack)["requests_in_flight"] == 0
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.get(stack.url + "/health/proxy", timeout=httpx.Timeout(5, read=0.5))
+    direct = httpx.get(stack.origin_url + "/health/proxy")
+    assert direct.status_code == 501 and "GRIP proxy" in direct.json()["error"]

@@ -271,6 +271,23 @@ SPEC: dict[str, Any] = {
                 },
             }
         },
+        "/health/proxy": {
+            "get": {
+                "operationId": "proxyHealth",
+                "summary": "A stream Pushpin holds: its 'ok' shows Pushpin can hold requests",
+                "description": "For whoever starts Pushpin: a Pushpin that proxies requests may "
+                "not hold any yet (500 'Accept service unavailable.'); through it, this answers "
+                "200 'ok' and stays open, on a channel nothing is published to",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Held: 'ok', then nothing",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(501),
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "operationId": "metrics",

@@ -1,6 +1,7 @@
 """What an operator reads: ``/health`` (for a load balancer: 200 or 503) and ``/metrics``
-(Prometheus' text format, for a scraper on loopback or one with METRICS_TOKEN); and where the
-admin command tells a running origin that an account's logins changed."""
+(Prometheus' text format, for a scraper on loopback or one with METRICS_TOKEN); where the
+admin command tells a running origin that an account's logins changed; and ``/health/proxy``,
+with which whoever starts Pushpin sees that it can hold requests."""
 
 from __future__ import annotations
 
@@ -16,8 +17,15 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.common import JSONResponse, error_response, read_json, request_id, services
-from app.errors import BadRequest, Forbidden
+from app.api.common import (
+    JSONResponse,
+    error_response,
+    proxied,
+    read_json,
+    request_id,
+    services,
+)
+from app.errors import BadRequest, Forbidden, NotProxied
 from app.lifecycle import operator_token
 from app.metrics import CONTENT_TYPE
 from app.publisher import TargetLag
@@ -29,6 +37,21 @@ log = logging.getLogger(__name__)
 STORE_ANSWER_SECONDS = 3.0
 NOT_STORED = {"Cache-Control": "no-store"}
 T = TypeVar("T")
+
+
+# The channel of /health/proxy's stream: nothing is published on it.
+PROXY_CHECK_CHANNEL = "health"
+
+
+async def proxy_health(request: Request) -> Response:
+    """A stream held by Pushpin, on a channel nothing is published to: its answer (``ok``)
+    reaches the client only once Pushpin's handler has taken the hold. A Pushpin that answers
+    its publish port and proxies requests may not yet hold any: its proxy answers 500 "Accept
+    service unavailable." until its handler has connected to it (app/pushpin.py waits)."""
+    if not proxied(request):
+        raise NotProxied(services(request).settings.proxy_url)
+    headers = {"Grip-Hold": "stream", "Grip-Channel": PROXY_CHECK_CHANNEL, **NOT_STORED}
+    return Response("ok\n", headers=headers, media_type="text/plain")
 
 
 async def health(request: Request) -> Response:
