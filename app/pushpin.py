@@ -43,6 +43,9 @@ class Pushpin:
     sig_iss: str = "pushpin"
     binary: str = "pushpin"
     metrics_port: int = 0  # Pushpin's Prometheus metrics, on loopback (0: none)
+    # A path the origin answers through it with a held stream that says "ok" (``_holds``);
+    # None for an origin that holds nothing there, or refuses this Pushpin's signature.
+    hold_check: str | None = "/health/proxy"
     _process: asyncio.subprocess.Process | None = None
 
     @property
@@ -156,7 +159,7 @@ class Pushpin:
                     )
                     proxied = await client.get(f"http://127.0.0.1:{self.http_port}/health")
                     up = published.status_code == 200 and proxied.status_code == 200
-                    if up and await self._holds(client):
+                    if up and (self.hold_check is None or await self._holds(client)):
                         return
                 except httpx.HTTPError:
                     pass
@@ -170,7 +173,7 @@ class Pushpin:
         the first streams of a Pushpin started a moment before (and counted by the origin as
         held, so a user's next one was refused 429). The origin's /health/proxy is a stream
         hold: its "ok" comes through only once the handler has taken it."""
-        url = f"http://127.0.0.1:{self.http_port}/health/proxy"
+        url = f"http://127.0.0.1:{self.http_port}{self.hold_check}"
         async with client.stream("GET", url) as answer:
             if answer.status_code != 200:
                 return False

@@ -171,6 +171,7 @@ async def trial(
             publish_port=publish_port,
             origin=f"127.0.0.1:{origin_port}",
             sig_key="k" * 40,
+            hold_check=None,  # the trial origin has no /health/proxy
         )
         await pushpin.start()
         try:

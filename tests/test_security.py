@@ -296,10 +296,12 @@ def test_a_proxy_signing_with_an_ec_key_is_believed_and_no_other(tmp_path: Path)
             origin=f"127.0.0.1:{origin.env['ORIGIN_PORT']}",
             sig_key=f"file:{tmp_path / key_file}",
             sig_iss=FASTLY_ISS,
+            hold_check=check,
         )
-        for rundir, http_port, publish, key_file in (
-            ("pushpin", port, publish_port, "proxy.key"),
-            ("other", other_port, free_ports(1)[0], "other.key"),
+        # The origin holds nothing for the other proxy: it does not believe its signature.
+        for rundir, http_port, publish, key_file, check in (
+            ("pushpin", port, publish_port, "proxy.key", "/health/proxy"),
+            ("other", other_port, free_ports(1)[0], "other.key", None),
         )
     ]
     try:
