@@ -20,7 +20,9 @@ from tests.sse import EventStream
 from tests.support import Background, Stack, basic
 from tests.test_delivery import split_stack
 from tests.test_limits import limited
+from tests.test_metrics import scrape, value
 from tests.test_posts_feed import follow, last, post
+from tests.test_publisher import wait_for
 from tests.test_sessions import login
 
 PRESENCE = "xmpp.buddycloud.presence"
@@ -357,9 +359,10 @@ def test_a_wake_up_pushpin_takes_before_the_sockets_subscription_is_made_up_for(
         with split.direct(user) as direct:
             sock = Socket.of(bg, split.origin.url, user)
             sock.online()
-            # The presence answer's own ping is answered within milliseconds: from here on a
-            # post reaches the socket by a wake-up or a probe only.
-            time.sleep(0.1)
+            # The presence answer's own ping: once its pong has been read (the socket's third
+            # request, after OPEN and the presence), a post reaches the socket by a wake-up or
+            # a probe only.
+            wait_for(lambda: socket_requests(split.origin) >= 3, 5)
             split.failing.drop_wakes = 1
             post(direct, user, "after a lost wake-up")
             frames = sock.take(1, timeout=4)
@@ -368,6 +371,11 @@ def test_a_wake_up_pushpin_takes_before_the_sockets_subscription_is_made_up_for(
             assert split.failing.dropped == [[frames[0][1]["cursor"]]]
             assert sock.quiet(0.5) == []
             sock.close()
+
+
+def socket_requests(stack: Stack) -> float:
+    """The requests Pushpin has brought the origin for sockets, answered (its /metrics)."""
+    return value(scrape(stack), "buddycloud_http_requests_total", route="/api/ws", status="200")
 
 
 def admitted_once_closed(bg: Background, url: str, user: str, timeout: float = 10) -> Socket:
